@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export BENTOML_DO_NOT_TRACK := True
+
+.PHONY: install serve test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)  ## serve the bundled default model on http://127.0.0.1:3000
+	$(VENV)/bin/mcdrop serve
+
+test: $(STAMP)  ## lint, then the whole test suite
+	$(VENV)/bin/ruff check mcdrop service tests bench
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mcdrop service tests bench
+	$(VENV)/bin/ruff format --check mcdrop service tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format mcdrop service tests bench
+	$(VENV)/bin/ruff check --fix mcdrop service tests bench
+
+bench: $(STAMP)  ## the engine benchmark (BENCHMARKS.md)
+	$(PY) bench/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
