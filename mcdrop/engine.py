@@ -94,20 +94,20 @@ class MCResult:
     Attributes:
         mode: the mode that ran.
         summary: per-input predictions and uncertainty (``n_samples`` holds the N used per row).
-        seed: the seed the masks were drawn with (None in deterministic mode).
+        seed: the seed (or per-row seeds) the masks were drawn with (None in deterministic mode).
         samples: raw model outputs ``(S, B, ...)`` when asked for; with adaptive sampling, entries of
             rows that stopped early are NaN beyond their ``n_samples``.
     """
 
     mode: Mode
     summary: U.ClassificationSummary | U.RegressionSummary
-    seed: int | None
+    seed: int | Tensor | None
     samples: Tensor | None = None
 
 
 @dataclass
 class _Pass:
-    key: int
+    key: int | Tensor
     rows: Tensor
     samples: Tensor
     calls: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -187,7 +187,8 @@ class MCEngine:
         Args:
             x: inputs. Shape: ``(B, *)``.
             n_samples: number of passes ``S`` (>= 1).
-            seed: the masks' seed; None draws a fresh one (then results are random).
+            seed: the masks' seed, or one seed per row (int64, shape ``(B,)``: rows of requests with different
+                seeds can share one call); None draws a fresh one (then results are random).
             rows: each input's row position for the masks, default ``0..B-1``. Shape: ``(B,)``.
             first_sample: index of the first sample (samples ``first_sample .. first_sample + S - 1``).
 
@@ -206,13 +207,14 @@ class MCEngine:
             raise ValueError(
                 f"sample indices have to be in [0, 2**32), but got {first_sample}..{first_sample + n_samples - 1}"
             )
-        key = rng.seed_key(rng.new_seed() if seed is None else seed)
+        key = _call_key(seed, b, x.device)
         with self._lock, torch.inference_mode(), self._mc_state():
             probe = self._probe(x)
             out: Tensor | None = None
             for r0, r1, s0, s1 in self._chunks(b, n_samples, probe.row_cost):
                 samples = torch.arange(first_sample + s0, first_sample + s1, dtype=torch.int64, device=x.device)
-                y = self._mc_pass(x[r0:r1], _Pass(key, rows[r0:r1], samples))
+                chunk_key = key[r0:r1] if isinstance(key, Tensor) else key
+                y = self._mc_pass(x[r0:r1], _Pass(chunk_key, rows[r0:r1], samples))
                 if out is None:
                     out = torch.empty((n_samples, b, *y.shape[2:]), dtype=y.dtype, device=y.device)
                 out[s0:s1, r0:r1] = y
@@ -317,7 +319,8 @@ class MCEngine:
             if not active.numel():
                 break
             m = min(2 * n, cap)
-            out[n:m, active] = self.sample(x[active], m - n, seed=seed, rows=rows[active], first_sample=n)
+            row_seed = seed[active] if isinstance(seed, Tensor) else seed
+            out[n:m, active] = self.sample(x[active], m - n, seed=row_seed, rows=rows[active], first_sample=n)
             used[active] = m
             n = m
         return out, used
@@ -417,10 +420,13 @@ class MCEngine:
         handle = nn.modules.module.register_module_forward_hook(record)
         self._spy_widths = widths
         spy = _FunctionalDropoutSpy()
+        failure: DropoutConfigError | None = None
         try:
             with spy:
                 rows = torch.arange(n_rows, dtype=torch.int64, device=x.device)
                 y = self._mc_pass(probe_x, _Pass(rng.seed_key(0), rows, torch.arange(2, device=x.device)))
+        except DropoutConfigError as err:
+            failure = err
         finally:
             handle.remove()
             self._spy_widths = None
@@ -430,7 +436,9 @@ class MCEngine:
                 f"{type(self.model).__name__}.forward calls {name}(p={p}), which MC mode cannot switch on "
                 "(only dropout modules are sampled). Replace the functional call with an nn.Dropout or mcdrop.Dropout "
                 "module"
-            )
+            ) from failure
+        if failure is not None:
+            raise failure
         if torch.equal(y[0], y[1]):
             raise DropoutConfigError(
                 f"two MC passes of {type(self.model).__name__} gave identical outputs: its dropout modules have no "
@@ -451,6 +459,16 @@ class MCEngine:
             for r0 in range(b):
                 for s0 in range(0, s, pairs):
                     yield r0, r0 + 1, s0, min(s, s0 + pairs)
+
+
+def _call_key(seed: int | Tensor | None, b: int, device: torch.device) -> int | Tensor:
+    if seed is None:
+        return rng.seed_key(rng.new_seed())
+    if isinstance(seed, Tensor):
+        if seed.shape != (b,):
+            raise ValueError(f"per-row seeds need shape ({b},), but got {tuple(seed.shape)}")
+        return rng.seed_keys(seed.to(device))
+    return rng.seed_key(seed)
 
 
 def _merge(parts: list[tuple[Tensor, Any]], b: int) -> Any:

@@ -18,7 +18,7 @@ import secrets
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_ROWS", "MAX_SAMPLES", "mix_int", "new_seed", "random_words", "seed_key", "stream_keys"]
+__all__ = ["MAX_ROWS", "MAX_SAMPLES", "mix_int", "new_seed", "random_words", "seed_key", "seed_keys", "stream_keys"]
 
 _M64 = (1 << 64) - 1
 _MUL = 0xD6E8FEB86659FD93
@@ -74,11 +74,16 @@ def seed_key(seed: int) -> int:
     return mix_int(mix_int(seed & _M64) ^ _GOLDEN)
 
 
-def stream_keys(key: int, stream: tuple[int, int], rows: Tensor, samples: Tensor) -> Tensor:
-    """Per-(sample, row) keys of one stream: ``mix(mix((row << 32 | sample) ^ k_stream))``.
+def seed_keys(seeds: Tensor) -> Tensor:
+    """:func:`seed_key` of each int64 seed (bit-identical). Shape: ``(B,)`` -> ``(B,)``."""
+    return _mix_(_mix_(seeds.to(torch.int64).clone()) ^ _GOLDEN_S)
+
+
+def stream_keys(key: int | Tensor, stream: tuple[int, int], rows: Tensor, samples: Tensor) -> Tensor:
+    """Per-(sample, row) keys of one stream: ``mix(mix((row << 32 | sample) ^ mix(key ^ mix(stream))))``.
 
     Args:
-        key: the call's key from :func:`seed_key`.
+        key: the call's key from :func:`seed_key`, or one key per row from :func:`seed_keys` (``(B,)``).
         stream: (dropout module index, call index within one forward pass).
         rows: int64 row positions. Shape: ``(B,)``.
         samples: int64 sample indices. Shape: ``(S,)``.
@@ -86,9 +91,13 @@ def stream_keys(key: int, stream: tuple[int, int], rows: Tensor, samples: Tensor
     Returns:
         int64 keys. Shape: ``(S, B)``.
     """
-    k = mix_int(key ^ mix_int((stream[0] + 1) * _GOLDEN + stream[1]))
+    s = mix_int((stream[0] + 1) * _GOLDEN + stream[1])
+    if isinstance(key, Tensor):
+        k = _mix_(key.to(torch.int64) ^ _signed(s)).view(1, -1)
+    else:
+        k = torch.tensor(_signed(mix_int(key ^ s)), dtype=torch.int64, device=rows.device)
     t = (rows.view(1, -1) << 32) | samples.view(-1, 1)
-    return _mix_(_mix_(t ^ _signed(k)))
+    return _mix_(_mix_(t ^ k))
 
 
 def random_words(keys: Tensor, n_words: int) -> Tensor:
