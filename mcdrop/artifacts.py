@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mcdrop.models import DropoutMLP
 from mcdrop.schemas import ModelCard
 
-__all__ = ["MODELS_DIR", "ArtifactError", "available_models", "load_model", "render_card", "resolve_model", "save_model"]
+__all__ = [
+    "MODELS_DIR",
+    "ArtifactError",
+    "available_models",
+    "load_model",
+    "render_card",
+    "resolve_model",
+    "save_model",
+]
 
 MODELS_DIR = Path(os.environ.get("MCDROP_MODELS", Path(__file__).resolve().parents[1] / "models"))
 DEFAULT_MODEL = "fashion-mnist"
@@ -65,22 +71,25 @@ def save_model(model: DropoutMLP, directory: Path, card: dict[str, object]) -> M
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights = directory / "weights.safetensors"
     save_file(state, str(weights))
-    full = ModelCard.model_validate({
-        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "library_version": __version__,
-        **card,
-        "architecture": model.config(),
-        "weights_file": weights.name,
-        "weights_sha256": sha256(weights),
-        "parameter_shapes": {k: list(v.shape) for k, v in state.items()},
-    })
+    full = ModelCard.model_validate(
+        {
+            "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "library_version": __version__,
+            **card,
+            "architecture": model.config(),
+            "weights_file": weights.name,
+            "weights_sha256": sha256(weights),
+            "parameter_shapes": {k: list(v.shape) for k, v in state.items()},
+        }
+    )
     (directory / "card.json").write_text(full.model_dump_json(indent=2) + "\n")
     (directory / "card.md").write_text(render_card(full))
     return full
 
 
-def load_model(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None
-               ) -> tuple[DropoutMLP, ModelCard]:
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None
+) -> tuple[DropoutMLP, ModelCard]:
     """Load a model by name or path, checking the sha256 and the shapes; the model is in eval mode."""
     directory = resolve_model(name_or_path, models_dir)
     card_path = directory / "card.json"
@@ -95,8 +104,10 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, models_dir: P
         raise ArtifactError(f"{weights} is missing: the card {card_path} names it as the weight file")
     actual = sha256(weights)
     if actual != card.weights_sha256:
-        raise ArtifactError(f"{weights} does not match its card: sha256 {actual}, card says {card.weights_sha256}; the "
-                            "file is truncated or was modified (re-export the model or restore the file)")
+        raise ArtifactError(
+            f"{weights} does not match its card: sha256 {actual}, card says {card.weights_sha256}; the "
+            "file is truncated or was modified (re-export the model or restore the file)"
+        )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
@@ -115,7 +126,10 @@ def render_card(card: ModelCard) -> str:
     """A short Markdown rendering of a model card."""
     arch = card.architecture
     lines = [
-        f"# {card.name} (v{card.version})", "", card.description, "",
+        f"# {card.name} (v{card.version})",
+        "",
+        card.description,
+        "",
         f"- task: {card.task.value}",
         f"- architecture: DropoutMLP {arch.get('in_features')} -> {arch.get('hidden')} -> {arch.get('out_features')}, "
         f"dropout {arch.get('dropout')}, input dropout {arch.get('input_dropout')}",
@@ -127,14 +141,21 @@ def render_card(card: ModelCard) -> str:
         lines.append(f"- noise precision tau: {card.tau:g} (aleatoric variance 1/tau in target units)")
     if card.temperature is not None:
         lines.append(f"- temperature: {card.temperature:.4f} (fitted on the validation split)")
-    lines += [f"- data: {card.data}", f"- created {card.created} with mcdrop {card.library_version}",
-              f"- weights: {card.weights_file}, sha256 {card.weights_sha256}", "", "## Training", ""]
+    lines += [
+        f"- data: {card.data}",
+        f"- created {card.created} with mcdrop {card.library_version}",
+        f"- weights: {card.weights_file}, sha256 {card.weights_sha256}",
+        "",
+        "## Training",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in card.training.items()]
     lines += ["", "## Metrics", ""]
     for section, values in card.metrics.items():
         if isinstance(values, dict):
-            lines.append(f"- {section}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                       for k, v in values.items()))
+            lines.append(
+                f"- {section}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+            )
         else:
             lines.append(f"- {section}: {values}")
     return "\n".join(lines) + "\n"

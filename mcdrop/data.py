@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = [
@@ -30,12 +29,35 @@ __all__ = [
     "resolve_data_root",
 ]
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
-UCI_DATASETS = ("bostonHousing", "concrete", "energy", "kin8nm", "naval-propulsion-plant", "power-plant",
-                "protein-tertiary-structure", "wine-quality-red", "yacht")
-_FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+UCI_DATASETS = (
+    "bostonHousing",
+    "concrete",
+    "energy",
+    "kin8nm",
+    "naval-propulsion-plant",
+    "power-plant",
+    "protein-tertiary-structure",
+    "wine-quality-red",
+    "yacht",
+)
+_FMNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -94,7 +116,8 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
     if missing:
         raise DataNotFoundError(
             f"Fashion-MNIST not found: expected {', '.join(missing)} in {raw}. Pass --data-root or set MCDROP_DATA, "
-            "or fetch it with torchvision.datasets.FashionMNIST(ROOT, download=True) where the internet is reachable")
+            "or fetch it with torchvision.datasets.FashionMNIST(ROOT, download=True) where the internet is reachable"
+        )
     cached = cache_dir() / "torchvision"
     target = cached / "FashionMNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
@@ -136,17 +159,24 @@ def load_uci(name: str, root: str | os.PathLike[str] | None = None) -> UCIDatase
     if name not in UCI_DATASETS:
         raise ValueError(f"unknown UCI dataset {name!r}: expected one of {', '.join(UCI_DATASETS)}")
     if not (folder / "data.txt").is_file():
-        raise DataNotFoundError(f"UCI dataset {name!r} not found: expected {folder / 'data.txt'}; pass --data-root or "
-                                "set MCDROP_DATA")
+        raise DataNotFoundError(
+            f"UCI dataset {name!r} not found: expected {folder / 'data.txt'}; pass --data-root or set MCDROP_DATA"
+        )
     data = np.loadtxt(folder / "data.txt")
     features = _numbers(folder / "index_features.txt").astype(int)
     target = int(_numbers(folder / "index_target.txt")[0])
     n_splits = int(_numbers(folder / "n_splits.txt")[0])
-    splits = [(_numbers(folder / f"index_train_{k}.txt").astype(int), _numbers(folder / f"index_test_{k}.txt").astype(int))
-              for k in range(n_splits)]
+    splits = [
+        (_numbers(folder / f"index_train_{k}.txt").astype(int), _numbers(folder / f"index_test_{k}.txt").astype(int))
+        for k in range(n_splits)
+    ]
     return UCIDataset(
-        name=name, x=data[:, features], y=data[:, target], splits=splits,
-        n_hidden=int(_numbers(folder / "n_hidden.txt")[0]), n_epochs=int(_numbers(folder / "n_epochs.txt")[0]),
+        name=name,
+        x=data[:, features],
+        y=data[:, target],
+        splits=splits,
+        n_hidden=int(_numbers(folder / "n_hidden.txt")[0]),
+        n_epochs=int(_numbers(folder / "n_epochs.txt")[0]),
         dropout_rates=[float(v) for v in _numbers(folder / "dropout_rates.txt")],
         tau_values=[float(v) for v in _numbers(folder / "tau_values.txt")],
     )

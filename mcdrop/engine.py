@@ -204,9 +204,7 @@ class MCEngine:
         if b and (int(rows.min()) < 0 or int(rows.max()) >= rng.MAX_ROWS):
             raise ValueError(f"row positions have to be in [0, 2**31), but got {int(rows.min())}..{int(rows.max())}")
         if first_sample < 0 or first_sample + n_samples > rng.MAX_SAMPLES:
-            raise ValueError(
-                f"sample indices have to be in [0, 2**32), but got {first_sample}..{first_sample + n_samples - 1}"
-            )
+            raise ValueError(f"sample indices have to be in [0, 2**32), but got {first_sample}..{first_sample + n_samples - 1}")
         key = _call_key(seed, b, x.device)
         with self._lock, torch.inference_mode(), self._mc_state():
             probe = self._probe(x)
@@ -255,15 +253,11 @@ class MCEngine:
         task = self._require_task()
         if mode is Mode.DETERMINISTIC:
             out = self.deterministic(x).unsqueeze(0)
-            return MCResult(
-                mode, self._summarize(out, sampled=False, level=level), None, out if return_samples else None
-            )
+            return MCResult(mode, self._summarize(out, sampled=False, level=level), None, out if return_samples else None)
         seed = rng.new_seed() if seed is None else seed
         if tolerance is None:
             samples = self.sample(x, n_samples, seed=seed, rows=rows)
-            return MCResult(
-                mode, self._summarize(samples, sampled=True, level=level), seed, samples if return_samples else None
-            )
+            return MCResult(mode, self._summarize(samples, sampled=True, level=level), seed, samples if return_samples else None)
         if not tolerance > 0:
             raise ValueError(f"tolerance has to be a positive standard error, but got {tolerance}")
         cap = max(n_samples, 1000) if max_samples is None else max_samples
@@ -285,9 +279,7 @@ class MCEngine:
                 "summarise this model's outputs: pass MCEngine(model, task=...)"
             )
         if self.task is Head.HOMOSCEDASTIC and not (self.tau is not None and self.tau > 0):
-            raise ValueError(
-                f"a homoscedastic model needs its noise precision: pass MCEngine(model, tau=...), got {self.tau}"
-            )
+            raise ValueError(f"a homoscedastic model needs its noise precision: pass MCEngine(model, tau=...), got {self.tau}")
         return self.task
 
     def _summarize(self, out: Tensor, *, sampled: bool, level: float) -> U.ClassificationSummary | U.RegressionSummary:

@@ -71,18 +71,14 @@ def dropout(
     return x.mul_(mask) if inplace else x * mask
 
 
-def channel_dropout(
-    x: Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None
-) -> Tensor:
+def channel_dropout(x: Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None) -> Tensor:
     """Zero whole channels: one Bernoulli(1 - p) per (n, c), broadcast over the trailing dims.
 
     Shape: ``(N, C, *)`` with at least one trailing dim, e.g. ``(N, C, L)`` or ``(N, C, H, W)``.
     """
     p = check_probability(p)
     if x.dim() < 3:
-        raise ValueError(
-            f"channel dropout expects input of shape (N, C, *) with 3 or more dims, but got {tuple(x.shape)}"
-        )
+        raise ValueError(f"channel dropout expects input of shape (N, C, *) with 3 or more dims, but got {tuple(x.shape)}")
     if not training or p == 0.0:
         return x
     if p == 1.0:
@@ -92,9 +88,7 @@ def channel_dropout(
     return x * mask.div_(1.0 - p)
 
 
-def gaussian_dropout(
-    x: Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None
-) -> Tensor:
+def gaussian_dropout(x: Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None) -> Tensor:
     """Multiplicative Gaussian noise: ``h' = h * (1 + sigma * z)``, ``sigma^2 = p / (1 - p)``.
 
     The noise has mean 1 and variance ``p / (1 - p)``, the moments of Bernoulli dropout (Srivastava
@@ -196,9 +190,7 @@ def mc_channel_dropout(x: Tensor, keys: Tensor, p: float) -> Tensor:
     """
     s, b, expanded = _split(x, keys)
     if x.dim() < 3:
-        raise ValueError(
-            f"channel dropout expects input of shape (N, C, *) with 3 or more dims, but got {tuple(x.shape)}"
-        )
+        raise ValueError(f"channel dropout expects input of shape (N, C, *) with 3 or more dims, but got {tuple(x.shape)}")
     feat = x.shape[1:]
     c = feat[0]
     grouped = x.reshape(s if expanded else 1, b, c, -1)

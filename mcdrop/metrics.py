@@ -21,8 +21,18 @@ from typing import Any
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["accuracy_at_coverage", "aupr", "auroc", "aurc", "brier", "ece", "fpr_at_95_tpr", "gaussian_mixture_ll",
-           "nll", "rmse"]
+__all__ = [
+    "accuracy_at_coverage",
+    "aupr",
+    "aurc",
+    "auroc",
+    "brier",
+    "ece",
+    "fpr_at_95_tpr",
+    "gaussian_mixture_ll",
+    "nll",
+    "rmse",
+]
 
 
 def _np(a: Any) -> np.ndarray:
@@ -92,7 +102,7 @@ def aurc(confidence: Any, correct: Any) -> float:
 def accuracy_at_coverage(confidence: Any, correct: Any, coverage: float = 0.8) -> float:
     """Accuracy on the ``coverage`` fraction of inputs with the highest confidence."""
     c, ok = _np(confidence).astype(float), _np(correct).astype(float)
-    keep = max(1, int(round(coverage * len(c))))
+    keep = max(1, round(coverage * len(c)))
     return float(ok[np.argsort(-c, kind="stable")[:keep]].mean())
 
 

@@ -77,8 +77,9 @@ class PredictRequest(BaseModel):
     mode: Literal["deterministic", "mc"] = "mc"
     n_samples: int = Field(50, ge=1, le=1_000_000, description="MC passes (first round when adaptive)")
     seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the dropout masks; none: random")
-    tolerance: float | None = Field(None, gt=0, allow_inf_nan=False,
-                                    description="adaptive sampling: stop when the MC standard error is below this")
+    tolerance: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="adaptive sampling: stop when the MC standard error is below this"
+    )
     max_samples: int | None = Field(None, ge=1, le=1_000_000, description="adaptive sampling cap")
     level: float = Field(0.95, gt=0, lt=1, description="central prediction-interval level (regression)")
     return_samples: bool = Field(False, description="also return raw per-sample outputs (S, B, ...)")

@@ -62,8 +62,15 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(-1) == y).float().mean())
 
 
-def train_classifier(config: ClassifierConfig, x: Tensor, y: Tensor, *, n_classes: int = 10,
-                     log: Log | None = None, progress: bool = False) -> tuple[DropoutMLP, dict[str, Any]]:
+def train_classifier(
+    config: ClassifierConfig,
+    x: Tensor,
+    y: Tensor,
+    *,
+    n_classes: int = 10,
+    log: Log | None = None,
+    progress: bool = False,
+) -> tuple[DropoutMLP, dict[str, Any]]:
     """Train a :class:`DropoutMLP` classifier on features ``x`` ``(N, D)`` in [0, 1] and labels ``y``.
 
     The last ``val_fraction`` of a seeded permutation is held out for validation (and the temperature).
@@ -73,17 +80,19 @@ def train_classifier(config: ClassifierConfig, x: Tensor, y: Tensor, *, n_classe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         perm = torch.randperm(x.shape[0])
-        n_val = int(round(config.val_fraction * x.shape[0]))
+        n_val = round(config.val_fraction * x.shape[0])
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         xt, yt, xv, yv = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-        model = DropoutMLP(x.shape[1], config.hidden, n_classes, dropout=config.dropout,
-                           input_dropout=config.input_dropout)
+        model = DropoutMLP(x.shape[1], config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
         model.input_shift.fill_(float(xt.mean()))
         model.input_scale.fill_(float(xt.std()))
         opt = _optimizer(config, model.parameters())
         steps = config.epochs * math.ceil(xt.shape[0] / config.batch_size)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if config.schedule == "cosine"
-                 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0))
+        sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+            if config.schedule == "cosine"
+            else torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+        )
         history: dict[str, Any] = {"loss": [], "val_accuracy": []}
         bar = _progress(config.epochs) if progress else None
         start = time.perf_counter()

@@ -107,9 +107,7 @@ def regression_stderr(means: Tensor) -> Tensor:
     return means.std(0, correction=1) / math.sqrt(means.shape[0])
 
 
-def mixture_interval(
-    means: Tensor, variances: Tensor | float, level: float, iterations: int = 64
-) -> tuple[Tensor, Tensor]:
+def mixture_interval(means: Tensor, variances: Tensor | float, level: float, iterations: int = 64) -> tuple[Tensor, Tensor]:
     """Central interval of ``(1/S) sum_s N(mu_s, sigma^2_s)`` at ``level``, by bisection on its CDF.
 
     Shape: means ``(S, B)``, variances ``(S, B)`` or a number -> two ``(B,)`` tensors.
@@ -175,9 +173,7 @@ class RegressionSummary:
         """The rows ``index`` of every tensor field."""
         return type(self)(
             **{
-                f.name: getattr(self, f.name)
-                if not isinstance(getattr(self, f.name), Tensor)
-                else getattr(self, f.name)[index]
+                f.name: getattr(self, f.name) if not isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name)[index]
                 for f in fields(self)
             }
         )

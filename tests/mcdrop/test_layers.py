@@ -7,9 +7,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from mcdrop import ChannelDropout, DropConnectLinear, Dropout, GaussianDropout
+from mcdrop import ChannelDropout, DropConnectLinear, Dropout, GaussianDropout, rng
 from mcdrop import functional as F
-from mcdrop import rng
 from tests.conftest import ALPHA, z_bound
 
 

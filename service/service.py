@@ -1,0 +1,122 @@
+"""The BentoML service: request schema -> Predictor (micro-batched) -> response schema.  No model math here.
+
+Configuration (environment variables, read at start-up):
+  MCDROP_SERVE_MODELS    comma-separated model names in models/ or paths; the first is the default
+                         (default: the bundled fashion-mnist classifier)
+  MCDROP_MAX_ROWS        rows per request (default 1024)
+  MCDROP_MAX_SAMPLES     MC passes per request, also the adaptive cap (default 2000)
+  MCDROP_MAX_BODY_BYTES  request body size (default 16 MiB)
+  MCDROP_BATCH_WAIT_MS   how long an idle batcher waits for company (default 2)
+  MCDROP_THREADS         torch threads (default: torch's choice)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcdrop.artifacts import MODELS_DIR
+from mcdrop.batching import MicroBatcher, QueueFullError
+from mcdrop.predictor import Predictor, RequestError, limits_from_env
+from mcdrop.schemas import ErrorResponse, PredictRequest, PredictResponse
+
+LIMITS = limits_from_env()
+SERVED = [m.strip() for m in os.environ.get("MCDROP_SERVE_MODELS", "").split(",") if m.strip()] or None
+
+SAMPLES_DRAWN = bentoml.metrics.Counter(
+    name="mcdrop_mc_samples_total", documentation="Monte Carlo forward passes drawn, summed over rows",
+    labelnames=["model"])
+LATENCY = bentoml.metrics.Histogram(
+    name="mcdrop_prediction_latency_seconds", documentation="Time from request to answer of /predict, by mode",
+    labelnames=["mode"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+_state: dict[str, Predictor] = {}
+
+
+def error(message: str, field: str | None, status: int) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=message, field=field).model_dump(), status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 before they are parsed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        too_big = error(f"the request body is larger than this server's limit of {self.max_bytes} bytes "
+                        "(MCDROP_MAX_BODY_BYTES); split the batch", "body", 413)
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise RequestError("request body too large", "body", 413)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def list_models(_request: Request) -> JSONResponse:
+    predictor = _state.get("predictor")
+    if predictor is None:
+        return error("the service is starting", None, 503)
+    return JSONResponse({"default": predictor.default, "limits": predictor.limits.model_dump(),
+                         "models": [card.model_dump(mode="json") for card in predictor.cards]})
+
+
+models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+
+
+@bentoml.service(name="mcdrop", traffic={"timeout": 120}, workers=1)
+class MCDrop:
+    """Monte Carlo dropout predictions with uncertainty."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from mcdrop.runtime import tune_allocator
+
+        tune_allocator()
+        if os.environ.get("MCDROP_THREADS"):
+            torch.set_num_threads(int(os.environ["MCDROP_THREADS"]))
+        self.predictor = Predictor(SERVED, limits=LIMITS)
+        self.batcher: MicroBatcher[PredictRequest, PredictResponse] = MicroBatcher(
+            self.predictor.predict_many, rows=lambda r: len(r.inputs), max_rows=LIMITS.max_rows,
+            max_wait_ms=float(os.environ.get("MCDROP_BATCH_WAIT_MS", "2")))
+        _state["predictor"] = self.predictor
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
+    async def predict(self, **fields: Any) -> PredictResponse | JSONResponse:
+        """Predictions with uncertainty for a batch of inputs (deterministic or Monte Carlo)."""
+        request = PredictRequest.model_construct(**fields)
+        start = time.perf_counter()
+        try:
+            response = await self.batcher.submit(request)
+        except RequestError as err:
+            return error(str(err), err.field, err.status)
+        except QueueFullError as err:
+            return error(str(err), None, 503)
+        LATENCY.labels(mode=request.mode).observe(time.perf_counter() - start)
+        if request.mode == "mc":
+            SAMPLES_DRAWN.labels(model=response.model).inc(sum(p.n_samples for p in response.predictions))
+        return response
+
+
+MCDrop.mount_asgi_app(models_app, path="/")
+MCDrop.add_asgi_middleware(BodyLimit, max_bytes=LIMITS.max_body_bytes)
+__all__ = ["MODELS_DIR", "MCDrop"]

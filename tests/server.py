@@ -1,0 +1,61 @@
+"""A real ``bentoml serve`` on a free loopback port, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(env: dict[str, str] | None = None, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
+    """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group)."""
+    port = port or free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "service.service:MCDrop", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n{proc.stdout.read().decode()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not become ready within {timeout} s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
