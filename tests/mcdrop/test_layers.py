@@ -124,7 +124,7 @@ def test_invalid_p_raises_naming_the_value(bad):
 
 
 def test_non_numeric_p_raises():
-    with pytest.raises(ValueError, match="real number.*'half'"):
+    with pytest.raises(ValueError, match=r"real number.*'half'"):
         Dropout("half")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         GaussianDropout(1.0)
