@@ -65,10 +65,14 @@ def main() -> None:
     engine = MCEngine(ours)
     (w1, b1), (w2, b2), (w3, b3) = [(m.weight.detach(), m.bias.detach()) for m in lin]
 
-    header = (f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"allocator tuned: {tuned}; median of {args.repeats} runs, milliseconds")
-    rows = ["| B | N | (a) loop | (b) replicate | (c) mcdrop | (d) floor | (b)/(c) | (c)/(d) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = (
+        f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"allocator tuned: {tuned}; median of {args.repeats} runs, milliseconds"
+    )
+    rows = [
+        "| B | N | (a) loop | (b) replicate | (c) mcdrop | (d) floor | (b)/(c) | (c)/(d) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     with torch.inference_mode():
         for b in args.batches:
             x = torch.rand(b, 784)
@@ -77,10 +81,14 @@ def main() -> None:
                 t_loop = median_ms(lambda: torch.stack([plain(x) for _ in range(n)]), args.repeats)
                 t_rep = median_ms(lambda: plain(x.repeat(n, 1)).view(n, b, 10), args.repeats)
                 t_ours = median_ms(lambda: engine.sample(x, n, seed=0), args.repeats)
-                t_floor = median_ms(lambda: (nn.functional.linear(x, w1, b1), nn.functional.linear(
-                    nn.functional.linear(hidden, w2, b2), w3, b3)), args.repeats)
-                rows.append(f"| {b} | {n} | {t_loop:.2f} | {t_rep:.2f} | {t_ours:.2f} | {t_floor:.2f} "
-                            f"| {t_rep / t_ours:.2f}x | {t_ours / t_floor:.2f}x |")
+                t_floor = median_ms(
+                    lambda: (nn.functional.linear(x, w1, b1), nn.functional.linear(nn.functional.linear(hidden, w2, b2), w3, b3)),
+                    args.repeats,
+                )
+                rows.append(
+                    f"| {b} | {n} | {t_loop:.2f} | {t_rep:.2f} | {t_ours:.2f} | {t_floor:.2f} "
+                    f"| {t_rep / t_ours:.2f}x | {t_ours / t_floor:.2f}x |"
+                )
                 print(rows[-1], flush=True)
     table = "\n".join([header, "", *rows])
     print("\n" + table)

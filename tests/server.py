@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,16 +29,22 @@ def running_server(env: dict[str, str] | None = None, port: int | None = None, t
     """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group)."""
     port = port or free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
+    # The server's log goes to a file: an unread pipe fills up and blocks the server.
+    log = tempfile.NamedTemporaryFile(prefix="mcdrop-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [str(bentoml), "serve", "service.service:MCDrop", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{proc.stdout.read().decode()[-3000:]}")
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -49,6 +56,8 @@ def running_server(env: dict[str, str] | None = None, port: int | None = None, t
         yield url
     finally:
         stop(proc)
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

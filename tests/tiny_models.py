@@ -15,8 +15,30 @@ def write_tiny_models(directory: Path) -> dict[str, Path]:
     cls = DropoutMLP(4, [16], 3, dropout=0.3)
     reg = DropoutMLP(3, [16], 1, dropout=0.2, head="homoscedastic", tau=4.0)
     paths = {"tiny-cls": directory / "tiny-cls", "tiny-reg": directory / "tiny-reg"}
-    save_model(cls, paths["tiny-cls"], {"name": "tiny-cls", "version": "1", "task": "classification", "input_shape": [4],
-                                        "input_size": 4, "normalisation": "none", "class_names": ["a", "b", "c"]})
-    save_model(reg, paths["tiny-reg"], {"name": "tiny-reg", "version": "1", "task": "homoscedastic", "input_shape": [3],
-                                        "input_size": 3, "normalisation": "none", "tau": 4.0})
+    save_model(
+        cls,
+        paths["tiny-cls"],
+        {
+            "name": "tiny-cls",
+            "version": "1",
+            "task": "classification",
+            "input_shape": [4],
+            "input_size": 4,
+            "normalisation": "none",
+            "class_names": ["a", "b", "c"],
+        },
+    )
+    save_model(
+        reg,
+        paths["tiny-reg"],
+        {
+            "name": "tiny-reg",
+            "version": "1",
+            "task": "homoscedastic",
+            "input_shape": [3],
+            "input_size": 3,
+            "normalisation": "none",
+            "tau": 4.0,
+        },
+    )
     return paths
