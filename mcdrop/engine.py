@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -170,7 +169,6 @@ class MCEngine:
         self._lock = threading.RLock()
         self._probes: dict[tuple[Any, ...], _Probe] = {}
         self._spy_widths: list[int] | None = None
-        weakref.finalize(self, self._probes.clear)
 
     # ----------------------------------------------------------------- raw outputs
 
