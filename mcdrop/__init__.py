@@ -5,10 +5,25 @@ Dropout layers (:mod:`mcdrop.layers`), a dropout MLP (:mod:`mcdrop.models`), the
 the conventions shared by everything: samples first ``(S, B, ...)``, randomness only through a seed.
 """
 
-from mcdrop.engine import DropoutConfigError, MCEngine, MCResult, Mode, dropout_layers
-from mcdrop.layers import ChannelDropout, DropConnectLinear, Dropout, GaussianDropout, MCDropoutLayer
-from mcdrop.models import DropoutMLP, Head
-from mcdrop.uncertainty import ClassificationSummary, RegressionSummary
+from importlib import import_module
+from typing import Any
+
+# Lazy exports (PEP 562): ``import mcdrop.client`` or ``mcdrop.schemas`` must not import torch.
+_EXPORTS = {
+    "DropoutConfigError": "mcdrop.engine", "MCEngine": "mcdrop.engine", "MCResult": "mcdrop.engine",
+    "Mode": "mcdrop.engine", "dropout_layers": "mcdrop.engine",
+    "ChannelDropout": "mcdrop.layers", "DropConnectLinear": "mcdrop.layers", "Dropout": "mcdrop.layers",
+    "GaussianDropout": "mcdrop.layers", "MCDropoutLayer": "mcdrop.layers",
+    "DropoutMLP": "mcdrop.models", "Head": "mcdrop.models",
+    "ClassificationSummary": "mcdrop.uncertainty", "RegressionSummary": "mcdrop.uncertainty",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mcdrop' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -133,6 +133,10 @@ class _FunctionalDropoutSpy(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_PROBE_SAMPLES = 32
+"""MC passes of the probe: enough that small rates (p = 0.005 on a few units) still change some output."""
+
+
 class MCEngine:
     """Runs ``model`` in deterministic or Monte Carlo mode and summarises the outputs.
 
@@ -404,7 +408,7 @@ class MCEngine:
         widths: list[int] = []
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, Tensor) and output.dim() and output.shape[0] == 2 * n_rows:
+            if isinstance(output, Tensor) and output.dim() and output.shape[0] == _PROBE_SAMPLES * n_rows:
                 widths.append(output[0].numel())
 
         handle = nn.modules.module.register_module_forward_hook(record)
@@ -414,7 +418,8 @@ class MCEngine:
         try:
             with spy:
                 rows = torch.arange(n_rows, dtype=torch.int64, device=x.device)
-                y = self._mc_pass(probe_x, _Pass(rng.seed_key(0), rows, torch.arange(2, device=x.device)))
+                samples = torch.arange(_PROBE_SAMPLES, device=x.device)
+                y = self._mc_pass(probe_x, _Pass(rng.seed_key(0), rows, samples))
         except DropoutConfigError as err:
             failure = err
         finally:
@@ -429,9 +434,9 @@ class MCEngine:
             ) from failure
         if failure is not None:
             raise failure
-        if torch.equal(y[0], y[1]):
+        if all(torch.equal(y[0], y[i]) for i in range(1, _PROBE_SAMPLES)):
             raise DropoutConfigError(
-                f"two MC passes of {type(self.model).__name__} gave identical outputs: its dropout modules have no "
+                f"{_PROBE_SAMPLES} MC passes of {type(self.model).__name__} gave identical outputs: its dropout modules have no "
                 "effect on the output (are they applied to the output path in forward()?)"
             )
         probe = _Probe(row_cost=max([*widths, math.prod(y.shape[2:]), 1]))

@@ -16,6 +16,7 @@ __all__ = [
     "ErrorResponse",
     "Limits",
     "ModelCard",
+    "ModelsResponse",
     "PredictRequest",
     "PredictResponse",
     "RegressionPrediction",
@@ -65,6 +66,24 @@ class ModelCard(BaseModel):
     weights_file: str = "weights.safetensors"
     weights_sha256: str
     parameter_shapes: dict[str, list[int]]
+
+
+class ModelsResponse(BaseModel):
+    """The body of ``GET /models``: the served models' cards, the default model's name and the limits."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    default: str
+    limits: Limits
+    models: list[ModelCard]
+
+    def card(self, name: str | None = None) -> ModelCard:
+        """The card of ``name`` (default: the default model)."""
+        name = name or self.default
+        for card in self.models:
+            if card.name == name:
+                return card
+        raise KeyError(f"unknown model {name!r}: the server serves {', '.join(c.name for c in self.models)}")
 
 
 class PredictRequest(BaseModel):

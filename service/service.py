@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcdrop.artifacts import MODELS_DIR
 from mcdrop.batching import MicroBatcher, QueueFullError
 from mcdrop.predictor import Predictor, RequestError, limits_from_env
-from mcdrop.schemas import ErrorResponse, PredictRequest, PredictResponse
+from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
 
 LIMITS = limits_from_env()
 SERVED = [m.strip() for m in os.environ.get("MCDROP_SERVE_MODELS", "").split(",") if m.strip()] or None
@@ -75,8 +75,8 @@ async def list_models(_request: Request) -> JSONResponse:
     predictor = _state.get("predictor")
     if predictor is None:
         return error("the service is starting", None, 503)
-    return JSONResponse({"default": predictor.default, "limits": predictor.limits.model_dump(),
-                         "models": [card.model_dump(mode="json") for card in predictor.cards]})
+    body = ModelsResponse(default=predictor.default, limits=predictor.limits, models=predictor.cards)
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])

@@ -1,17 +1,261 @@
-"""``mcdrop score``: not built yet."""
+"""``mcdrop score INPUT -o OUTPUT``: score a file in bulk, in-process (``--model``) or through a service (``--url``).
+
+INPUT: CSV (header optional; pick feature columns with --columns), NumPy .npy/.npz, or IDX images
+(optionally .gz).  uint8 inputs (images) are divided by 255 unless --scale says otherwise.
+OUTPUT: .csv, .jsonl or .npz with the row number, the prediction, the probabilities or mean and
+every uncertainty field.  The file is read, scored and written in chunks (memory stays flat) and
+appears only when the run succeeds.  Masks depend on (seed, row number, sample), so the same seed
+gives the same numbers locally and remotely, whatever --batch-size.
+
+Exit codes: 0 success, 1 data or runtime error, 2 usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from mcdrop.cli.common import CLIError
+import numpy as np
+
+from mcdrop.cli.common import CLIError, is_terminal, log
+
+Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResponse
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="(not built yet)")
+    p = sub.add_parser(name, help="score a file of inputs", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path, metavar="INPUT", help="input file (.csv, .npy, .npz, IDX)")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="OUTPUT", help="output file (.csv, .jsonl, .npz)")
+    p.add_argument("--model", metavar="NAME|PATH",
+                       help="score in-process with this model (default: the bundled default model); with --url: "
+                            "the served model's name")
+    p.add_argument("--url", metavar="URL", help="score through a running mcdrop service instead, e.g. http://127.0.0.1:3000")
+    p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
+    p.add_argument("--samples", "-n", type=int, default=50, metavar="N", help="MC passes per row (default 50)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the dropout masks (default: random, logged)")
+    p.add_argument("--tolerance", type=float, metavar="TOL",
+                   help="adaptive sampling: double N until the MC standard error is at most TOL")
+    p.add_argument("--max-samples", type=int, metavar="N", help="cap of adaptive sampling (default 1000)")
+    p.add_argument("--level", type=float, default=0.95, help="prediction-interval level for regression (0.95)")
+    p.add_argument("--batch-size", type=int, default=1024, metavar="ROWS", help="rows read and scored at a time (1024)")
+    p.add_argument("--input-format", choices=["csv", "npy", "npz", "idx"], help="default: from INPUT's name")
+    p.add_argument("--output-format", choices=["csv", "jsonl", "npz"], help="default: from OUTPUT's suffix")
+    p.add_argument("--columns", metavar="SPEC", help="CSV feature columns: names, 0-based indices or ranges a:b, "
+                                                     "comma-separated (default: all but --id-column)")
+    p.add_argument("--id-column", metavar="NAME|INDEX", help="CSV column copied to the output as 'id'")
+    p.add_argument("--header", choices=["auto", "yes", "no"], default="auto", help="CSV header line (default auto)")
+    p.add_argument("--key", help=".npz array holding the inputs (default: the only one, or inputs/x/images)")
+    p.add_argument("--scale", default="auto", metavar="auto|FLOAT",
+                   help="multiply inputs by this (auto: 1/255 for uint8 inputs, else 1)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="score the good rows and list the bad ones (row, reason) in --bad-rows")
+    p.add_argument("--bad-rows", type=Path, metavar="FILE", help="side file of bad rows (default OUTPUT.bad-rows.csv)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors")
+    p.add_argument("--threads", type=int, help="torch threads (local scoring)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request with --url (120)")
     p.set_defaults(run=run)
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Request options, validated by the shared request schema; a bad one names its flag (exit 2)."""
+    from pydantic import ValidationError
+
+    from mcdrop.schemas import PredictRequest
+
+    flags = {"n_samples": "--samples", "max_samples": "--max-samples", "tolerance": "--tolerance",
+             "seed": "--seed", "level": "--level", "mode": "--mode"}
+    options = {"mode": args.mode, "n_samples": args.samples, "seed": args.seed, "tolerance": args.tolerance,
+               "max_samples": args.max_samples, "level": args.level}
+    try:
+        PredictRequest.model_validate({"inputs": [[0.0]], **{k: v for k, v in options.items() if v is not None}})
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = flags.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise CLIError(f"{flag} {first.get('input')!r}: {first['msg']}", 2) from err
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size has to be a positive number of rows, but got {args.batch_size}", 2)
+    return options
+
+
+def _scale(spec: str, dtype: np.dtype[Any]) -> float:
+    if spec == "auto":
+        return 1 / 255 if dtype == np.uint8 else 1.0
+    try:
+        value = float(spec)
+    except ValueError as err:
+        raise CLIError(f"--scale {spec!r}: expected 'auto' or a number", 2) from err
+    if not np.isfinite(value):
+        raise CLIError(f"--scale {spec!r}: expected a finite number", 2)
+    return value
+
+
+def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
+    from mcdrop.artifacts import ArtifactError
+    from mcdrop.cli.common import setup_torch
+    from mcdrop.predictor import Predictor
+
+    setup_torch(args.threads)
+    try:
+        predictor = Predictor([args.model] if args.model else None)
+    except (ArtifactError, FileNotFoundError) as err:
+        raise CLIError(f"--model: {err}") from err
+
+    def score(x: np.ndarray, first_row: int) -> Any:
+        return predictor.predict_array(x, row_offset=first_row, **options)
+
+    return score, predictor.card()
+
+
+def _remote(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any, Callable[[], None]]:
+    from mcdrop.client import Client, ClientError
+
+    client = Client(args.url, timeout=args.timeout)
+    try:
+        served = client.models()
+        card = served.card(args.model)
+    except ClientError as err:
+        client.close()
+        raise CLIError(f"--url {args.url}: {err}") from err
+    except KeyError as err:
+        client.close()
+        raise CLIError(f"--model: {err.args[0]}", 2) from err
+
+    def score(x: np.ndarray, first_row: int) -> Any:
+        return client.predict(x, model=args.model, row_offset=first_row, **options)
+
+    return score, card, client.close
+
+
+def _segments(rows: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, end) index ranges of consecutive row numbers (bad rows split a chunk)."""
+    if len(rows) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    edges = [0, *breaks.tolist(), len(rows)]
+    yield from itertools.pairwise(edges)
+
+
+class _Progress:
+    """A rich bar with rows/s and ETA on a terminal; a log line every 10 s otherwise; nothing with --quiet."""
+
+    def __init__(self, total: int | None, quiet: bool) -> None:
+        self.done, self.start, self.last_log = 0, time.perf_counter(), time.perf_counter()
+        self.bar: Any = None
+        self.quiet = quiet
+        if not quiet and is_terminal():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task("score", total=total, rate="-")
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
+        elif not self.quiet and now - self.last_log > 10:
+            log(f"scored {self.done:,} rows ({rate:,.0f} rows/s)")
+            self.last_log = now
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.stop()
+        return time.perf_counter() - self.start
+
+
 def run(args: argparse.Namespace) -> int:
-    raise CLIError("not built yet")
+    from mcdrop.readers import InputError, open_input
+    from mcdrop.writers import OutputError, open_output
+
+    options = _options(args)
+    say = (lambda _m: None) if args.quiet else log
+    if args.mode == "mc" and options["seed"] is None:
+        options["seed"] = int.from_bytes(os.urandom(8), "little") >> 1
+        say(f"seed {options['seed']} (pass --seed {options['seed']} to reproduce)")
+    if args.output.resolve() == args.input.resolve():
+        raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
+    try:
+        source = open_input(args.input, format=args.input_format, columns=args.columns, id_column=args.id_column,
+                            header=args.header, key=args.key, chunk_rows=args.batch_size)
+    except InputError as err:
+        raise CLIError(str(err), 2 if err.usage else 1) from err
+    scale = _scale(args.scale, source.dtype)
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if args.url:
+        score, card, close = _remote(args, options)
+    else:
+        score, card = _local(args, options)
+    try:
+        if source.width != card.input_size:
+            raise CLIError(f"{args.input}: rows have {source.width} features, but model {card.name!r} expects "
+                           f"{card.input_size}" + (" (choose them with --columns)" if source.format == "csv" else ""))
+        bad_path = args.bad_rows or args.output.with_name(args.output.name + ".bad-rows.csv")
+        try:
+            writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
+                                 class_names=card.class_names)
+        except OutputError as err:
+            raise CLIError(str(err)) from err
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            n_bad = _score_all(args, source, score, scale, writer, bad_path)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        close()
+    say(f"wrote {writer.rows_written:,} rows to {args.output}" + (f"; {n_bad} bad rows listed in {bad_path}" if n_bad else ""))
+    return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any, bad_path: Path) -> int:
+    from mcdrop.client import ClientError
+    from mcdrop.predictor import RequestError
+    from mcdrop.readers import InputError
+
+    progress = _Progress(source.n_rows, args.quiet)
+    bad_rows: list[tuple[int, str]] = []
+    try:
+        for chunk in source.chunks:
+            if chunk.bad:
+                if not args.skip_bad_rows:
+                    row, reason = chunk.bad[0]
+                    raise CLIError(f"{args.input}: row {row} {reason} (pass --skip-bad-rows to score the others)")
+                bad_rows += chunk.bad
+            x = chunk.x * np.float32(scale) if scale != 1.0 else chunk.x
+            for a, b in _segments(chunk.rows):
+                try:
+                    response = score(x[a:b], int(chunk.rows[a]))
+                except (RequestError, ClientError) as err:
+                    raise CLIError(f"rows {chunk.rows[a]}..{chunk.rows[b - 1]}: {err}") from err
+                writer.write(chunk.rows[a:b], chunk.ids[a:b] if chunk.ids is not None else None, response)
+            progress.advance(len(chunk.rows) + len(chunk.bad))
+    except InputError as err:
+        raise CLIError(str(err)) from err
+    finally:
+        seconds = progress.close()
+    if not args.quiet:
+        log(f"scored {writer.rows_written:,} rows in {seconds:.1f} s ({writer.rows_written / max(seconds, 1e-9):,.0f} rows/s)")
+    if bad_rows:
+        tmp = bad_path.with_name(f".{bad_path.name}.tmp")
+        tmp.write_text("row,reason\n" + "".join(f'{r},"{why.replace(chr(34), chr(39))}"\n' for r, why in bad_rows))
+        os.replace(tmp, bad_path)
+    if writer.rows_written == 0:
+        raise CLIError(f"{args.input}: no rows to score" + (" (every row is bad)" if bad_rows else ""))
+    return len(bad_rows)
