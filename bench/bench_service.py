@@ -1,6 +1,9 @@
 """Load benchmark of the HTTP service on loopback: concurrency C, T seconds, one input row per request.
 
-    python bench/bench_service.py [--concurrency 32] [--seconds 15] [--samples 50]
+    python bench/bench_service.py [--concurrency 32] [--seconds 15] [--samples 50] [--client wrk|python]
+
+The load client is wrk (Debian's package; C, one thread, so it takes little of the machine's CPU from the
+server) when installed, else a closed-loop httpx script (which itself needs about one core here).
 
 Starts `bentoml serve` with the bundled model on a free loopback port (or uses --url), then for each mode
 (deterministic, mc with N = --samples) runs C closed-loop workers for T seconds (and at most
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import statistics
 import sys
 import time
@@ -61,13 +65,44 @@ async def load(url: str, body: dict, concurrency: int, seconds: float, max_reque
     }
 
 
+def load_wrk(url: str, body: dict, concurrency: int, seconds: float) -> dict[str, float]:
+    """wrk -t1 -cC -dT --latency with a POST script; successes = responses - non-2xx - socket errors."""
+    import json
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f"wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                     f"wrk.body = [==[{json.dumps(body)}]==]\n")  # JSON holds ]], hence level 2
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "30s",
+                          "-s", script.name, f"{url}/predict"], capture_output=True, text=True, check=True).stdout
+    Path(script.name).unlink()
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out).group(1))  # type: ignore[union-attr]
+    span = re.search(r"requests in ([\d.]+)(ms|s|m)", out).groups()  # type: ignore[union-attr]
+    elapsed = float(span[0]) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[span[1]]
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = sum(map(int, m.groups())) if (m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)) else 0
+    ok = total - non2xx
+    kinds = {k: v for k, v in {"non-2xx": non2xx, "socket": sock}.items() if v}
+    return {"ok_per_s": ok / elapsed, "ok": ok, "errors": non2xx + sock, "error_kinds": kinds,
+            "p50_ms": ms("50"), "p99_ms": ms("99"), "mean_ms": float("nan")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--max-requests", type=int, default=200_000, help="python client only")
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     args = parser.parse_args()
     row = np.random.default_rng(0).random(784).round(4).tolist()
     bodies = {
@@ -80,9 +115,11 @@ def main() -> None:
     with server as url:
         asyncio.run(load(url, bodies["deterministic"], 4, 2.0, 2000))  # warm-up
         results = {
-            mode: asyncio.run(load(url, body, args.concurrency, args.seconds, args.max_requests)) for mode, body in bodies.items()
+            mode: load_wrk(url, body, args.concurrency, args.seconds) if args.client == "wrk"
+            else asyncio.run(load(url, body, args.concurrency, args.seconds, args.max_requests))
+            for mode, body in bodies.items()
         }
-    print(f"concurrency {args.concurrency}, {args.seconds:g} s per mode, one row per request")
+    print(f"client {args.client}, concurrency {args.concurrency}, {args.seconds:g} s per mode, one row per request")
     print("| mode | successful req/s | errors | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
     for mode, r in results.items():
         kinds = r["error_kinds"] or ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,35 +16,13 @@ import torch
 from scipy import optimize
 from torch import Tensor, nn
 
+from mcdrop.configs import ClassifierConfig
 from mcdrop.engine import MCEngine
 from mcdrop.models import DropoutMLP
 
 __all__ = ["ClassifierConfig", "fit_temperature", "train_classifier"]
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class ClassifierConfig:
-    """Hyper-parameters of :func:`train_classifier` (every field is a CLI flag of ``mcdrop train``)."""
-
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: list[float] = field(default_factory=lambda: [0.2, 0.5])
-    input_dropout: float = 0.0
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float = 0.1
-    momentum: float = 0.0
-    schedule: str = "constant"  # constant | cosine
-    epochs: int = 10
-    batch_size: int = 256
-    weight_decay: float = 0.0
-    seed: int = 0
-    val_fraction: float = 0.1
-    calibrate: bool = False  # fit a temperature for the MC mean on the validation split
-    calibration_samples: int = 50
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _optimizer(config: ClassifierConfig, params: Any) -> torch.optim.Optimizer:

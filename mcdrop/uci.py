@@ -23,14 +23,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mcdrop import metrics as M
+from mcdrop.configs import UCIConfig
 from mcdrop.data import UCIDataset
 from mcdrop.engine import MCEngine
 from mcdrop.models import DropoutMLP, Head
@@ -38,27 +38,6 @@ from mcdrop.models import DropoutMLP, Head
 __all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "run_protocol", "summarize"]
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class UCIConfig:
-    """Settings of one protocol run (the ``mcdrop bench uci`` flags)."""
-
-    epochs_multiplier: float = 10.0  # epochs = n_epochs.txt x this (x10 in the paper's text, x100 in its re-run)
-    samples: int = 10_000  # T: stochastic passes for the test metrics (the published runs: 10,000)
-    val_samples: int | None = None  # T for the grid search's validation LL (default: samples)
-    splits: int | None = None  # first K splits (default: all)
-    batch_size: int = 128
-    lr: float = 1e-3
-    length_scale: float = 1e-2
-    val_fraction: float = 0.2
-    seed: int = 0
-
-    def epochs(self, dataset: UCIDataset) -> int:
-        return max(1, round(dataset.n_epochs * self.epochs_multiplier))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

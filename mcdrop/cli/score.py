@@ -99,7 +99,7 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
     from mcdrop.artifacts import ArtifactError
     from mcdrop.cli.common import setup_torch
-    from mcdrop.predictor import Predictor
+    from mcdrop.predictor import Predictor, RequestError
 
     setup_torch(args.threads)
     try:
@@ -108,7 +108,10 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
         raise CLIError(f"--model: {err}") from err
 
     def score(x: np.ndarray, first_row: int) -> Any:
-        return predictor.predict_array(x, row_offset=first_row, **options)
+        try:
+            return predictor.predict_array(x, row_offset=first_row, **options)
+        except RequestError as err:
+            raise CLIError(f"rows {first_row}..{first_row + len(x) - 1}: {err}") from err
 
     return score, predictor.card()
 
@@ -128,7 +131,10 @@ def _remote(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, 
         raise CLIError(f"--model: {err.args[0]}", 2) from err
 
     def score(x: np.ndarray, first_row: int) -> Any:
-        return client.predict(x, model=args.model, row_offset=first_row, **options)
+        try:
+            return client.predict(x, model=args.model, row_offset=first_row, **options)
+        except ClientError as err:
+            raise CLIError(f"rows {first_row}..{first_row + len(x) - 1}: {err}") from err
 
     return score, card, client.close
 
@@ -225,8 +231,6 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 
 
 def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any, bad_path: Path) -> int:
-    from mcdrop.client import ClientError
-    from mcdrop.predictor import RequestError
     from mcdrop.readers import InputError
 
     progress = _Progress(source.n_rows, args.quiet)
@@ -240,10 +244,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
                 bad_rows += chunk.bad
             x = chunk.x * np.float32(scale) if scale != 1.0 else chunk.x
             for a, b in _segments(chunk.rows):
-                try:
-                    response = score(x[a:b], int(chunk.rows[a]))
-                except (RequestError, ClientError) as err:
-                    raise CLIError(f"rows {chunk.rows[a]}..{chunk.rows[b - 1]}: {err}") from err
+                response = score(x[a:b], int(chunk.rows[a]))
                 writer.write(chunk.rows[a:b], chunk.ids[a:b] if chunk.ids is not None else None, response)
             progress.advance(len(chunk.rows) + len(chunk.bad))
     except InputError as err:

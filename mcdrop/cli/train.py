@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def add_parser(sub: Any, name: str) -> None:
-    from mcdrop.train import ClassifierConfig
+    from mcdrop.configs import ClassifierConfig
 
     parent = sub.add_parser(name, help="train a model", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
