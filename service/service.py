@@ -13,6 +13,7 @@ Configuration (environment variables, read at start-up):
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 from typing import Any
@@ -72,6 +73,54 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+class ErrorShape:
+    """Give BentoML's own validation errors on /predict (400 ``{"error": "1 validation error for ...",
+    "detail": [pydantic errors]}``) the service's shape: ``error`` says where and what, ``field`` names the
+    request field (``body`` for malformed JSON); ``detail`` stays."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/predict":
+            return await self.app(scope, receive, send)
+        start: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+
+        async def reshape(message: Any) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = _with_field(b"".join(chunks))
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        return await self.app(scope, receive, reshape)
+
+
+def _with_field(raw: bytes) -> bytes:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if body.get("field") is not None or not isinstance(detail, list) or not detail:  # type: ignore[union-attr]
+        return raw
+    loc = [str(part) for part in detail[0].get("loc", [])]
+    where = (loc[0] + "".join(f"[{p}]" for p in loc[1:])) if loc else "body"
+    more = f" (and {len(detail) - 1} more, see detail)" if len(detail) > 1 else ""
+    shaped = ErrorResponse(error=f"{where}: {detail[0].get('msg', 'invalid')}{more}", field=loc[0] if loc else "body",
+                           detail=detail)
+    return shaped.model_dump_json().encode()
+
+
 async def list_models(_request: Request) -> JSONResponse:
     predictor = _state.get("predictor")
     if predictor is None:
@@ -124,4 +173,5 @@ class MCDrop:
 
 MCDrop.mount_asgi_app(models_app, path="/")
 MCDrop.add_asgi_middleware(BodyLimit, max_bytes=LIMITS.max_body_bytes)
+MCDrop.add_asgi_middleware(ErrorShape)
 __all__ = ["MODELS_DIR", "MCDrop"]
