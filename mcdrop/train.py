@@ -82,7 +82,7 @@ def train_classifier(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total, count = total + float(loss) * len(idx), count + len(idx)
+                total, count = total + loss.item() * len(idx), count + len(idx)
             acc = _accuracy(model, xv, yv) if n_val else float("nan")
             history["loss"].append(total / count)
             history["val_accuracy"].append(acc)

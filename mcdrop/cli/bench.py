@@ -25,7 +25,7 @@ def add_parser(sub: Any, name: str) -> None:
     u = which.add_parser("uci", help="the nine-dataset UCI regression benchmark", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     u.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets (default: all nine)")
-    u.add_argument("--splits", type=int, metavar="K", help="first K splits of each dataset (default: all)")
+    u.add_argument("--splits", type=int, metavar="K", help="first K splits of each dataset (at most its own; default: all)")
     u.add_argument("--epochs-multiplier", type=float, metavar="M",
                    help="epochs = n_epochs.txt x M (default 10, as in the paper's text)")
     u.add_argument("--samples", type=int, metavar="T", help="MC passes for the test metrics (default 10000)")

@@ -37,11 +37,11 @@ def add_parser(sub: Any, name: str) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("list[int]", "list[float]"):
             kind = int if f.type == "list[int]" else float
-            p.add_argument(flag, type=kind, nargs="+", help=f"config field {f.name}")
+            p.add_argument(flag, type=kind, nargs="+", help=f.metadata["help"])
         elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"config field {f.name}")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), help=f"config field {f.name}")
+            p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), help=f.metadata["help"])
     p.add_argument("--output", "-o", type=Path, required=True, help="model directory to write")
     p.add_argument("--name", help="model name in the card (default: the directory name)")
     p.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
@@ -116,6 +116,7 @@ def run_uci(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from mcdrop.artifacts import save_model
+    from mcdrop.configs import ConfigError
     from mcdrop.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
     from mcdrop.engine import MCEngine
     from mcdrop.evaluation import evaluate_classifier
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             values[f.name] = getattr(args, f.name)
     try:
         config = ClassifierConfig(**values)
+    except ConfigError as err:
+        raise CLIError(f"--{err.field.replace('_', '-')}: {err}", 2) from err
     except TypeError as err:
         raise CLIError(f"--config: {err}", 2) from err
     try:
