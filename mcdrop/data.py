@@ -8,6 +8,7 @@ is prepared in a cache folder (``$MCDROP_CACHE``, default ``~/.cache/mcdrop``).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
             f"Fashion-MNIST not found: expected {', '.join(missing)} in {raw}. Pass --data-root or set MCDROP_DATA, "
             "or fetch it with torchvision.datasets.FashionMNIST(ROOT, download=True) where the internet is reachable"
         )
-    cached = cache_dir() / "torchvision"
+    cached = cache_dir() / "torchvision" / _fingerprint(raw)
     target = cached / "FashionMNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
     for name in _FMNIST_FILES:
@@ -133,6 +134,17 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
         tmp.replace(target / name)
     ds = FashionMNIST(str(cached), train=train, download=False)
     return ds.data, ds.targets.long()
+
+
+def _fingerprint(raw: Path) -> str:
+    """A cache key for the files in ``raw``: its path and each file's name, size and modification time,
+    so a different data root (or a replaced file) never reuses another's decompressed copy."""
+    stamp = [str(raw.resolve())]
+    for path in sorted(raw.iterdir()):
+        if path.is_file():
+            st = path.stat()
+            stamp.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,17 @@ def test_fashion_mnist_from_generated_files(tmp_path):
     assert data.fashion_mnist_features(x).max().item() == pytest.approx(7 / 255)
 
 
+def test_each_data_root_gets_its_own_cached_copy(tmp_path):
+    for name, value in (("a", 7), ("b", 9)):
+        raw = tmp_path / name / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for split in ("train", "t10k"):
+            write_idx(raw / f"{split}-images-idx3-ubyte.gz", np.full((2, 28, 28), value), gz=True)
+            write_idx(raw / f"{split}-labels-idx1-ubyte.gz", np.arange(2), gz=True)
+    assert int(data.load_fashion_mnist(tmp_path / "a")[0].max()) == 7
+    assert int(data.load_fashion_mnist(tmp_path / "b")[0].max()) == 9
+
+
 def test_missing_fashion_mnist_is_one_clear_line(tmp_path):
     with pytest.raises(data.DataNotFoundError, match=r"Fashion-MNIST not found: expected .* MCDROP_DATA") as err:
         data.load_fashion_mnist(tmp_path)
