@@ -24,7 +24,8 @@ def add_parser(sub: Any, name: str) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", nargs="?", help="name in models/ or a model directory (default model)")
     p.add_argument("--samples", "-n", type=int, metavar="N",
-                   help="MC passes (default: 50 for classifiers, 10000 for regressors, as in the cards)")
+                   help="MC passes (default: the N of the card's MC metrics; else 50 for classifiers, 10000 for "
+                        "regressors)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0, as in the cards)")
     p.add_argument("--ood", type=Path, metavar="FILE", help="out-of-distribution images (IDX or .npy)")
     p.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
@@ -54,6 +55,14 @@ def _images(path: Path, width: int) -> Any:
         raise CLIError(f"--ood {path}: row {bad[0]} holds NaN or infinity")
     x = np.concatenate([c.x for c in chunks])
     return torch.from_numpy(x / 255.0 if source.dtype == np.uint8 else x).float()
+
+
+def _card_samples(card: Any, prefix: str, default: int) -> int:
+    """The N of the card's MC metrics (stored under ``<prefix><N>``), so the defaults reproduce the card."""
+    for key in getattr(card, "metrics", None) or {}:
+        if key.startswith(prefix) and key[len(prefix):].isdigit():
+            return int(key[len(prefix):])
+    return default
 
 
 def _table(metrics: dict[str, dict[str, float]]) -> str:
@@ -89,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
                                "Fashion-MNIST test set (784 pixels) for classifiers")
             ood = _images(args.ood, card.input_size) if args.ood else None
             x, y = load_fashion_mnist(args.data_root, train=False)
-            n = args.samples or 50
-            log(f"evaluating {card.name} on the 10,000 Fashion-MNIST test images, MC N={n}, seed {args.seed}")
+            n = args.samples or _card_samples(card, "test_mc_", 50)
+            log(f"evaluating {card.name} on the {len(y):,} Fashion-MNIST test images, MC N={n}, seed {args.seed}")
             metrics = evaluate_classifier(engine, fashion_mnist_features(x), y, n_samples=n, seed=args.seed, ood=ood)
         else:
             if args.ood:
@@ -99,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             if not dataset:
                 raise CLIError(f"the card of {card.name!r} names no UCI dataset ('dataset'); cannot evaluate it")
             data = load_uci(dataset, args.data_root)
-            n = args.samples or 10_000
+            n = args.samples or _card_samples(card, "all_rows_fit_mc_", 10_000)
             log(f"evaluating {card.name} on all {len(data.y)} rows of UCI {dataset} (its training data), "
                 f"MC N={n}, seed {args.seed}")
             metrics = evaluate_regressor(engine, torch.tensor(data.x, dtype=torch.float32),

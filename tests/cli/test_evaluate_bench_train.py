@@ -1,4 +1,4 @@
-"""`mcdrop evaluate`, `mcdrop bench uci` and `mcdrop train uci` as subprocesses, on generated and real data."""
+"""`mcdrop evaluate`, `mcdrop bench uci` and `mcdrop train` as subprocesses, on generated and real data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from mcdrop.artifacts import MODELS_DIR
 from tests.cli.test_score import mcdrop
-from tests.conftest import SHARED_DATA, needs_data
+from tests.conftest import ALPHA, SHARED_DATA, needs_data
+from tests.mcdrop.test_data import write_idx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,6 +66,54 @@ def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
     metrics = json.loads((tmp_path / "ev.json").read_text())
     for key, value in card["metrics"]["all_rows_fit_mc_300"].items():
         assert metrics["mc"][key] == pytest.approx(value, rel=1e-9), key
+
+
+def write_fashion_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """Fashion-MNIST-format IDX files a small MLP can learn: class k brightens pixel rows 2k and 2k+1."""
+    rng = np.random.default_rng(0)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n)
+        images = rng.integers(0, 80, size=(n, 28, 28))
+        for k in range(10):
+            images[labels == k, 2 * k:2 * k + 2, :] += 150
+        write_idx(raw / f"{split}-images-idx3-ubyte.gz", images, gz=True)
+        write_idx(raw / f"{split}-labels-idx1-ubyte.gz", labels, gz=True)
+    return root
+
+
+def test_train_fashion_mnist_is_reproducible_and_evaluate_reproduces_the_card(tmp_path, monkeypatch):
+    from scipy import stats
+
+    monkeypatch.setenv("MCDROP_CACHE", str(tmp_path / "cache"))
+    root = write_fashion_mnist(tmp_path / "data")
+    flags = ["--data-root", root, "--hidden", "64", "64", "--epochs", "3", "--eval-samples", "20", "--calibrate"]
+    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "a", *flags)
+    assert "epoch 3/3" in proc.stderr and "temperature" in proc.stderr  # plain log lines off a terminal
+    mcdrop("train", "fashion-mnist", "-o", tmp_path / "b", *flags)
+    card = json.loads((tmp_path / "a" / "card.json").read_text())
+    assert card["weights_sha256"] == json.loads((tmp_path / "b" / "card.json").read_text())["weights_sha256"]
+    assert card["training"]["hidden"] == [64, 64] and card["training"]["calibrate"] is True
+    assert (tmp_path / "a" / "weights.safetensors").read_bytes() == (tmp_path / "b" / "weights.safetensors").read_bytes()
+    mc = card["metrics"]["test_mc_20"]
+    assert stats.binomtest(round(mc["accuracy"] * 200), 200, 0.1, alternative="greater").pvalue < ALPHA
+    mcdrop("evaluate", tmp_path / "a", "--data-root", root, "--json", tmp_path / "ev.json")
+    metrics = json.loads((tmp_path / "ev.json").read_text())
+    for key in ("accuracy", "nll", "ece", "brier"):
+        assert metrics["mc"][key] == pytest.approx(mc[key], rel=1e-6), key
+
+
+def test_train_errors_name_the_flag(tmp_path):
+    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--dropout", "0.5", check=False)
+    assert proc.returncode == 2 and "--dropout" in proc.stderr and "one rate per hidden layer (2)" in proc.stderr
+    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--schedule", "step", check=False)
+    assert proc.returncode == 2 and "'constant' or 'cosine'" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "c.json").write_text('{"layers": 3}')
+    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--config", tmp_path / "c.json", check=False)
+    assert proc.returncode == 2 and "layers" in proc.stderr
+    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--data-root", tmp_path / "none", check=False)
+    assert proc.returncode == 1 and "Fashion-MNIST not found" in proc.stderr
 
 
 def test_evaluate_errors(tmp_path):
