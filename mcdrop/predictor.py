@@ -173,15 +173,21 @@ class Predictor:
             )
         if not torch.isfinite(tensor).all():
             bad = int(torch.nonzero(~torch.isfinite(tensor).all(1))[0])
-            raise RequestError(f"inputs[{bad}] holds NaN or infinity; expected finite numbers", "inputs")
-        return self._run(served, [request], tensor, [tensor.shape[0]])[0]
+            raise RequestError(f"inputs[{bad}] holds NaN or infinity (or exceeds the float32 range); expected finite "
+                               "numbers", "inputs")
+        answer = self._run(served, [request], tensor, [tensor.shape[0]])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
 
-    def _predict_group(self, group: list[PredictRequest]) -> list[PredictResponse]:
+    def _predict_group(self, group: list[PredictRequest]) -> list[PredictResponse | RequestError]:
         served = self._get(group[0].model)
         x = torch.tensor([row for req in group for row in req.inputs], dtype=torch.float32)
         return self._run(served, group, x, [len(req.inputs) for req in group])
 
-    def _run(self, served: _Served, group: list[PredictRequest], x: Tensor, sizes: list[int]) -> list[PredictResponse]:
+    def _run(
+        self, served: _Served, group: list[PredictRequest], x: Tensor, sizes: list[int]
+    ) -> list[PredictResponse | RequestError]:
         first = group[0]
         mode = Mode(first.mode)
         seeds = [req.seed if req.seed is not None else rng.new_seed() for req in group]
@@ -199,8 +205,17 @@ class Predictor:
             return_samples=first.return_samples,
         )
         predictions = _predictions(result.summary, served.card)
-        responses, start = [], 0
+        finite = _finite_rows(result.summary)
+        responses: list[PredictResponse | RequestError] = []
+        start = 0
         for req, seed, n in zip(group, seeds, sizes, strict=True):
+            if not finite[start : start + n].all():
+                bad = int(torch.nonzero(~finite[start : start + n])[0])
+                responses.append(RequestError(
+                    f"inputs[{bad}] (row {req.row_offset + bad}): the model's output overflowed to NaN or infinity; "
+                    "the input lies far outside the range the model was trained on", "inputs", 422))
+                start += n
+                continue
             samples = None
             if req.return_samples and result.samples is not None:
                 chunk = result.samples[:, start : start + n]
@@ -218,6 +233,13 @@ class Predictor:
             )
             start += n
         return responses
+
+
+def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:
+    """``(B,)``: whether each row's prediction is finite (an input far out of range can overflow float32)."""
+    if isinstance(summary, ClassificationSummary):
+        return torch.isfinite(summary.probabilities).all(1)
+    return torch.isfinite(summary.mean) & torch.isfinite(summary.variance)
 
 
 def _defaults() -> dict[str, Any]:

@@ -23,7 +23,9 @@ __all__ = [
     "Task",
 ]
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FLOAT32_MAX = 3.4028234663852886e38
+# A finite number that float32 (the models' dtype) can hold.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 
 class Task(StrEnum):
@@ -86,10 +88,21 @@ class ModelsResponse(BaseModel):
         raise KeyError(f"unknown model {name!r}: the server serves {', '.join(c.name for c in self.models)}")
 
 
+def _openapi30_bounds(schema: dict[str, Any]) -> None:
+    """Rewrite JSON Schema 2020 exclusive bounds (``exclusiveMaximum: 1``) in the OpenAPI 3.0 form
+    (``maximum: 1, exclusiveMaximum: true``) that the service's OpenAPI 3.0 document needs."""
+    for prop in schema.get("properties", {}).values():
+        for node in [prop, *prop.get("anyOf", [])]:
+            for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                value = node.get(bound)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    node[plain], node[bound] = value, True
+
+
 class PredictRequest(BaseModel):
     """A batch of inputs to score.  Row masks depend on (seed, row_offset + row index, sample index)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra=_openapi30_bounds)
 
     inputs: list[list[FiniteFloat]] = Field(..., min_length=1, description="rows of input features")
     model: str | None = Field(None, description="name of a served model; default: the default model")

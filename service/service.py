@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcdrop.artifacts import MODELS_DIR
 from mcdrop.batching import MicroBatcher, QueueFullError
 from mcdrop.predictor import Predictor, RequestError, limits_from_env
-from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
+from mcdrop.schemas import FLOAT32_MAX, ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
 
 LIMITS = limits_from_env()
 SERVED = [m.strip() for m in os.environ.get("MCDROP_SERVE_MODELS", "").split(",") if m.strip()] or None
@@ -73,10 +73,14 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
 class ErrorShape:
     """Give BentoML's own validation errors on /predict (400 ``{"error": "1 validation error for ...",
     "detail": [pydantic errors]}``) the service's shape: ``error`` says where and what, ``field`` names the
-    request field (``body`` for malformed JSON); ``detail`` stays."""
+    request field (``body`` for malformed JSON); ``detail`` stays.  Form bodies get 415 (field ``content-type``):
+    the API takes JSON only."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,6 +88,11 @@ class ErrorShape:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != "/predict":
             return await self.app(scope, receive, send)
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        media = content_type.split(";")[0].strip().lower()
+        if media in FORM_TYPES:  # BentoML would parse a form (and answer 500 on a malformed one)
+            message = f"/predict takes a JSON body (Content-Type: application/json), but got Content-Type {media}"
+            return await error(message, "content-type", 415)(scope, receive, send)
         start: dict[str, Any] | None = None
         chunks: list[bytes] = []
 
@@ -116,9 +125,21 @@ def _with_field(raw: bytes) -> bytes:
     loc = [str(part) for part in detail[0].get("loc", [])]
     where = (loc[0] + "".join(f"[{p}]" for p in loc[1:])) if loc else "body"
     more = f" (and {len(detail) - 1} more, see detail)" if len(detail) > 1 else ""
-    shaped = ErrorResponse(error=f"{where}: {detail[0].get('msg', 'invalid')}{more}", field=loc[0] if loc else "body",
+    shaped = ErrorResponse(error=f"{where}: {_message(detail[0])}{more}", field=loc[0] if loc else "body",
                            detail=detail)
     return shaped.model_dump_json().encode()
+
+
+def _message(err: dict[str, Any]) -> str:
+    """Pydantic's message, with the float32 bound on inputs written readably (not as 39 digits)."""
+    msg = str(err.get("msg", "invalid"))
+    head, _, number = msg.rpartition(" ")
+    try:
+        if abs(float(number)) == FLOAT32_MAX:
+            return f"{head} {float(number):.8g} (inputs have to fit in float32)"
+    except ValueError:
+        pass
+    return msg
 
 
 async def list_models(_request: Request) -> JSONResponse:

@@ -121,6 +121,27 @@ def test_bad_input_is_a_4xx_naming_the_field(url, body, status, field):
     assert err["error"] and "validation error for" not in err["error"]
 
 
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "multipart/form-data",
+                                          "application/x-www-form-urlencoded"])
+def test_form_bodies_are_415_naming_the_content_type(url, content_type):
+    """A malformed multipart body made BentoML answer 500; `curl -d` without a header sends a form."""
+    r = httpx.post(f"{url}/predict", content=json.dumps({"inputs": [ROW]}), headers={"content-type": content_type})
+    assert r.status_code == 415 and r.json()["field"] == "content-type" and "application/json" in r.json()["error"]
+
+
+def test_openapi_document_uses_openapi_30_bounds(url):
+    """Exclusive bounds in the OpenAPI 3.0 form (a boolean beside minimum/maximum), so 3.0 tools accept it."""
+    doc = httpx.get(f"{url}/docs.json").json()
+    level = doc["components"]["schemas"]["PredictRequestIODescriptor"]["properties"]["level"]
+    assert (level["minimum"], level["maximum"], level["exclusiveMinimum"], level["exclusiveMaximum"]) == (0, 1, True, True)
+
+
+def test_inputs_beyond_float32_name_the_bound(url):
+    r = post(url, {"inputs": [[0.5, 1e300, 0.0, 0.0]]})
+    assert r.status_code == 400 and r.json()["field"] == "inputs"
+    assert r.json()["error"].startswith("inputs[0][1]: Input should be less than or equal to 3.4028235e+38")
+
+
 def test_oversized_body_is_413(url):
     r = post(url, {"inputs": [[0.123456789] * 4] * 2000})
     assert r.status_code == 413 and r.json()["field"] == "body"
