@@ -35,6 +35,10 @@ class ArtifactError(ValueError):
     """A model directory is missing, incomplete or does not match its card."""
 
 
+class ModelNotFoundError(ArtifactError):
+    """No model directory by that name or path (a usage error, unlike a damaged model)."""
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -60,7 +64,9 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None, models_dir: Path 
     if candidate.is_dir():
         return candidate
     names = ", ".join(available_models(models_dir)) or "none"
-    raise ArtifactError(f"model {str(name_or_path)!r} not found: expected a directory or one of the bundled models ({names})")
+    raise ModelNotFoundError(
+        f"model {str(name_or_path)!r} not found: expected a directory or one of the bundled models ({names})"
+    )
 
 
 def save_model(model: DropoutMLP, directory: Path, card: dict[str, object]) -> ModelCard:

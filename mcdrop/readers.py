@@ -281,7 +281,8 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
     """Open ``path`` for chunked reading (format from the name unless given)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file; expected an input file (.csv, .npy, .npz or IDX)")
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise InputError(f"{path}: {what}; expected an input file (.csv, .npy, .npz or IDX)")
     fmt = format or detect_format(path)
     if fmt != "csv" and (columns or id_column):
         raise InputError(f"--columns and --id-column apply to CSV input, but {path} is {fmt}", usage=True)

@@ -78,7 +78,7 @@ def _table(metrics: dict[str, dict[str, float]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.artifacts import ArtifactError, load_model
+    from mcdrop.artifacts import ArtifactError, ModelNotFoundError, load_model
     from mcdrop.data import DataNotFoundError, fashion_mnist_features, load_fashion_mnist, load_uci
     from mcdrop.engine import MCEngine
     from mcdrop.evaluation import evaluate_classifier, evaluate_regressor
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, card = load_model(args.model)
     except ArtifactError as err:
-        raise CLIError(str(err)) from err
+        raise CLIError(str(err), 2 if isinstance(err, ModelNotFoundError) else 1) from err
     engine = MCEngine(model)
     try:
         if card.task == "classification":

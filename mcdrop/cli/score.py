@@ -98,7 +98,7 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 
 
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
-    from mcdrop.artifacts import ArtifactError
+    from mcdrop.artifacts import ArtifactError, ModelNotFoundError
     from mcdrop.cli.common import setup_torch
     from mcdrop.predictor import Predictor, RequestError
 
@@ -106,7 +106,7 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
     try:
         predictor = Predictor([args.model] if args.model else None)
     except (ArtifactError, FileNotFoundError) as err:
-        raise CLIError(f"--model: {err}") from err
+        raise CLIError(f"--model: {err}", 2 if isinstance(err, ModelNotFoundError) else 1) from err
 
     def score(x: np.ndarray, first_row: int) -> Any:
         try:

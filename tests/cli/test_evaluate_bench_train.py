@@ -118,7 +118,7 @@ def test_train_errors_name_the_flag(tmp_path):
 
 def test_evaluate_errors(tmp_path):
     proc = mcdrop("evaluate", tmp_path / "missing-model", check=False)
-    assert proc.returncode == 1 and "not found" in proc.stderr
+    assert proc.returncode == 2 and "not found" in proc.stderr  # a bad argument; a damaged model exits 1
     proc = mcdrop("evaluate", "--samples", "0", check=False)
     assert proc.returncode == 2 and "--samples" in proc.stderr
     (tmp_path / "ood.csv").write_text("1,2\n")

@@ -165,7 +165,7 @@ def test_skip_bad_rows_scores_the_rest_and_lists_them(tmp_path, models, local):
         (["--columns", "zz"], 2, "--columns: no column 'zz'"),
         (["--batch-size", "0"], 2, "--batch-size"),
         (["--scale", "x"], 2, "--scale 'x'"),
-        (["--model", "no-such-model"], 1, "--model"),
+        (["--model", "no-such-model"], 2, "--model"),
         (["--output-format", "xml"], 2, "invalid choice"),
     ],
 )
@@ -178,10 +178,22 @@ def test_usage_and_model_errors(tmp_path, models, args, code, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_damaged_model_is_a_data_error(tmp_path, models):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(models["tiny-cls"], damaged)
+    weights = damaged / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    proc = mcdrop("score", write_csv(tmp_path / "in.csv", X[:3]), "-o", tmp_path / "o.csv", "--model", damaged, check=False)
+    assert proc.returncode == 1 and "--model" in proc.stderr and "sha256" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
         (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "is a directory"),
         (lambda p: p.write_text(""), "the file is empty"),
         (lambda p: p.write_bytes(b"\xff\xfe\x00binary"), "not UTF-8"),
         (lambda p: write_csv(p, X[:3, :3]), "rows have 3 features, but model 'tiny-cls' expects 4"),
