@@ -7,7 +7,7 @@ All take NumPy arrays or tensors and return Python floats.
 * ``nll``: ``-mean_i log p_i[y_i]`` (probabilities clipped at ``1e-12``); ``brier``: ``mean_i sum_c (p_ic - 1[c = y_i])^2``.
 * ``auroc``: P(score_out > score_in) + P(tie)/2 (Mann-Whitney U / (n_in n_out)), OOD as the positive class;
   ``aupr``: average precision for OOD positives; ``fpr_at_95_tpr``: fraction of in-distribution inputs
-  scored at or above the threshold that flags 95% of OOD inputs.
+  scored at or above the highest threshold that flags at least 95% of OOD inputs.
 * ``aurc``: area under the risk-coverage curve when rejecting the least confident first;
   ``accuracy_at_coverage``: accuracy on the most confident fraction of inputs.
 * ``gaussian_mixture_ll``: the UCI benchmark's test log-likelihood,
@@ -16,6 +16,7 @@ All take NumPy arrays or tensors and return Python floats.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,8 @@ def aupr(scores_in: Any, scores_out: Any) -> float:
 def fpr_at_95_tpr(scores_in: Any, scores_out: Any) -> float:
     """False-positive rate on in-distribution inputs at the threshold flagging 95% of OOD inputs."""
     a, b = _np(scores_in).astype(float), _np(scores_out).astype(float)
-    threshold = np.quantile(b, 0.05, method="lower")
+    k = math.ceil(round(0.95 * len(b), 9))  # the highest threshold that flags at least 95% of OOD inputs
+    threshold = np.sort(b)[len(b) - k]
     return float((a >= threshold).mean())
 
 
