@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from mcdrop.predictor import Predictor
 from mcdrop.schemas import PredictRequest, PredictResponse
@@ -140,6 +142,63 @@ def test_inputs_beyond_float32_name_the_bound(url):
     r = post(url, {"inputs": [[0.5, 1e300, 0.0, 0.0]]})
     assert r.status_code == 400 and r.json()["field"] == "inputs"
     assert r.json()["error"].startswith("inputs[0][1]: Input should be less than or equal to 3.4028235e+38")
+
+
+ABSENT = object()
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+                 st.text(max_size=5), st.lists(st.integers(), max_size=2))
+
+
+def _field(draw: st.DrawFn, valid: st.SearchStrategy, *edges: object) -> object:
+    """A field's value: from ``valid`` 24 times in 28, else an edge value (out of range), of the wrong type,
+    or absent."""
+    pick = draw(st.integers(0, 27))
+    if pick < 24 or (pick == 24 and not edges):
+        return draw(valid)
+    return draw(st.sampled_from(edges)) if pick == 24 else draw(JUNK) if pick < 27 else ABSENT
+
+
+CLEAN = st.one_of(st.floats(-10, 10), st.integers(-5, 5))
+DIRTY = st.one_of(st.floats(-10, 10), st.floats(allow_nan=False), st.text(max_size=2))
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> dict:
+    """Request bodies, mostly well formed for the chosen model; each field sometimes out of range, of the
+    wrong type or absent."""
+    model = _field(draw, st.sampled_from(["tiny-cls", "tiny-reg", "nope"]))
+    width = 3 if model == "tiny-reg" else 4
+    width = draw(st.sampled_from([width] * 8 + [2, 5]))
+    cells = draw(st.sampled_from([CLEAN] * 4 + [DIRTY]))
+    n_rows = draw(st.sampled_from([*range(1, MAX_ROWS + 1)] * 2 + [0, MAX_ROWS + 1]))  # 0 and too many: rare
+    rows = st.lists(st.lists(cells, min_size=width, max_size=width), min_size=n_rows, max_size=n_rows)
+    body = {
+        "inputs": _field(draw, rows),
+        "model": model,
+        "mode": _field(draw, st.sampled_from(["mc", "deterministic"])),
+        "n_samples": _field(draw, st.integers(1, 60), 0, MAX_SAMPLES, MAX_SAMPLES + 1),
+        "seed": _field(draw, st.integers(0, 2**63 - 1), -1, 2**63),
+        "tolerance": _field(draw, st.floats(0.01, 1), 0.0),
+        "max_samples": _field(draw, st.integers(1, MAX_SAMPLES + 1)),
+        "level": _field(draw, st.floats(0.01, 0.99), 0.0, 1.0),
+        "return_samples": _field(draw, st.booleans()),
+        "row_offset": _field(draw, st.integers(0, 2**31 - MAX_ROWS), -1, 2**31),
+    }
+    return {k: v for k, v in body.items() if v is not ABSENT}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(body=bodies())
+def test_fuzzed_requests_get_an_answer_or_a_4xx_never_a_5xx(url, body):
+    """Any mix of valid, out-of-range and wrongly typed fields: 200 with the response schema, or a 4xx in
+    the error shape naming a field."""
+    r = post(url, body)
+    event(f"status {r.status_code} {r.json().get('field') if r.status_code != 200 else ''}")
+    if r.status_code == 200:
+        PredictResponse.model_validate(r.json())
+    else:
+        assert r.status_code in (400, 404, 413, 422), r.text
+        assert r.json()["error"] and r.json()["field"], r.text
 
 
 def test_oversized_body_is_413(url):
