@@ -64,7 +64,7 @@ def _check(block: np.ndarray, start: int, rows: np.ndarray | None = None) -> Chu
     finite = np.isfinite(x).all(1)
     if finite.all():
         return Chunk(start, x, rows)
-    bad = [(int(r), "holds NaN or infinity; expected finite numbers") for r in rows[~finite]]
+    bad = [(int(r), "holds NaN or infinity, or a value beyond the float32 range; expected finite numbers") for r in rows[~finite]]
     return Chunk(start, x[finite], rows[finite], bad=bad)
 
 
