@@ -85,7 +85,9 @@ def _check(ok: bool, name: str, expected: str, got: Any) -> None:
 
 @dataclass
 class UCIConfig:
-    """Settings of one protocol run (the ``mcdrop bench uci`` flags)."""
+    """Settings of one protocol run (the ``mcdrop bench uci`` and ``mcdrop train uci`` flags).
+
+    Invalid values raise :class:`ConfigError` naming the field."""
 
     epochs_multiplier: float = 10.0  # epochs = n_epochs.txt x this (x10 in the paper's text, x100 in its re-run)
     samples: int = 10_000  # T: stochastic passes for the test metrics (the published runs: 10,000)
@@ -96,6 +98,18 @@ class UCIConfig:
     length_scale: float = 1e-2
     val_fraction: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(_is_number(self.epochs_multiplier) and self.epochs_multiplier > 0, "epochs_multiplier",
+               "a number > 0", self.epochs_multiplier)
+        for name in ("samples", "val_samples", "splits", "batch_size"):
+            value = getattr(self, name)
+            if value is not None or name in ("samples", "batch_size"):
+                _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
+                       "an integer >= 1", value)
+        _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
+        _check(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction", "a number in (0, 1)",
+               self.val_fraction)
 
     def epochs(self, dataset: Any) -> int:
         """``n_epochs.txt`` of ``dataset`` (a :class:`~mcdrop.data.UCIDataset`) times the multiplier."""

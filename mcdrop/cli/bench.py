@@ -40,6 +40,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run_uci(args: argparse.Namespace) -> int:
+    from mcdrop.configs import ConfigError
     from mcdrop.data import UCI_DATASETS, DataNotFoundError, load_uci
     from mcdrop.uci import UCIConfig, run_protocol, summarize
 
@@ -50,13 +51,11 @@ def run_uci(args: argparse.Namespace) -> int:
     for name in datasets:
         if name not in UCI_DATASETS:
             raise CLIError(f"--datasets: unknown dataset {name!r}; expected some of {', '.join(UCI_DATASETS)}", 2)
-    for flag in ("splits", "samples", "val_samples"):
-        if flag in settings and settings[flag] < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} has to be a positive integer, but got {settings[flag]}", 2)
-    if not settings["epochs_multiplier"] > 0:
-        raise CLIError(f"--epochs-multiplier has to be positive, but got {settings['epochs_multiplier']}", 2)
-    config = UCIConfig(epochs_multiplier=settings["epochs_multiplier"], samples=settings["samples"],
-                       val_samples=settings.get("val_samples"), splits=settings.get("splits"), seed=args.seed)
+    try:
+        config = UCIConfig(epochs_multiplier=settings["epochs_multiplier"], samples=settings["samples"],
+                           val_samples=settings.get("val_samples"), splits=settings.get("splits"), seed=args.seed)
+    except ConfigError as err:
+        raise CLIError(f"--{err.field.replace('_', '-')}: {err}", 2) from err
     results = []
     for name in datasets:
         try:

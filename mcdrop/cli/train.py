@@ -69,6 +69,7 @@ def run_uci(args: argparse.Namespace) -> int:
     import torch
 
     from mcdrop.artifacts import save_model
+    from mcdrop.configs import ConfigError
     from mcdrop.data import UCI_DATASETS, DataNotFoundError, load_uci
     from mcdrop.engine import MCEngine
     from mcdrop.evaluation import evaluate_regressor
@@ -78,11 +79,14 @@ def run_uci(args: argparse.Namespace) -> int:
     if args.name not in UCI_DATASETS:
         raise CLIError(f"unknown UCI dataset {args.name!r}: expected one of {', '.join(UCI_DATASETS)}", 2)
     try:
+        config = UCIConfig(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
+                           val_samples=args.val_samples, splits=args.splits, seed=args.seed)
+    except ConfigError as err:
+        raise CLIError(f"--{err.field.replace('_', '-')}: {err}", 2) from err
+    try:
         dataset = load_uci(args.name, args.data_root)
     except DataNotFoundError as err:
         raise CLIError(str(err)) from err
-    config = UCIConfig(epochs_multiplier=args.epochs_multiplier, samples=args.samples, val_samples=args.val_samples,
-                       splits=args.splits, seed=args.seed)
     protocol = run_protocol(dataset, config, log=log)
     p, tau = protocol.chosen()
     log(f"protocol done in {protocol.seconds:.0f} s; training on all {len(dataset.y)} rows with p={p:g}, tau={tau:g}")

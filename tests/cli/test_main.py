@@ -24,3 +24,6 @@ def test_usage_errors_exit_2():
     assert mcdrop("score", "in.csv", check=False).returncode == 2  # -o is required
     proc = mcdrop("train", "uci", "iris", "-o", "x", check=False)
     assert proc.returncode == 2 and "unknown UCI dataset 'iris'" in proc.stderr
+    for command in (["bench", "uci", "--datasets", "yacht"], ["train", "uci", "yacht", "-o", "x"]):
+        proc = mcdrop(*command, "--samples", "0", "--data-root", "/nonexistent", check=False)
+        assert proc.returncode == 2 and "--samples" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

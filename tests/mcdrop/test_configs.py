@@ -42,3 +42,16 @@ def test_bad_values_name_the_field(values, field, expected):
 
 def test_training_on_every_row_is_allowed_without_calibration():
     assert ClassifierConfig(val_fraction=0.0).val_fraction == 0.0
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [({"epochs_multiplier": 0}, "epochs_multiplier"), ({"samples": 0}, "samples"), ({"val_samples": -3}, "val_samples"),
+     ({"splits": 0}, "splits"), ({"batch_size": 0}, "batch_size"), ({"lr": -1.0}, "lr"), ({"val_fraction": 0.0}, "val_fraction")],
+)
+def test_uci_config_bad_values_name_the_field(values, field):
+    from mcdrop.configs import UCIConfig
+
+    with pytest.raises(ConfigError, match=field) as err:
+        UCIConfig(**values)
+    assert err.value.field == field
