@@ -434,7 +434,7 @@ class MCEngine:
             ) from failure
         if failure is not None:
             raise failure
-        if all(torch.equal(y[0], y[i]) for i in range(1, _PROBE_SAMPLES)):
+        if torch.equal(y, y[:1].expand_as(y)):
             raise DropoutConfigError(
                 f"{_PROBE_SAMPLES} MC passes of {type(self.model).__name__} gave identical outputs: its dropout modules have no "
                 "effect on the output (are they applied to the output path in forward()?)"

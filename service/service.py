@@ -119,8 +119,10 @@ def _with_field(raw: bytes) -> bytes:
         body = json.loads(raw)
     except ValueError:
         return raw
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if body.get("field") is not None or not isinstance(detail, list) or not detail:  # type: ignore[union-attr]
+    if not isinstance(body, dict) or body.get("field") is not None:
+        return raw
+    detail = body.get("detail")
+    if not isinstance(detail, list) or not detail:
         return raw
     loc = [str(part) for part in detail[0].get("loc", [])]
     where = (loc[0] + "".join(f"[{p}]" for p in loc[1:])) if loc else "body"

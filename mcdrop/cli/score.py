@@ -16,6 +16,7 @@ import argparse
 import collections
 import itertools
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     say = (lambda _m: None) if args.quiet else log
     if args.mode == "mc" and options["seed"] is None:
-        options["seed"] = int.from_bytes(os.urandom(8), "little") >> 1
+        options["seed"] = secrets.randbits(63)  # as mcdrop.rng.new_seed, without importing torch
         say(f"seed {options['seed']} (pass --seed {options['seed']} to reproduce)")
     if args.output.resolve() == args.input.resolve():
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
