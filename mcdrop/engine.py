@@ -7,6 +7,10 @@ Conventions, used throughout mcdrop:
   one from the OS and report it).  The global torch RNG is never touched.  A row's masks are a function
   of (seed, row position in its request, sample index, dropout layer) alone (:mod:`mcdrop.rng`), never of
   the other rows in the batch or of the chunk size.
+* **Reproducible.**  The same call on the same machine is bit-identical.  Other batch compositions, chunk
+  sizes, thread counts or CPUs give the same masks but may round the float32 sums differently: outputs
+  agree within 1e-5 of the row's largest output, probabilities and entropies within 1e-5 absolute (README,
+  "Reproducibility"; ``tests/tolerances.py``).
 * **State restored.**  The model's train/eval flags are restored after every call, also on error.
 
 How an MC pass works: every module is put in eval mode (BatchNorm and friends use their running

@@ -11,7 +11,7 @@ from torch import Tensor
 from mcdrop import metrics as M
 from mcdrop.engine import MCEngine
 
-__all__ = ["evaluate_classifier", "evaluate_regressor"]
+__all__ = ["classifier_summaries", "evaluate_classifier", "evaluate_regressor"]
 
 SCORES = ("predictive_entropy", "mutual_information", "max_probability")
 
@@ -23,6 +23,14 @@ def _scores(summary: Any) -> dict[str, Tensor]:
     return out
 
 
+def classifier_summaries(engine: MCEngine, x: Tensor, *, mode: str, n_samples: int = 50, seed: int = 0,
+                         batch_size: int = 1000) -> list[Any]:
+    """Summaries of ``x`` in batches; row ``i`` keeps its position ``i`` (so masks match one big call)."""
+    return [engine.run(x[i:i + batch_size], mode=mode, n_samples=n_samples, seed=seed,
+                       rows=torch.arange(i, min(i + batch_size, len(x)))).summary
+            for i in range(0, len(x), batch_size)]
+
+
 def evaluate_classifier(engine: MCEngine, x: Tensor, y: Tensor, *, n_samples: int = 50, seed: int = 0,
                         ood: Tensor | None = None, batch_size: int = 1000) -> dict[str, dict[str, float]]:
     """Per mode (``deterministic``, ``mc``): accuracy, NLL, Brier, ECE (15 bins), mean uncertainties, AURC,
@@ -30,9 +38,7 @@ def evaluate_classifier(engine: MCEngine, x: Tensor, y: Tensor, *, n_samples: in
     (max probability enters as ``-max p``: higher means more uncertain)."""
     results: dict[str, dict[str, float]] = {}
     for mode in ("deterministic", "mc"):
-        summaries = [engine.run(x[i:i + batch_size], mode=mode, n_samples=n_samples, seed=seed,
-                                rows=torch.arange(i, min(i + batch_size, len(x)))).summary
-                     for i in range(0, len(x), batch_size)]
+        summaries = classifier_summaries(engine, x, mode=mode, n_samples=n_samples, seed=seed, batch_size=batch_size)
         probs = torch.cat([s.probabilities for s in summaries])
         conf = torch.cat([s.confidence for s in summaries])
         correct = probs.argmax(1) == y

@@ -10,6 +10,14 @@ from scipy import stats
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
+# MCDROP_TEST_THREADS=N runs the whole suite with N torch threads: this process, and the servers and CLI
+# subprocesses it starts (through MCDROP_THREADS).  No test may depend on the thread count.
+if os.environ.get("MCDROP_TEST_THREADS"):
+    import torch
+
+    torch.set_num_threads(int(os.environ["MCDROP_TEST_THREADS"]))
+    os.environ["MCDROP_THREADS"] = os.environ["MCDROP_TEST_THREADS"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MCDROP_DATA", ROOT.parent / "shared" / "data"))
 

@@ -22,10 +22,14 @@ def is_terminal() -> bool:
 
 
 def setup_torch(threads: int | None) -> None:
+    """Tune the allocator and set torch's threads: ``threads``, else ``$MCDROP_THREADS``, else torch's default."""
+    import os
+
     import torch
 
     from mcdrop.runtime import tune_allocator
 
     tune_allocator()
+    threads = threads or int(os.environ.get("MCDROP_THREADS") or 0)
     if threads:
         torch.set_num_threads(threads)

@@ -20,6 +20,7 @@ from mcdrop.client import APIError, AsyncClient, Client, RequestTimeout, Unavail
 from mcdrop.predictor import Predictor
 from tests.server import free_port, running_server
 from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_outputs_close, assert_probabilities_close
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAX_ROWS = 8
@@ -72,8 +73,8 @@ def test_inputs_of_every_kind_give_the_local_answer(url, local, kind):
         got = client.predict(inputs, n_samples=20, seed=7)
     want = local.predict_array(X[:5], n_samples=20, seed=7)
     assert got.probabilities.shape == (5, 3)
-    np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got.column("mutual_information"), want.column("mutual_information"), rtol=1e-5, atol=1e-6)
+    assert_probabilities_close(got.probabilities, want.probabilities)
+    assert_probabilities_close(got.column("mutual_information"), want.column("mutual_information"))
 
 
 def test_large_input_is_split_and_reassembled_in_order(url, local):
@@ -83,10 +84,9 @@ def test_large_input_is_split_and_reassembled_in_order(url, local):
         regression = client.predict(X[:, :3], model="tiny-reg", n_samples=30, seed=11)
         unseeded = client.predict(X, n_samples=5)
     want = local.predict_array(X, n_samples=30, seed=11, return_samples=True)
-    np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(got.samples), np.asarray(want.samples), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(regression.mean, local.predict_array(X[:, :3], model="tiny-reg", n_samples=30,
-                                                                    seed=11).mean, rtol=1e-5, atol=1e-6)
+    assert_probabilities_close(got.probabilities, want.probabilities)
+    assert_outputs_close(np.asarray(got.samples), np.asarray(want.samples))
+    assert_outputs_close(regression.mean, local.predict_array(X[:, :3], model="tiny-reg", n_samples=30, seed=11).mean)
     assert len(unseeded.predictions) == 30 and unseeded.seed is not None  # one seed drawn for all slices
 
 
@@ -111,8 +111,7 @@ def test_nan_inputs_fail_before_any_request(url):
 def test_row_offset_continues_a_split_file(url, local):
     with Client(url) as client:
         tail = client.predict(X[10:], n_samples=10, seed=3, row_offset=10)
-    np.testing.assert_allclose(tail.probabilities, local.predict_array(X, n_samples=10, seed=3).probabilities[10:],
-                               rtol=1e-5, atol=1e-7)
+    assert_probabilities_close(tail.probabilities, local.predict_array(X, n_samples=10, seed=3).probabilities[10:])
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from mcdrop.artifacts import save_model
 from mcdrop.predictor import Predictor, RequestError
 from mcdrop.schemas import PredictRequest, PredictResponse
 from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_probabilities_close
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_merged_requests_answer_as_alone(predictor):
         alone = predictor.predict(req)
         assert isinstance(answer, PredictResponse)
         for got, want in zip(answer.predictions, alone.predictions, strict=True):
-            assert got.probabilities == pytest.approx(want.probabilities, abs=1e-6)
+            assert_probabilities_close(got.probabilities, want.probabilities)
 
 
 def test_invalid_request_does_not_fail_its_neighbours(predictor):

@@ -15,6 +15,7 @@ from mcdrop.predictor import Predictor
 from mcdrop.schemas import PredictRequest, PredictResponse
 from tests.server import running_server
 from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_probabilities_close
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAX_ROWS, MAX_SAMPLES, MAX_BODY = 8, 500, 64 * 1024
@@ -235,8 +236,8 @@ def test_seeded_answer_same_alone_and_under_concurrent_load(url):
         answers = [f.result().json() for f in mine]
     for answer in answers:
         for a, b in zip(answer["predictions"], alone["predictions"], strict=True):
-            np.testing.assert_allclose(a["probabilities"], b["probabilities"], rtol=1e-5, atol=1e-7)
-            np.testing.assert_allclose(a["mutual_information"], b["mutual_information"], atol=1e-6)
+            assert_probabilities_close(a["probabilities"], b["probabilities"])
+            assert_probabilities_close(a["mutual_information"], b["mutual_information"])
 
 
 def test_http_equals_library_predictor(url, models):
@@ -244,5 +245,5 @@ def test_http_equals_library_predictor(url, models):
     http = post(url, request).json()
     local = Predictor([str(models["tiny-cls"])]).predict(PredictRequest(**request))
     for a, b in zip(http["predictions"], local.predictions, strict=True):
-        np.testing.assert_allclose(a["probabilities"], b.probabilities, rtol=1e-5, atol=1e-7)
+        assert_probabilities_close(a["probabilities"], b.probabilities)
         assert a["predicted_class"] == b.predicted_class
