@@ -18,16 +18,16 @@ serve: $(STAMP)  ## serve the bundled default model on http://127.0.0.1:3000
 	$(VENV)/bin/mcdrop serve
 
 test: $(STAMP)  ## lint, then the whole test suite
-	$(VENV)/bin/ruff check mcdrop service tests bench
+	$(VENV)/bin/ruff check mcdrop tests bench
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mcdrop service tests bench
-	$(VENV)/bin/ruff format --check mcdrop service tests bench
+	$(VENV)/bin/ruff check mcdrop tests bench
+	$(VENV)/bin/ruff format --check mcdrop tests bench
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format mcdrop service tests bench
-	$(VENV)/bin/ruff check --fix mcdrop service tests bench
+	$(VENV)/bin/ruff format mcdrop tests bench
+	$(VENV)/bin/ruff check --fix mcdrop tests bench
 
 bench: $(STAMP)  ## the engine benchmark (BENCHMARKS.md)
 	$(PY) bench/bench_engine.py

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mcdrop import DropoutMLP, MCEngine
-from mcdrop.runtime import tune_allocator
+from mcdrop.core.runtime import tune_allocator
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -1,38 +1,46 @@
 """Python client of the mcdrop HTTP service: :class:`Client` (blocking) and :class:`AsyncClient`.
 
-Needs only httpx, pydantic and NumPy (importing it imports neither torch nor BentoML). Requests and
-responses are the shared schemas of :mod:`mcdrop.schemas`.
+Needs only httpx, pydantic and NumPy (importing it imports neither torch nor BentoML).  Requests are real
+:class:`~mcdrop.schemas.PredictRequest` s, validated here before anything is sent; answers are
+:class:`~mcdrop.schemas.PredictResult` s: NumPy columns, with typed ``.predictions`` and ``.response()``.
 
-* Inputs: a NumPy array, a list of lists or a torch tensor, shape ``(B, D)`` (or ``(B, 28, 28)`` images,
-  flattened).
-* Large inputs are split into requests of at most the server's ``max_rows`` and ``max_body_bytes``
-  (read once from ``GET /models``), sent with ``row_offset`` and one seed, and re-assembled in order,
-  so the answer equals the one a single request would get.
-* Inputs travel as float32 written with 9 significant digits (exact for float32, which is what the
-  engine computes in): about 40% less JSON and 2.5x faster to encode than Python's float repr.
-* Errors: a 4xx answer raises :class:`APIError` (``status``, ``field``, ``message``); connection
-  failures, dropped connections and 503s are retried ``retries`` times with exponential backoff
-  (``backoff * 2**attempt`` seconds) and then raise :class:`UnavailableError`; a request that takes
-  longer than ``timeout`` raises :class:`RequestTimeout` (not retried: the server may still be busy).
+* Inputs: a NumPy array, a torch tensor or a list of lists, shape ``(B, D)`` (images ``(B, h, w)`` are
+  flattened).  Arrays and tensors travel in the binary format by default (an ``.npy`` body, an ``.npz``
+  answer: :mod:`mcdrop.wire`), lists as JSON; ``wire="json"`` or ``"npy"`` chooses.  JSON writes float32
+  inputs with 9 significant digits (exact for float32).
+* Large inputs are split into requests of at most the server's ``max_rows`` and ``max_body_bytes`` (read
+  once from ``GET /models``), sent with ``row_offset`` and one seed (drawn here if none is given), and put
+  back together in order, so the answer equals a single request's.
+* Errors::
+
+      ClientError
+      ├── APIError           the server refused the request (4xx; 5xx other than 502/503/504)
+      ├── UnavailableError   unreachable, or 502/503/504, after every retry (exponential backoff)
+      └── RequestTimeout     no answer within ``timeout`` (not retried: the server may still be busy)
+
+  Bad options or inputs raise ``ValueError`` before any request is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import httpx
 import numpy as np
+from pydantic import ValidationError
 
-from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse
+from mcdrop import wire
+from mcdrop.request import Mode, new_seed
+from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse, PredictResult
 
 __all__ = ["APIError", "AsyncClient", "Client", "ClientError", "RequestTimeout", "UnavailableError"]
 
 DEFAULT_URL = "http://127.0.0.1:3000"
+Wire = Literal["auto", "json", "npy"]
 _RETRY_STATUS = frozenset({502, 503, 504})
 _RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -46,7 +54,7 @@ class APIError(ClientError):
 
     Attributes:
         status: HTTP status; field: the request field at fault (e.g. ``"inputs"``, ``"n_samples"``), if
-        named; message: the server's explanation; detail: BentoML's validation details, if any.
+        named; message: the server's explanation; detail: the first validation errors, if any.
     """
 
     def __init__(self, status: int, message: str, field: str | None = None, detail: Any = None) -> None:
@@ -62,114 +70,124 @@ class RequestTimeout(ClientError):
     """No answer within the client's timeout."""
 
 
-def _as_rows(inputs: Any) -> np.ndarray:
-    """``inputs`` as a float64 array ``(B, D)``; torch tensors are read without importing torch."""
-    if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):
-        inputs = inputs.detach().cpu().numpy()
+def _as_array(inputs: Any) -> tuple[Any, bool]:
+    """``inputs`` as an array or lists, and whether it came as an array (tensor or ndarray)."""
+    if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):  # a torch tensor, read without importing torch
+        return inputs.detach().cpu().numpy(), True
+    if isinstance(inputs, np.ndarray):
+        return inputs, True
+    return (list(inputs) if isinstance(inputs, tuple) else inputs), False
+
+
+def build_request(inputs: Any, options: dict[str, Any]) -> tuple[PredictRequest, bool]:
+    """The request for all of ``inputs`` (checked by the shared schema), with a seed drawn if MC needs one."""
+    array, is_array = _as_array(inputs)
+    fields = {k: v for k, v in options.items() if v is not None}
     try:
-        array = np.asarray(inputs, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"inputs must be numbers shaped (rows, features): {err}") from err
-    if array.ndim == 1 or array.ndim == 0 or array.shape[0] == 0:
-        raise ValueError(f"inputs must hold at least one row, shaped (rows, features), but got shape {array.shape}")
-    rows = array.reshape(array.shape[0], -1).astype(np.float32)
-    finite = np.isfinite(rows).all(1)
-    if not finite.all():
-        raise ValueError(f"inputs[{int(np.argmin(finite))}] holds NaN or infinity (or a value beyond float32); "
-                         "expected finite numbers")
-    return rows
+        request = PredictRequest.model_validate({"inputs": array, **fields}, strict=False)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        message = str(first.get("msg", "invalid"))
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from err
+    if request.mode is Mode.MC and request.seed is None:
+        request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
+    return request, is_array
 
 
-def _encode(rows: np.ndarray, fields: dict[str, Any]) -> bytes:
-    """The request body; ``rows`` (float32) as JSON numbers with 9 significant digits (exact for float32)."""
+def _json_body(request: PredictRequest) -> bytes:
+    """The JSON body, inputs written with 9 significant digits (exact for float32, 40% shorter than repr)."""
+    rows = request.inputs
     line = ",".join(["%.9g"] * rows.shape[1])
     inputs = "[[" + "],[".join(line % tuple(r) for r in rows.tolist()) + "]]"
-    rest = json.dumps(fields, allow_nan=False)
-    return ('{"inputs":' + inputs + ("," + rest[1:] if fields else "}")).encode()
+    rest = request.model_dump_json(exclude={"inputs"}, exclude_defaults=True)
+    return ('{"inputs":' + inputs + ("," + rest[1:] if rest != "{}" else "}")).encode()
+
+
+def _query(request: PredictRequest) -> dict[str, str]:
+    values = request.model_dump(exclude={"inputs"}, exclude_defaults=True, mode="json")
+    return {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 def _error(response: httpx.Response) -> APIError:
     try:
         body = response.json()
     except ValueError:
-        return APIError(response.status_code, response.text.strip() or response.reason_phrase)
+        return APIError(response.status_code, response.text.strip()[:500] or response.reason_phrase)
     if not isinstance(body, dict):
-        return APIError(response.status_code, str(body))
-    field, detail = body.get("field"), body.get("detail")
-    if field is None and isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        loc = [str(part) for part in detail[0].get("loc", []) if part not in ("body",)]
-        field = ".".join(loc) or None
-    message = body.get("error") or (detail[0].get("msg") if isinstance(detail, list) and detail else None)
-    return APIError(response.status_code, str(message or body), field, detail)
+        return APIError(response.status_code, str(body)[:500])
+    return APIError(response.status_code, str(body.get("error") or body)[:1000], body.get("field"), body.get("detail"))
 
 
-def merge(responses: Sequence[PredictResponse]) -> PredictResponse:
-    """Responses to consecutive slices of one input, as one response (samples joined along rows)."""
-    first = responses[0]
-    if len(responses) == 1:
-        return first
-    predictions = [p for r in responses for p in r.predictions]
-    samples = None
-    if all(r.samples is not None for r in responses):
-        depth = max(len(r.samples) for r in responses)  # type: ignore[arg-type]
-        samples = [
-            [row for r in responses for row in (r.samples[s] if s < len(r.samples) else [None] * len(r.predictions))]
-            for s in range(depth)
-        ]
-    return first.model_copy(update={"predictions": predictions, "samples": samples})
+class _Call:
+    """One ``predict`` call: its slices, how each is sent, and how an answer is read."""
+
+    def __init__(self, request: PredictRequest, binary: bool, limits: Limits, class_names: list[str] | None) -> None:
+        self.request, self.binary, self.class_names = request, binary, class_names
+        self.slices = list(self._slices(request, limits))
+
+    def _slices(self, request: PredictRequest, limits: Limits) -> Iterator[PredictRequest]:
+        rows = request.inputs
+        for start in range(0, len(rows), limits.max_rows):
+            part = request.model_copy(update={"inputs": rows[start:start + limits.max_rows],
+                                              "row_offset": request.row_offset + start})
+            if len(self.body(part)) > limits.max_body_bytes and len(part.inputs) > 1:  # halve until each part fits
+                half = limits.model_copy(update={"max_rows": (len(part.inputs) + 1) // 2})
+                yield from self._slices(part, half)
+            else:
+                yield part
+
+    def body(self, part: PredictRequest) -> bytes:
+        return wire.encode_npy(part.inputs) if self.binary else _json_body(part)
+
+    def http_args(self, part: PredictRequest) -> dict[str, Any]:
+        if self.binary:
+            return {"content": self.body(part), "params": _query(part),
+                    "headers": {"content-type": wire.NPY, "accept": f"{wire.NPZ}, application/json;q=0.5"}}
+        return {"content": self.body(part), "headers": {"content-type": "application/json", "accept": "application/json"}}
+
+    def read(self, response: httpx.Response) -> PredictResult:
+        if response.headers.get("content-type", "").startswith(wire.NPZ):
+            return wire.decode_npz(response.content)
+        return PredictResult.from_response(PredictResponse.model_validate_json(response.content), self.class_names)
 
 
 class _Base:
     """What both clients share: configuration, request building, splitting, answers and errors."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff: float = 0.25,
-        max_rows: int | None = None,
-        max_body_bytes: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, retries: int = 3, backoff: float = 0.25,
+                 max_rows: int | None = None, max_body_bytes: int | None = None, wire: Wire = "auto",
+                 api_key: str | None = None, headers: dict[str, str] | None = None) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, but got {retries}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, but got {timeout}")
+        if wire not in ("auto", "json", "npy"):
+            raise ValueError(f"wire must be 'auto', 'json' or 'npy', but got {wire!r}")
         self.base_url = base_url.rstrip("/")
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff, self.wire = timeout, retries, backoff, wire
         self._override = {k: v for k, v in {"max_rows": max_rows, "max_body_bytes": max_body_bytes}.items() if v}
-        self._limits: Limits | None = Limits(**self._override) if max_rows else None
-        self._headers = {"accept": "application/json", **(headers or {})}
+        self._models: ModelsResponse | None = None
+        self._headers = {"accept": "application/json", **({"authorization": f"Bearer {api_key}"} if api_key else {}),
+                         **(headers or {})}
 
     def _delay(self, attempt: int) -> float:
         return self.backoff * 2**attempt
 
-    def _requests(self, inputs: Any, limits: Limits, options: dict[str, Any]) -> Iterator[tuple[int, bytes]]:
-        """(rows, JSON body) per slice within the server's row and body limits; every slice has the same seed."""
-        rows = _as_rows(inputs)
-        offset = int(options.pop("row_offset", 0) or 0)
-        if options.get("seed") is None and options.get("mode", "mc") == "mc":
-            options["seed"] = secrets.randbits(63)  # one seed for all slices: the answer is one sample
-        fields = {k: v for k, v in options.items() if v is not None}
-        PredictRequest.model_validate({"inputs": [[0.0]], **fields})  # fail fast, before any HTTP, on bad options
-        yield from self._slices(rows, offset, limits, fields)
+    def _call(self, inputs: Any, options: dict[str, Any], models: ModelsResponse | None) -> _Call:
+        request, is_array = build_request(inputs, options)
+        binary = self.wire == "npy" or (self.wire == "auto" and is_array)
+        limits = (models.limits if models else Limits()).model_copy(update=self._override)
+        names = None
+        if models is not None:
+            try:
+                names = models.card(request.model).class_names
+            except KeyError:
+                names = None
+        return _Call(request, binary, limits, names)
 
-    def _slices(self, rows: np.ndarray, offset: int, limits: Limits, fields: dict[str, Any]) -> Iterator[tuple[int, bytes]]:
-        for start in range(0, rows.shape[0], limits.max_rows):
-            chunk = rows[start : start + limits.max_rows]
-            body = _encode(chunk, {**fields, "row_offset": offset + start})
-            if len(body) > limits.max_body_bytes and len(chunk) > 1:  # halve until each part fits
-                half = Limits(max_rows=(len(chunk) + 1) // 2, max_samples=limits.max_samples,
-                              max_body_bytes=limits.max_body_bytes)
-                yield from self._slices(chunk, offset + start, half, fields)
-            else:
-                yield chunk.shape[0], body
-
-    def _outcome(
-        self, what: str, attempt: int, response: httpx.Response | None, failure: Exception | None
-    ) -> httpx.Response | None:
+    def _outcome(self, what: str, attempt: int, response: httpx.Response | None, failure: Exception | None
+                 ) -> httpx.Response | None:
         """The answer to return, None to retry, or the error to raise for one attempt's outcome."""
         last = attempt == self.retries
         if isinstance(failure, httpx.TimeoutException):
@@ -178,8 +196,8 @@ class _Base:
             if not isinstance(failure, _RETRY_ERRORS):
                 raise failure
             if last:
-                raise UnavailableError(f"{what}: {failure or type(failure).__name__} "
-                                       f"(after {attempt + 1} attempts)") from failure
+                raise UnavailableError(f"{what}: {failure or type(failure).__name__} (after {attempt + 1} attempts)"
+                                       ) from failure
             return None
         assert response is not None
         if response.status_code in _RETRY_STATUS:
@@ -192,9 +210,6 @@ class _Base:
         return response
 
 
-_JSON_HEADERS = {"content-type": "application/json"}
-
-
 class Client(_Base):
     """Blocking client.  Use as a context manager, or call :meth:`close`.
 
@@ -203,9 +218,10 @@ class Client(_Base):
         timeout: seconds per HTTP request.
         retries: extra attempts after a connection failure or a 502/503/504.
         backoff: first retry delay in seconds (doubling).
-        max_rows, max_body_bytes: request limits (default: the server's, from ``GET /models``; with
-            ``max_rows`` given the server is not asked, and ``max_body_bytes`` defaults to 16 MiB).
-        transport: an httpx transport (for tests, proxies, or ``httpx.MockTransport``).
+        max_rows, max_body_bytes: request limits (default: the server's, from ``GET /models``).
+        wire: ``auto`` (arrays binary, lists JSON), ``json`` or ``npy``.
+        api_key: the server's bearer token, if it has one.
+        transport: an httpx transport (tests, proxies, ``httpx.MockTransport``).
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.BaseTransport | None = None, **kwargs: Any):
@@ -222,11 +238,11 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response, failure = None, None
             try:
-                response = self._http.request(method, path, content=content, headers=_JSON_HEADERS if content else None)
+                response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as err:
                 failure = err
             answer = self._outcome(f"{method} {self.base_url}{path}", attempt, response, failure)
@@ -243,37 +259,33 @@ class Client(_Base):
             return False
 
     def models(self) -> ModelsResponse:
-        """The served models' cards, the default model and the limits (``GET /models``)."""
-        return ModelsResponse.model_validate_json(self._send("GET", "/models").content)
+        """The served models' cards, the default model and the limits (``GET /models``, fetched once)."""
+        if self._models is None:
+            self._models = ModelsResponse.model_validate_json(self._send("GET", "/models").content)
+        return self._models
 
     def limits(self) -> Limits:
-        """The server's request limits (fetched once), with the constructor's overrides."""
-        if self._limits is None:
-            self._limits = self.models().limits.model_copy(update=self._override)
-        return self._limits
+        """The server's request limits, with the constructor's overrides."""
+        return self.models().limits.model_copy(update=self._override)
 
-    def predict(self, inputs: Any, **options: Any) -> PredictResponse:
+    def predict(self, inputs: Any, **options: Any) -> PredictResult:
         """Predictions with uncertainty for every row of ``inputs``.
 
-        Options are the request fields of :class:`~mcdrop.schemas.PredictRequest`: ``model``, ``mode``
-        (``"deterministic"`` | ``"mc"``), ``n_samples``, ``seed``, ``tolerance``, ``max_samples``, ``level``,
-        ``return_samples``, ``row_offset``.
+        Options are the fields of :class:`~mcdrop.schemas.PredictRequest`: ``model``, ``mode``, ``n_samples``,
+        ``seed``, ``tolerance``, ``max_samples``, ``level``, ``coverage``, ``set_method``, ``selective_risk``,
+        ``selective_coverage``, ``return_samples``, ``row_offset``.
         """
-        parts = [
-            PredictResponse.model_validate_json(self._send("POST", "/predict", body).content)
-            for _, body in self._requests(inputs, self.limits(), dict(options))
-        ]
-        return merge(parts)
+        call = self._call(inputs, options, None if "max_rows" in self._override else self.models())
+        parts = [call.read(self._send("POST", "/predict", **call.http_args(part))) for part in call.slices]
+        return PredictResult.concat(parts)
 
 
 class AsyncClient(_Base):
-    """Asyncio client with the methods of :class:`Client`; slices of a large input go out concurrently
+    """Asyncio client with the methods of :class:`Client`; the slices of a large input go out concurrently
     (at most ``concurrency`` at a time)."""
 
-    def __init__(
-        self, base_url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None,
-        concurrency: int = 4, **kwargs: Any,
-    ) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None,
+                 concurrency: int = 4, **kwargs: Any) -> None:
         super().__init__(base_url, **kwargs)
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, but got {concurrency}")
@@ -290,12 +302,11 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response, failure = None, None
             try:
-                response = await self._http.request(method, path, content=content,
-                                                    headers=_JSON_HEADERS if content else None)
+                response = await self._http.request(method, path, **kwargs)
             except httpx.HTTPError as err:
                 failure = err
             answer = self._outcome(f"{method} {self.base_url}{path}", attempt, response, failure)
@@ -311,20 +322,20 @@ class AsyncClient(_Base):
             return False
 
     async def models(self) -> ModelsResponse:
-        return ModelsResponse.model_validate_json((await self._send("GET", "/models")).content)
+        if self._models is None:
+            self._models = ModelsResponse.model_validate_json((await self._send("GET", "/models")).content)
+        return self._models
 
     async def limits(self) -> Limits:
-        if self._limits is None:
-            self._limits = (await self.models()).limits.model_copy(update=self._override)
-        return self._limits
+        return (await self.models()).limits.model_copy(update=self._override)
 
-    async def predict(self, inputs: Any, **options: Any) -> PredictResponse:
+    async def predict(self, inputs: Any, **options: Any) -> PredictResult:
         """See :meth:`Client.predict`."""
+        call = self._call(inputs, options, None if "max_rows" in self._override else await self.models())
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(body: bytes) -> PredictResponse:
+        async def one(part: PredictRequest) -> PredictResult:
             async with gate:
-                return PredictResponse.model_validate_json((await self._send("POST", "/predict", body)).content)
+                return call.read(await self._send("POST", "/predict", **call.http_args(part)))
 
-        bodies = [body for _, body in self._requests(inputs, await self.limits(), dict(options))]
-        return merge(await asyncio.gather(*(one(b) for b in bodies)))
+        return PredictResult.concat(list(await asyncio.gather(*(one(p) for p in call.slices))))

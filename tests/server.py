@@ -25,15 +25,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(env: dict[str, str] | None = None, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
+def running_server(env: dict[str, str] | None = None, port: int | None = None, timeout: float = 90.0,
+                   target: str = "mcdrop.service.service:MCDrop") -> Iterator[str]:
     """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group)."""
     port = port or free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     # The server's log goes to a file: an unread pipe fills up and blocks the server.
     log = tempfile.NamedTemporaryFile(prefix="mcdrop-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(bentoml), "serve", "service.service:MCDrop", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        [str(bentoml), "serve", target, "--port", str(port)],
+        cwd=tempfile.gettempdir(),  # the service is found as a package, wherever the command runs
         env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,

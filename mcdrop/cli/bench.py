@@ -40,9 +40,9 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run_uci(args: argparse.Namespace) -> int:
-    from mcdrop.configs import ConfigError
-    from mcdrop.data import UCI_DATASETS, DataNotFoundError, load_uci
-    from mcdrop.uci import UCIConfig, run_protocol, summarize
+    from mcdrop.training.configs import ConfigError
+    from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
+    from mcdrop.training.uci import UCIConfig, run_protocol, summarize
 
     setup_torch(args.threads)
     given = {k: v for k, v in vars(args).items() if v is not None}

@@ -39,7 +39,7 @@ def _images(path: Path, width: int) -> Any:
     import numpy as np
     import torch
 
-    from mcdrop.readers import InputError, open_input
+    from mcdrop.io.readers import InputError, open_input
 
     try:
         source = open_input(path, chunk_rows=8192)
@@ -78,10 +78,10 @@ def _table(metrics: dict[str, dict[str, float]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.artifacts import ArtifactError, ModelNotFoundError, load_model
-    from mcdrop.data import DataNotFoundError, fashion_mnist_features, load_fashion_mnist, load_uci
-    from mcdrop.engine import MCEngine
-    from mcdrop.evaluation import evaluate_classifier, evaluate_regressor
+    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, load_model
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.training.data import DataNotFoundError, fashion_mnist_features, load_fashion_mnist, load_uci
+    from mcdrop.training.evaluation import evaluate_classifier, evaluate_regressor
 
     setup_torch(args.threads)
     if args.samples is not None and args.samples < 1:

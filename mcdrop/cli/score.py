@@ -16,7 +16,6 @@ import argparse
 import collections
 import itertools
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,32 +25,44 @@ from typing import Any
 import numpy as np
 
 from mcdrop.cli.common import CLIError, is_terminal, log
+from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, new_seed
 
-Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResponse
+Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResult
 
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="score a file of inputs", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", type=Path, metavar="INPUT", help="input file (.csv, .npy, .npz, IDX)")
-    p.add_argument("--output", "-o", type=Path, required=True, metavar="OUTPUT", help="output file (.csv, .jsonl, .npz)")
+    p.add_argument("input", type=Path, metavar="INPUT", help="input file (.csv, .parquet, .npy, .npz, IDX)")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="OUTPUT",
+                   help="output file (.csv, .jsonl, .npz, .parquet), or - for standard output (CSV or JSON Lines)")
     p.add_argument("--model", metavar="NAME|PATH",
                        help="score in-process with this model (default: the bundled default model); with --url: "
                             "the served model's name")
     p.add_argument("--url", metavar="URL", help="score through a running mcdrop service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
-    p.add_argument("--samples", "-n", type=int, default=50, metavar="N", help="MC passes per row (default 50)")
+    p.add_argument("--samples", "-n", type=int, default=DEFAULT_N_SAMPLES, metavar="N",
+                   help=f"MC passes per row (default {DEFAULT_N_SAMPLES})")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the dropout masks (default: random, logged)")
     p.add_argument("--tolerance", type=float, metavar="TOL",
                    help="adaptive sampling: double N until the MC standard error is at most TOL")
-    p.add_argument("--max-samples", type=int, metavar="N", help="cap of adaptive sampling (default 1000)")
-    p.add_argument("--level", type=float, default=0.95, help="prediction-interval level for regression (0.95)")
+    p.add_argument("--max-samples", type=int, metavar="N",
+                   help=f"cap of adaptive sampling (default {DEFAULT_MAX_SAMPLES}, or the server's limit)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                   help=f"prediction-interval level for regression ({DEFAULT_LEVEL})")
+    p.add_argument("--coverage", type=float, metavar="C",
+                   help="conformal prediction sets (classification) or intervals (regression) with this coverage")
+    p.add_argument("--set-method", choices=["aps", "raps", "lac"], default="aps", help="conformal set score (aps)")
+    p.add_argument("--selective-risk", type=float, metavar="R",
+                   help="abstain so that the error rate among answered rows stays below R (calibrated models)")
+    p.add_argument("--selective-coverage", type=float, metavar="C",
+                   help="abstain on the least certain rows so that a share C is answered (calibrated models)")
     p.add_argument("--batch-size", type=int, default=1024, metavar="ROWS", help="rows read and scored at a time (1024)")
-    p.add_argument("--input-format", choices=["csv", "npy", "npz", "idx"], help="default: from INPUT's name")
-    p.add_argument("--output-format", choices=["csv", "jsonl", "npz"], help="default: from OUTPUT's suffix")
-    p.add_argument("--columns", metavar="SPEC", help="CSV feature columns: names, 0-based indices or ranges a:b, "
-                                                     "comma-separated (default: all but --id-column)")
-    p.add_argument("--id-column", metavar="NAME|INDEX", help="CSV column copied to the output as 'id'")
+    p.add_argument("--input-format", choices=["csv", "parquet", "npy", "npz", "idx"], help="default: from INPUT's name")
+    p.add_argument("--output-format", choices=["csv", "jsonl", "npz", "parquet"], help="default: from OUTPUT's suffix")
+    p.add_argument("--columns", metavar="SPEC", help="CSV/Parquet feature columns: names, 0-based indices or ranges "
+                                                     "a:b, comma-separated (default: all but --id-column)")
+    p.add_argument("--id-column", metavar="NAME|INDEX", help="CSV/Parquet column copied to the output as 'id'")
     p.add_argument("--header", choices=["auto", "yes", "no"], default="auto", help="CSV header line (default auto)")
     p.add_argument("--key", help=".npz array holding the inputs (default: the only one, or inputs/x/images)")
     p.add_argument("--scale", default="auto", metavar="auto|FLOAT",
@@ -65,22 +76,29 @@ def add_parser(sub: Any, name: str) -> None:
     p.set_defaults(run=run)
 
 
+_FLAGS = {"n_samples": "--samples", "max_samples": "--max-samples", "tolerance": "--tolerance", "seed": "--seed",
+          "level": "--level", "mode": "--mode", "coverage": "--coverage", "set_method": "--set-method",
+          "selective_risk": "--selective-risk", "selective_coverage": "--selective-coverage", "model": "--model"}
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Request options, validated by the shared request schema; a bad one names its flag (exit 2)."""
+    """Request options, validated by the shared schema (:class:`~mcdrop.schemas.RequestOptions`); a bad one
+    names its flag (exit 2)."""
     from pydantic import ValidationError
 
-    from mcdrop.schemas import PredictRequest
+    from mcdrop.schemas import RequestOptions
 
-    flags = {"n_samples": "--samples", "max_samples": "--max-samples", "tolerance": "--tolerance",
-             "seed": "--seed", "level": "--level", "mode": "--mode"}
-    options = {"mode": args.mode, "n_samples": args.samples, "seed": args.seed, "tolerance": args.tolerance,
-               "max_samples": args.max_samples, "level": args.level}
+    options = {name: getattr(args, flag.lstrip("-").replace("-", "_"), None) for name, flag in _FLAGS.items()}
+    options["n_samples"] = args.samples
+    options = {k: v for k, v in options.items() if v is not None and k != "model"}
     try:
-        PredictRequest.model_validate({"inputs": [[0.0]], **{k: v for k, v in options.items() if v is not None}})
+        RequestOptions.model_validate(options, strict=False)
     except ValidationError as err:
-        first = err.errors()[0]
-        flag = flags.get(str(first["loc"][0]), str(first["loc"][0]))
-        raise CLIError(f"{flag} {first.get('input')!r}: {first['msg']}", 2) from err
+        first = err.errors(include_url=False)[0]
+        name = str(first["loc"][0]) if first.get("loc") else str(first.get("type"))
+        flag = _FLAGS.get(name, name)
+        value = options.get(name)
+        raise CLIError(f"{flag}" + (f" {value!r}" if value is not None else "") + f": {first['msg']}", 2) from err
     if args.batch_size < 1:
         raise CLIError(f"--batch-size has to be a positive number of rows, but got {args.batch_size}", 2)
     return options
@@ -99,9 +117,11 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 
 
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
-    from mcdrop.artifacts import ArtifactError, ModelNotFoundError
     from mcdrop.cli.common import setup_torch
-    from mcdrop.predictor import Predictor, RequestError
+    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.schemas import RequestOptions
+    from mcdrop.serving.errors import PredictError
+    from mcdrop.serving.predictor import Predictor
 
     setup_torch(args.threads)
     try:
@@ -109,10 +129,15 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
     except (ArtifactError, FileNotFoundError) as err:
         raise CLIError(f"--model: {err}", 2 if isinstance(err, ModelNotFoundError) else 1) from err
 
+    try:  # the model's limits and calibration against the flags, before any row is read
+        predictor.check_options(RequestOptions.model_validate(options, strict=False))
+    except PredictError as err:
+        raise CLIError(f"{_FLAGS.get(err.field or '', err.field or '--model')}: {err}", 2) from err
+
     def score(x: np.ndarray, first_row: int) -> Any:
         try:
             return predictor.predict_array(x, row_offset=first_row, **options)
-        except RequestError as err:
+        except PredictError as err:
             raise CLIError(f"rows {first_row}..{first_row + len(x) - 1}: {err}") from err
 
     return score, predictor.card()
@@ -182,21 +207,24 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcdrop.readers import InputError, open_input
-    from mcdrop.writers import OutputError, open_output
+    from mcdrop.io.readers import InputError, open_input
+    from mcdrop.io.writers import OutputError, open_output
 
     options = _options(args)
     say = (lambda _m: None) if args.quiet else log
-    if args.mode == "mc" and options["seed"] is None:
-        options["seed"] = secrets.randbits(63)  # as mcdrop.rng.new_seed, without importing torch
+    if args.mode == "mc" and options.get("seed") is None:
+        options["seed"] = new_seed()  # one seed for the whole file, logged so the run can be repeated
         say(f"seed {options['seed']} (pass --seed {options['seed']} to reproduce)")
-    if args.output.resolve() == args.input.resolve():
+    stdout = str(args.output) == "-"
+    if not stdout and args.output.resolve() == args.input.resolve():
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
     try:
         source = open_input(args.input, format=args.input_format, columns=args.columns, id_column=args.id_column,
                             header=args.header, key=args.key, chunk_rows=args.batch_size)
     except InputError as err:
         raise CLIError(str(err), 2 if err.usage else 1) from err
+    for note in source.notes:
+        say(note)
     scale = _scale(args.scale, source.dtype)
     close: Callable[[], None] = lambda: None  # noqa: E731
     if args.url:
@@ -206,13 +234,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if source.width != card.input_size:
             raise CLIError(f"{args.input}: rows have {source.width} features, but model {card.name!r} expects "
-                           f"{card.input_size}" + (" (choose them with --columns)" if source.format == "csv" else ""))
-        bad_path = args.bad_rows or args.output.with_name(args.output.name + ".bad-rows.csv")
+                           f"{card.input_size}" + (" (choose them with --columns)" if source.format in ("csv", "parquet")
+                                                   else ""))
+        bad_path = args.bad_rows or (None if stdout else args.output.with_name(args.output.name + ".bad-rows.csv"))
         try:
             writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
                                  class_names=card.class_names)
         except OutputError as err:
-            raise CLIError(str(err)) from err
+            raise CLIError(str(err), 2 if err.usage else 1) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1)
@@ -224,22 +253,51 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     finally:
         close()
-    say(f"wrote {writer.rows_written:,} rows to {args.output}" + (f"; {n_bad} bad rows listed in {bad_path}" if n_bad else ""))
+    where = "standard output" if stdout else args.output
+    listed = f"; {n_bad} bad rows listed in {bad_path or 'standard error'}" if n_bad else ""
+    say(f"wrote {writer.rows_written:,} rows to {where}{listed}")
     return 0
+
+
+def _write_bad_rows(path: Path | None, bad_rows: list[tuple[int, str]]) -> None:
+    """``row,reason`` lines (RFC 4180), atomically beside OUTPUT, or to standard error when OUTPUT is ``-``."""
+    import csv
+    import io
+    import sys
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "reason"])
+    writer.writerows(bad_rows)
+    if path is None:
+        sys.stderr.write(buf.getvalue())
+        return
+    from mcdrop.io.writers import OutputError, check_target
+
+    try:
+        check_target(path)
+        tmp = path.with_name(f".{path.name}.mcdrop-{os.getpid()}-bad.tmp")
+        tmp.write_text(buf.getvalue())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except OutputError as err:
+        raise CLIError(f"--bad-rows: {err}", 2) from err
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any, bad_path: Path,
-               *, in_flight: int = 1) -> int:
+def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any,
+               bad_path: Path | None, *, in_flight: int = 1) -> int:
     """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
     going at once, so the client encodes the next chunk while the server computes this one; answers are
     written in input order."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from mcdrop.readers import InputError
+    from mcdrop.io.readers import InputError
 
     progress = _Progress(source.n_rows, args.quiet)
     bad_rows: list[tuple[int, str]] = []
@@ -282,9 +340,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
     if not args.quiet:
         log(f"scored {writer.rows_written:,} rows in {seconds:.1f} s ({writer.rows_written / max(seconds, 1e-9):,.0f} rows/s)")
     if bad_rows:
-        tmp = bad_path.with_name(f".{bad_path.name}.tmp")
-        tmp.write_text("row,reason\n" + "".join(f'{r},"{why.replace(chr(34), chr(39))}"\n' for r, why in bad_rows))
-        os.replace(tmp, bad_path)
+        _write_bad_rows(bad_path, bad_rows)
     if writer.rows_written == 0:
         raise CLIError(f"{args.input}: no rows to score" + (" (every row is bad)" if bad_rows else ""))
     return len(bad_rows)

@@ -1,4 +1,8 @@
-"""``mcdrop serve``: start the BentoML HTTP service (default: the bundled model on 127.0.0.1:3000)."""
+"""``mcdrop serve``: start the BentoML HTTP service (default: the bundled model on http://127.0.0.1:3000).
+
+The flags set the service's environment variables (see ``/openapi.json`` or README for all of them); the
+settings and every model are checked before a worker starts, and a bad one stops the command with one line.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +15,44 @@ from typing import Any
 
 from mcdrop.cli.common import CLIError, log
 
-ROOT = Path(__file__).resolve().parents[2]
+_FLAGS = {"models": "MCDROP_SERVE_MODELS", "max_rows": "MCDROP_MAX_ROWS", "max_samples": "MCDROP_MAX_SAMPLES",
+          "threads": "MCDROP_THREADS", "allowed_hosts": "MCDROP_ALLOWED_HOSTS"}
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="serve models over HTTP", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p = sub.add_parser(name, help="serve models over HTTP", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface, then also set "
+                        "--allowed-hosts)")
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
-    p.add_argument("--models", help="comma-separated model names or paths; the first is the default")
+    p.add_argument("--models", help="comma-separated model names or folders; the first is the default")
     p.add_argument("--max-rows", type=int, help="rows per request (MCDROP_MAX_ROWS, default 1024)")
-    p.add_argument("--max-samples", type=int, help="MC passes per request (MCDROP_MAX_SAMPLES, default 2000)")
+    p.add_argument("--max-samples", type=int, help="MC passes per row (MCDROP_MAX_SAMPLES, default 2000)")
     p.add_argument("--threads", type=int, help="torch threads (MCDROP_THREADS)")
+    p.add_argument("--allowed-hosts", help="Host names clients use, comma-separated, or * (MCDROP_ALLOWED_HOSTS; "
+                                           "default: loopback names)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (ROOT / "service" / "service.py").is_file():
-        raise CLIError(f"the service definition is missing: expected {ROOT / 'service' / 'service.py'}")
+    from mcdrop.serving.config import ServiceConfig, SettingError
+
     if not 0 < args.port < 65536:
         raise CLIError(f"--port has to be between 1 and 65535, but got {args.port}", 2)
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="True")
-    for flag, var in (("models", "MCDROP_SERVE_MODELS"), ("max_rows", "MCDROP_MAX_ROWS"),
-                      ("max_samples", "MCDROP_MAX_SAMPLES"), ("threads", "MCDROP_THREADS")):
+    for flag, var in _FLAGS.items():
         if getattr(args, flag) is not None:
             env[var] = str(getattr(args, flag))
-    if "MCDROP_SERVE_MODELS" not in env:
-        from mcdrop.artifacts import ArtifactError, resolve_model
-
-        try:
-            resolve_model(None)
-        except ArtifactError as err:
-            raise CLIError(f"{err}. Train it with `mcdrop train fashion-mnist --preset tuned -o models/fashion-mnist`") from err
+    try:
+        ServiceConfig.from_env(env)
+    except SettingError as err:
+        flag = next((f"--{f.replace('_', '-')}" for f, v in _FLAGS.items() if v == err.variable), err.variable)
+        raise CLIError(f"{flag}: {str(err).split(': ', 1)[1]}", 2) from err
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
     if bentoml is None:
-        raise CLIError("bentoml is not installed in this environment (pip install 'bentoml<1.4.40')")
-    log(f"serving on http://{args.host}:{args.port} (POST /predict, GET /models, /readyz, /metrics)")
-    os.chdir(ROOT)
-    os.execve(bentoml, [bentoml, "serve", "service.service:MCDrop", "--host", args.host, "--port", str(args.port)], env)
+        raise CLIError("BentoML is not installed in this environment: pip install 'mcdrop[serve]'")
+    log(f"serving on http://{args.host}:{args.port} (POST /predict, GET /models, /openapi.json, /readyz, /metrics)")
+    os.execve(bentoml, [bentoml, "serve", "mcdrop.service.service:MCDrop", "--host", args.host, "--port",
+                        str(args.port)], env)
     return 0  # pragma: no cover - exec does not return

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def add_parser(sub: Any, name: str) -> None:
-    from mcdrop.configs import ClassifierConfig
+    from mcdrop.training.configs import ClassifierConfig
 
     parent = sub.add_parser(name, help="train a model", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,12 +68,12 @@ def _add_uci(which: Any) -> None:
 def run_uci(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.artifacts import save_model
-    from mcdrop.configs import ConfigError
-    from mcdrop.data import UCI_DATASETS, DataNotFoundError, load_uci
-    from mcdrop.engine import MCEngine
-    from mcdrop.evaluation import evaluate_regressor
-    from mcdrop.uci import UCIConfig, fit_regressor, run_protocol
+    from mcdrop.core.artifacts import save_model
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.training.configs import ConfigError
+    from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
+    from mcdrop.training.evaluation import evaluate_regressor
+    from mcdrop.training.uci import UCIConfig, fit_regressor, run_protocol
 
     setup_torch(args.threads)
     if args.name not in UCI_DATASETS:
@@ -119,12 +119,12 @@ def run_uci(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcdrop.artifacts import save_model
-    from mcdrop.configs import ConfigError
-    from mcdrop.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
-    from mcdrop.engine import MCEngine
-    from mcdrop.evaluation import evaluate_classifier
-    from mcdrop.train import ClassifierConfig, train_classifier
+    from mcdrop.core.artifacts import save_model
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.training.classifier import ClassifierConfig, train_classifier
+    from mcdrop.training.configs import ConfigError
+    from mcdrop.training.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
+    from mcdrop.training.evaluation import evaluate_classifier
 
     setup_torch(args.threads)
     values = dict(PRESETS[args.preset])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcdrop.artifacts import MODELS_DIR
+from mcdrop.core.artifacts import bundled_models_dir
 from tests.cli.test_score import mcdrop
 from tests.conftest import ALPHA, SHARED_DATA, needs_data
-from tests.mcdrop.test_data import write_idx
 from tests.tolerances import assert_metrics_within, classification_metric_bounds, regression_metric_bounds
+from tests.training.test_data import write_idx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,12 +67,13 @@ def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
     mcdrop("evaluate", model, "--data-root", root, "--samples", "300", "--json", tmp_path / "ev.json")
     metrics = json.loads((tmp_path / "ev.json").read_text())
     stored = card["metrics"]["all_rows_fit_mc_300"]
-    from mcdrop.artifacts import load_model
-    from mcdrop.data import load_uci
-    from mcdrop.engine import MCEngine
+    from mcdrop.core.artifacts import load_model
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.core.prediction import predict
+    from mcdrop.training.data import load_uci
 
     data, engine = load_uci("yacht", root), MCEngine(load_model(model)[0])
-    result = engine.run(torch.tensor(data.x, dtype=torch.float32), n_samples=300, seed=0, return_samples=True)
+    result = predict(engine, torch.tensor(data.x, dtype=torch.float32), n_samples=300, seed=0, return_samples=True)
     s = result.summary
     bounds = regression_metric_bounds(result.samples, data.y, card["tau"], s.interval_low, s.interval_high)
     assert_metrics_within(metrics["mc"], stored, bounds, "mc")
@@ -115,10 +116,10 @@ def test_train_fashion_mnist_is_reproducible_and_evaluate_reproduces_the_card(tm
 
 def _bounds(model: Path | str, root: Path | None, mode: str, n_samples: int) -> dict[str, float]:
     """How far the card's metrics may move on another machine or thread count (tests/tolerances.py)."""
-    from mcdrop.artifacts import load_model
-    from mcdrop.data import fashion_mnist_features, load_fashion_mnist
-    from mcdrop.engine import MCEngine
-    from mcdrop.evaluation import classifier_summaries
+    from mcdrop.core.artifacts import load_model
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+    from mcdrop.training.evaluation import classifier_summaries
 
     x, y = load_fashion_mnist(root, train=False)
     x = fashion_mnist_features(x)
@@ -154,7 +155,7 @@ def test_evaluate_errors(tmp_path):
 @needs_data("FashionMNIST", "raw", "t10k-images-idx3-ubyte.gz")
 def test_evaluate_shipped_classifier_reproduces_its_card_and_flags_ood(tmp_path):
     """Inverted test images and uniform noise are OOD inputs we can make; the card's metrics come back."""
-    from mcdrop.data import read_idx
+    from mcdrop.training.data import read_idx
 
     images = read_idx(SHARED_DATA / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz")[:1000].numpy()
     noise = np.random.default_rng(0).integers(0, 256, size=(500, 28, 28), dtype=np.uint8)
@@ -162,7 +163,7 @@ def test_evaluate_shipped_classifier_reproduces_its_card_and_flags_ood(tmp_path)
     proc = mcdrop("evaluate", "fashion-mnist", "--ood", tmp_path / "ood.npy", "--json", tmp_path / "ev.json")
     assert "auroc_mutual_information" in proc.stdout
     metrics = json.loads((tmp_path / "ev.json").read_text())
-    card = json.loads((MODELS_DIR / "fashion-mnist" / "card.json").read_text())["metrics"]
+    card = json.loads((bundled_models_dir() / "fashion-mnist" / "card.json").read_text())["metrics"]
     for mode, stored in (("mc", card["test_mc_50"]), ("deterministic", card["test_deterministic"])):
         assert_metrics_within(metrics[mode], stored, _bounds("fashion-mnist", None, mode, n_samples=50), mode)
     for mode in ("deterministic", "mc"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.predictor import Predictor
+from mcdrop.serving.predictor import Predictor
 from tests.server import running_server
 from tests.tiny_models import write_tiny_models
 from tests.tolerances import assert_outputs_close, assert_probabilities_close
@@ -213,7 +213,7 @@ def test_truncated_npy_and_unknown_suffix(tmp_path, models):
     proc = mcdrop("score", tmp_path / "cut.npy", "-o", tmp_path / "out.csv", "--model", models["tiny-cls"], check=False)
     assert proc.returncode == 1 and "ends early" in proc.stderr and not (tmp_path / "out.csv").exists()
     proc = mcdrop("score", tmp_path / "in.npy", "-o", tmp_path / "out.xml", "--model", models["tiny-cls"], check=False)
-    assert proc.returncode == 1 and "cannot tell the output format" in proc.stderr
+    assert proc.returncode == 2 and "cannot tell the output format" in proc.stderr
 
 
 def test_interrupted_run_leaves_no_output(tmp_path, models):

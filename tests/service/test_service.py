@@ -1,24 +1,29 @@
-"""The service over real HTTP: a `bentoml serve` subprocess on a loopback port."""
+"""The BentoML service: wired in-process (guard, routes, metrics, probes), then what only a real `bentoml serve`
+shows (start-up checks, binding, concurrency, slow clients, signals)."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
-from mcdrop.predictor import Predictor
-from mcdrop.schemas import PredictRequest, PredictResponse
-from tests.server import running_server
+from mcdrop.schemas import PredictResponse
+from mcdrop.wire import NPY, NPZ, decode_npz, encode_npy
+from tests.server import free_port, running_server
 from tests.tiny_models import write_tiny_models
 from tests.tolerances import assert_probabilities_close
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAX_ROWS, MAX_SAMPLES, MAX_BODY = 8, 500, 64 * 1024
+ROW = [0.5, -1.0, 2.0, 0.1]
 
 
 @pytest.fixture(scope="module")
@@ -26,208 +31,97 @@ def models(tmp_path_factory):
     return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
+def service_env(models) -> dict[str, str]:
+    return {"MCDROP_SERVE_MODELS": f"{models['tiny-cls']},{models['tiny-reg']}", "MCDROP_MAX_ROWS": str(MAX_ROWS),
+            "MCDROP_MAX_SAMPLES": str(MAX_SAMPLES), "MCDROP_MAX_BODY_BYTES": str(MAX_BODY)}
+
+
+@pytest.fixture(scope="module")
+def inproc(models, tmp_path_factory):
+    """The whole BentoML app in this process (built once: BentoML's metrics are process-wide)."""
+    from starlette.testclient import TestClient
+
+    from mcdrop.service.service import MCDrop
+
+    env = {**service_env(models), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with TestClient(MCDrop.to_asgi(), base_url="http://127.0.0.1:3000") as client:
+            yield client
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_inprocess_service_is_wired(inproc):
+    """Settings read at start-up, the guard in front, the routes behind it, probes and metrics beside them."""
+    assert inproc.get("/models").json()["limits"]["max_rows"] == MAX_ROWS
+    r = inproc.post("/predict", json={"inputs": [ROW, ROW], "n_samples": 7, "seed": 1})
+    assert r.status_code == 200 and PredictResponse.model_validate(r.json()).predictions[0].n_samples == 7
+    assert inproc.post("/predict", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    assert inproc.post("/predict", content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"}
+                       ).status_code == 415
+    assert inproc.get("/models", headers={"host": "evil.example"}).status_code == 400
+    assert inproc.get("/").status_code == 404 and inproc.get("/docs").status_code == 404
+    assert inproc.get("/livez").status_code == 200 and inproc.get("/readyz").status_code == 200
+    metrics = inproc.get("/metrics").text
+    for name in ("mcdrop_mc_samples_total", "mcdrop_prediction_latency_seconds", "mcdrop_mutual_information_bucket",
+                 "mcdrop_answers_total"):
+        assert name in metrics, name
+    assert 'mcdrop_answers_total{model="tiny-cls"} 2.0' in metrics
+    assert inproc.get("/openapi.json").json()["openapi"] == "3.0.3"
+
+
+# ------------------------------------------------------------------------------------------ a real server
+
+
 @pytest.fixture(scope="module")
 def url(models):
-    env = {
-        "MCDROP_SERVE_MODELS": f"{models['tiny-cls']},{models['tiny-reg']}",
-        "MCDROP_MAX_ROWS": str(MAX_ROWS),
-        "MCDROP_MAX_SAMPLES": str(MAX_SAMPLES),
-        "MCDROP_MAX_BODY_BYTES": str(MAX_BODY),
-    }
-    with running_server(env) as base:
+    with running_server(service_env(models)) as base:
         yield base
 
 
-def post(url: str, body: dict | str, **kw) -> httpx.Response:
-    content = body if isinstance(body, str) else json.dumps(body)
+def post(url: str, body: dict | str | bytes, **kw) -> httpx.Response:
+    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return httpx.post(f"{url}/predict", content=content, headers={"content-type": "application/json"}, timeout=30, **kw)
 
 
-ROW = [0.5, -1.0, 2.0, 0.1]
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_server_answers_json_and_binary(url):
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    plain = post(url, {"inputs": x.tolist(), "n_samples": 20, "seed": 5}).json()
+    binary = httpx.post(f"{url}/predict?n_samples=20&seed=5", content=encode_npy(x),
+                        headers={"content-type": NPY, "accept": NPZ}, timeout=30)
+    assert binary.headers["content-type"] == NPZ
+    assert_probabilities_close(decode_npz(binary.content).probabilities, [p["probabilities"] for p in plain["predictions"]])
 
 
-def test_health_and_metrics(url):
-    assert httpx.get(f"{url}/livez").status_code == 200
-    assert httpx.get(f"{url}/readyz").status_code == 200
-    post(url, {"inputs": [ROW], "n_samples": 7, "seed": 1})
-    metrics = httpx.get(f"{url}/metrics").text
-    assert 'mcdrop_mc_samples_total{model="tiny-cls"}' in metrics
-    assert 'mcdrop_prediction_latency_seconds_bucket{le="0.005",mode="mc"}' in metrics or 'mode="mc"' in metrics
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_server_binds_loopback_by_default(url):
+    port = int(url.rsplit(":", 1)[1])
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    if not out.strip():
+        pytest.skip("ss cannot list the listening socket here")
+    local = {line.split()[3].rsplit(":", 1)[0] for line in out.strip().splitlines()}  # LISTEN q q LOCAL PEER
+    assert local == {"127.0.0.1"}
 
 
-def test_models_lists_cards(url):
-    body = httpx.get(f"{url}/models").json()
-    assert body["default"] == "tiny-cls"
-    assert [m["name"] for m in body["models"]] == ["tiny-cls", "tiny-reg"]
-    assert body["limits"]["max_rows"] == MAX_ROWS
-    assert len(body["models"][0]["weights_sha256"]) == 64
-
-
-def test_mc_classification_response(url):
-    r = post(url, {"inputs": [ROW, ROW], "n_samples": 30, "seed": 3, "return_samples": True})
-    assert r.status_code == 200, r.text
-    body = PredictResponse.model_validate(r.json())
-    assert body.mode == "mc" and body.seed == 3 and body.model == "tiny-cls" and body.model_version == "1"
-    p = body.predictions[0]
-    assert abs(sum(p.probabilities) - 1) < 1e-5 and p.n_samples == 30 and p.class_name in {"a", "b", "c"}
-    assert p.mutual_information is not None and p.mutual_information >= 0 and p.variation_ratio is not None
-    assert np.asarray(body.samples).shape == (30, 2, 3)
-
-
-def test_deterministic_mode_fills_only_defined_fields(url):
-    body = post(url, {"inputs": [ROW], "mode": "deterministic"}).json()
-    p = body["predictions"][0]
-    assert body["seed"] is None and p["n_samples"] == 1
-    assert p["mutual_information"] is None and p["expected_entropy"] is None and p["predictive_entropy"] > 0
-
-
-def test_regression_by_name_with_interval(url):
-    body = post(url, {"inputs": [[0.1, 0.2, 0.3]], "model": "tiny-reg", "n_samples": 40, "seed": 0, "level": 0.8}).json()
-    p = body["predictions"][0]
-    assert body["task"] == "homoscedastic" and p["aleatoric_variance"] == pytest.approx(0.25)
-    assert p["interval_low"] < p["mean"] < p["interval_high"] and p["level"] == 0.8
-    assert p["variance"] == pytest.approx(p["epistemic_variance"] + p["aleatoric_variance"], rel=1e-5)
-
-
-def test_adaptive_reports_n_used(url):
-    p = post(url, {"inputs": [ROW], "n_samples": 8, "tolerance": 0.02, "max_samples": 400, "seed": 1}).json()
-    n = p["predictions"][0]["n_samples"]
-    assert 8 <= n <= 400
-    assert max(p["predictions"][0]["probability_stderr"]) <= 0.02 or n == 400
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "field"),
-    [
-        ({"inputs": [[1.0, 2.0]]}, 400, "inputs"),
-        ('{"inputs": [[1.0, 2.0, NaN, 4.0]]}', 400, "inputs"),
-        ('{"inputs": [[1.0, 2.0, Infinity, 4.0]]}', 400, "inputs"),
-        ({"inputs": [[1.0, "x", 3.0, 4.0]]}, 400, "inputs"),
-        ({"inputs": []}, 400, "inputs"),
-        ({"inputs": [ROW] * (MAX_ROWS + 1)}, 413, "inputs"),
-        ({"inputs": [ROW], "n_samples": 0}, 400, "n_samples"),
-        ({"inputs": [ROW], "n_samples": MAX_SAMPLES + 1}, 400, "n_samples"),
-        ({"inputs": [ROW], "model": "nope"}, 404, "model"),
-        ({"inputs": [ROW], "mode": "bayes"}, 400, "mode"),
-        ({"inputs": [ROW], "seed": -1}, 400, "seed"),
-        ({"inputs": [ROW], "level": 1.0}, 400, "level"),
-        ({"inputs": [ROW], "surprise": 1}, 400, "surprise"),
-        ('{"inputs": [[1.0, 2.0', 400, "body"),
-        ("[1, 2, 3]", 400, "body"),
-    ],
-)
-def test_bad_input_is_a_4xx_naming_the_field(url, body, status, field):
-    r = post(url, body)
-    assert r.status_code == status, r.text
-    err = r.json()
-    assert err["field"] == field, err  # the same shape for the service's checks and BentoML's validation
-    assert err["error"] and "validation error for" not in err["error"]
-
-
-@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "multipart/form-data",
-                                          "application/x-www-form-urlencoded"])
-def test_form_bodies_are_415_naming_the_content_type(url, content_type):
-    """A malformed multipart body made BentoML answer 500; `curl -d` without a header sends a form."""
-    r = httpx.post(f"{url}/predict", content=json.dumps({"inputs": [ROW]}), headers={"content-type": content_type})
-    assert r.status_code == 415 and r.json()["field"] == "content-type" and "application/json" in r.json()["error"]
-
-
-def test_openapi_document_uses_openapi_30_bounds(url):
-    """Exclusive bounds in the OpenAPI 3.0 form (a boolean beside minimum/maximum), so 3.0 tools accept it."""
-    doc = httpx.get(f"{url}/docs.json").json()
-    level = doc["components"]["schemas"]["PredictRequestIODescriptor"]["properties"]["level"]
-    assert (level["minimum"], level["maximum"], level["exclusiveMinimum"], level["exclusiveMaximum"]) == (0, 1, True, True)
-
-
-def test_inputs_beyond_float32_name_the_bound(url):
-    r = post(url, {"inputs": [[0.5, 1e300, 0.0, 0.0]]})
-    assert r.status_code == 400 and r.json()["field"] == "inputs"
-    assert r.json()["error"].startswith("inputs[0][1]: Input should be less than or equal to 3.4028235e+38")
-
-
-ABSENT = object()
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-                 st.text(max_size=5), st.lists(st.integers(), max_size=2))
-
-
-def _field(draw: st.DrawFn, valid: st.SearchStrategy, *edges: object) -> object:
-    """A field's value: from ``valid`` 24 times in 28, else an edge value (out of range), of the wrong type,
-    or absent."""
-    pick = draw(st.integers(0, 27))
-    if pick < 24 or (pick == 24 and not edges):
-        return draw(valid)
-    return draw(st.sampled_from(edges)) if pick == 24 else draw(JUNK) if pick < 27 else ABSENT
-
-
-CLEAN = st.one_of(st.floats(-10, 10), st.integers(-5, 5))
-DIRTY = st.one_of(st.floats(-10, 10), st.floats(allow_nan=False), st.text(max_size=2))
-
-
-@st.composite
-def bodies(draw: st.DrawFn) -> dict:
-    """Request bodies, mostly well formed for the chosen model; each field sometimes out of range, of the
-    wrong type or absent."""
-    model = _field(draw, st.sampled_from(["tiny-cls", "tiny-reg", "nope"]))
-    width = 3 if model == "tiny-reg" else 4
-    width = draw(st.sampled_from([width] * 8 + [2, 5]))
-    cells = draw(st.sampled_from([CLEAN] * 4 + [DIRTY]))
-    n_rows = draw(st.sampled_from([*range(1, MAX_ROWS + 1)] * 2 + [0, MAX_ROWS + 1]))  # 0 and too many: rare
-    rows = st.lists(st.lists(cells, min_size=width, max_size=width), min_size=n_rows, max_size=n_rows)
-    body = {
-        "inputs": _field(draw, rows),
-        "model": model,
-        "mode": _field(draw, st.sampled_from(["mc", "deterministic"])),
-        "n_samples": _field(draw, st.integers(1, 60), 0, MAX_SAMPLES, MAX_SAMPLES + 1),
-        "seed": _field(draw, st.integers(0, 2**63 - 1), -1, 2**63),
-        "tolerance": _field(draw, st.floats(0.01, 1), 0.0),
-        "max_samples": _field(draw, st.integers(1, MAX_SAMPLES + 1)),
-        "level": _field(draw, st.floats(0.01, 0.99), 0.0, 1.0),
-        "return_samples": _field(draw, st.booleans()),
-        "row_offset": _field(draw, st.integers(0, 2**31 - MAX_ROWS), -1, 2**31),
-    }
-    return {k: v for k, v in body.items() if v is not ABSENT}
-
-
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(body=bodies())
-def test_fuzzed_requests_get_an_answer_or_a_4xx_never_a_5xx(url, body):
-    """Any mix of valid, out-of-range and wrongly typed fields: 200 with the response schema, or a 4xx in
-    the error shape naming a field."""
-    r = post(url, body)
-    event(f"status {r.status_code} {r.json().get('field') if r.status_code != 200 else ''}")
-    if r.status_code == 200:
-        PredictResponse.model_validate(r.json())
-    else:
-        assert r.status_code in (400, 404, 413, 422), r.text
-        assert r.json()["error"] and r.json()["field"], r.text
-
-
-def test_oversized_body_is_413(url):
-    r = post(url, {"inputs": [[0.123456789] * 4] * 2000})
-    assert r.status_code == 413 and r.json()["field"] == "body"
-
-
-def test_server_survives_bad_input(url):
-    for body in ('{"inputs": [[1.0, 2.0', {"inputs": [[1.0]]}, {"inputs": [ROW], "n_samples": 10**9}):
-        assert 400 <= post(url, body).status_code < 500
-    assert post(url, {"inputs": [ROW]}).status_code == 200
-
-
+@pytest.mark.integration
+@pytest.mark.slow
 def test_seeded_answer_same_alone_and_under_concurrent_load(url):
     target = {"inputs": [ROW, [1.0, 0.0, -1.0, 2.0]], "n_samples": 50, "seed": 42, "row_offset": 5}
     alone = post(url, target).json()
 
     def other(i: int) -> httpx.Response:
         rng = np.random.default_rng(i)
-        return post(
-            url,
-            {
-                "inputs": rng.normal(size=(1 + i % 3, 4)).tolist(),
-                "n_samples": 50 if i % 2 else 20,
-                "seed": i,
-                "mode": "deterministic" if i % 5 == 0 else "mc",
-            },
-        )
+        return post(url, {"inputs": rng.normal(size=(1 + i % 3, 4)).tolist(), "n_samples": 50 if i % 2 else 20,
+                          "seed": i, "mode": "deterministic" if i % 5 == 0 else "mc"})
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(other, i) for i in range(24)]
@@ -240,10 +134,89 @@ def test_seeded_answer_same_alone_and_under_concurrent_load(url):
             assert_probabilities_close(a["mutual_information"], b["mutual_information"])
 
 
-def test_http_equals_library_predictor(url, models):
-    request = {"inputs": [ROW, [0.0, 1.0, 0.0, 1.0]], "n_samples": 25, "seed": 9}
-    http = post(url, request).json()
-    local = Predictor([str(models["tiny-cls"])]).predict(PredictRequest(**request))
-    for a, b in zip(http["predictions"], local.predictions, strict=True):
-        assert_probabilities_close(a["probabilities"], b.probabilities)
-        assert a["predicted_class"] == b.predicted_class
+@pytest.mark.integration
+@pytest.mark.slow
+def test_oversized_bodies_are_413_with_or_without_a_length(url):
+    r = post(url, {"inputs": [[0.123456789] * 4] * 2000})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    chunks = iter([b'{"inputs": [' + b"[0.1, 0.2, 0.3, 0.4]," * 4000, b"[1, 2, 3, 4]]}"])
+    r = httpx.post(f"{url}/predict", content=chunks, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    assert post(url, {"inputs": [ROW]}).status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_silent_and_slow_connections_are_closed(url):
+    """A client that sends no headers, or a body shorter than its Content-Length, does not hold a connection."""
+    from mcdrop.service.protocol import HEADER_TIMEOUT_S
+
+    host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+    silent = socket.create_connection((host, port))
+    silent.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the headers never end
+    lying = socket.create_connection((host, port))
+    lying.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"inputs\"")
+    start = time.monotonic()
+    silent.settimeout(HEADER_TIMEOUT_S + 20)
+    assert silent.recv(100) == b""  # closed by the server
+    assert time.monotonic() - start < HEADER_TIMEOUT_S + 5
+    lying.settimeout(60)
+    assert b"408" in lying.recv(1000).split(b"\r\n")[0]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "card", "missing", "kind", "path"])
+def test_a_bad_model_stops_the_server_with_one_line(models, tmp_path, damage):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(models["tiny-cls"], bad)
+    if damage == "truncated":
+        (bad / "weights.safetensors").write_bytes((bad / "weights.safetensors").read_bytes()[:-16])
+    elif damage == "card":
+        (bad / "card.json").write_text("{not json")
+    elif damage == "missing":
+        (bad / "weights.safetensors").unlink()
+    elif damage == "kind":
+        card = json.loads((bad / "card.json").read_text())
+        card["architecture"]["kind"] = "transformer"
+        (bad / "card.json").write_text(json.dumps(card))
+    else:
+        bad = tmp_path / "does-not-exist"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mcdrop.cli.main", "serve", "--port", str(free_port()), "--models",
+                           str(bad)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    assert proc.returncode != 0 and time.monotonic() - start < 60
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mcdrop: cannot serve")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_lets_a_request_in_flight_finish(models):
+    import signal
+    import threading
+
+    with running_server(service_env(models)) as base:
+        result: dict[str, httpx.Response] = {}
+        body = {"inputs": [ROW] * MAX_ROWS, "n_samples": MAX_SAMPLES, "tolerance": 1e-9, "max_samples": MAX_SAMPLES}
+        thread = threading.Thread(target=lambda: result.setdefault("r", post(base, body)))
+        thread.start()
+        time.sleep(0.3)
+        pids = subprocess.run(["pgrep", "-f", f"--port {base.rsplit(':', 1)[1]}"], capture_output=True, text=True)
+        for pid in pids.stdout.split()[:1]:
+            os.kill(int(pid), signal.SIGTERM)
+        thread.join(60)
+    assert result["r"].status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_server_started_elsewhere_finds_its_models_by_name(models, tmp_path):
+    """MCDROP_MODELS puts a folder of models on the model path; names resolve there, not next to the code."""
+    env = {"MCDROP_MODELS": str(Path(models["tiny-cls"]).parent), "MCDROP_SERVE_MODELS": "tiny-reg"}
+    with running_server(env) as base:
+        assert httpx.get(f"{base}/models").json()["default"] == "tiny-reg"

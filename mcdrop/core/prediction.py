@@ -1,0 +1,162 @@
+"""Predictions with uncertainty: an engine's outputs (deterministic, N passes, or adaptive N) summarised.
+
+Adaptive sampling draws rounds of passes, doubling N, until each row's Monte Carlo standard error of its
+main estimate (:func:`~mcdrop.core.uncertainty.main_stderr`) is at most ``tolerance`` or N reaches the cap;
+a row that stops keeps its first N samples, so its answer equals a fixed-N call with the same seed.  The
+first round has at least :data:`~mcdrop.request.MIN_ADAPTIVE_SAMPLES` passes: the standard error estimated
+from fewer cannot tell whether the tolerance is met.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mcdrop.core import uncertainty as U
+from mcdrop.core.engine import MCEngine
+from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, MIN_ADAPTIVE_SAMPLES, Mode, Task, new_seed
+
+__all__ = ["Prediction", "model_task", "predict"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome of :func:`predict`.
+
+    Attributes:
+        mode: the mode that ran.
+        summary: per-input predictions and uncertainty (``n_samples`` holds the N used per row).
+        seed: the seed (or per-row seeds) the masks were drawn with (None in deterministic mode).
+        samples: raw model outputs ``(S, B, ...)`` when asked for; with adaptive sampling, entries of rows
+            that stopped early are NaN beyond their ``n_samples``.
+        features: the deterministic outputs of the modules asked for with ``features`` (``{name: (B, ...)}``).
+    """
+
+    mode: Mode
+    summary: U.ClassificationSummary | U.RegressionSummary
+    seed: int | Tensor | None
+    samples: Tensor | None = None
+    features: dict[str, Tensor] | None = None
+
+
+def model_task(model: nn.Module) -> tuple[Task | None, float | None]:
+    """A model's task and noise precision, from its ``head`` attribute and ``tau`` buffer (DropoutMLP has both)."""
+    head = getattr(model, "head", None)
+    tau = getattr(model, "tau", None)
+    tau_value = float(tau) if isinstance(tau, Tensor) and tau.numel() == 1 else None
+    return (Task(head) if head is not None else None), (None if tau_value is None or math.isnan(tau_value) else tau_value)
+
+
+def predict(
+    engine: MCEngine,
+    x: Tensor,
+    *,
+    task: Task | str | None = None,
+    tau: float | None = None,
+    mode: Mode | str = Mode.MC,
+    n_samples: int = DEFAULT_N_SAMPLES,
+    seed: int | Tensor | None = None,
+    rows: Tensor | None = None,
+    tolerance: float | None = None,
+    max_samples: int | None = None,
+    level: float = DEFAULT_LEVEL,
+    return_samples: bool = False,
+    features: Sequence[str] = (),
+    cancelled: Callable[[], bool] | None = None,
+) -> Prediction:
+    """Predictions with uncertainty for every row of ``x``.
+
+    Args:
+        engine: the model's engine.
+        x: inputs. Shape: ``(B, *)``.
+        task, tau: how outputs are summarised (default: from the model, :func:`model_task`).
+        mode: ``deterministic`` or ``mc``.
+        n_samples: MC passes; with ``tolerance``, the first round (at least ``MIN_ADAPTIVE_SAMPLES``).
+        seed: the masks' seed (or one per row); None draws one, returned in the result.
+        rows: row positions for the masks (see :meth:`MCEngine.sample`).
+        tolerance: adaptive sampling's target standard error (None: fixed N).
+        max_samples: adaptive sampling's cap (default ``DEFAULT_MAX_SAMPLES``, at least the first round).
+        level: central interval level (regression).
+        return_samples: also return the raw samples.
+        features: names of modules whose deterministic outputs to return (e.g. for an OOD density); in MC
+            mode they cost one extra deterministic pass.
+        cancelled: see :meth:`MCEngine.sample`.
+    """
+    mode = Mode(mode)
+    inferred_task, inferred_tau = model_task(engine.model)
+    task = Task(task) if task is not None else inferred_task
+    if task is None:
+        raise ValueError("predict needs task='classification', 'homoscedastic' or 'heteroscedastic' for a model "
+                         "without a head attribute")
+    tau = tau if tau is not None else inferred_tau
+    if mode is Mode.DETERMINISTIC:
+        det, captured = engine.deterministic_features(x, features)
+        out = det.unsqueeze(0)
+        summary = U.summarize(out, task, tau=tau, level=level, sampled=False)
+        return Prediction(mode, summary, None, out if return_samples else None, captured if features else None)
+    captured = engine.deterministic_features(x, features)[1] if features else None
+    seed = new_seed() if seed is None else seed
+    if tolerance is None:
+        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled)
+        return Prediction(mode, U.summarize(samples, task, tau=tau, level=level), seed,
+                          samples if return_samples else None, captured)
+    if not tolerance > 0:
+        raise ValueError(f"tolerance has to be a positive standard error, but got {tolerance}")
+    first = max(n_samples, MIN_ADAPTIVE_SAMPLES)
+    cap = max(first, DEFAULT_MAX_SAMPLES) if max_samples is None else max_samples
+    if cap < first:
+        raise ValueError(f"max_samples ({cap}) has to be at least the first round of adaptive sampling ({first} = "
+                         f"max(n_samples, {MIN_ADAPTIVE_SAMPLES}))")
+    samples, used = _sample_adaptive(engine, x, first, cap, tolerance, seed, rows, task, cancelled)
+    parts = []
+    for n in torch.unique(used).tolist():
+        idx = torch.nonzero(used == n).squeeze(1)
+        parts.append((idx, U.summarize(samples[:n, idx], task, tau=tau, level=level)))
+    return Prediction(mode, _merge(parts, x.shape[0]), seed, samples if return_samples else None, captured)
+
+
+def _sample_adaptive(
+    engine: MCEngine, x: Tensor, first: int, cap: int, tolerance: float, seed: int | Tensor, rows: Tensor | None,
+    task: Task, cancelled: Callable[[], bool] | None,
+) -> tuple[Tensor, Tensor]:
+    b = x.shape[0]
+    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows
+    first_out = engine.sample(x, first, seed=seed, rows=rows, cancelled=cancelled)
+    out = torch.full((cap, *first_out.shape[1:]), math.nan, dtype=first_out.dtype, device=first_out.device)
+    out[:first] = first_out
+    used = torch.full((b,), first, dtype=torch.int64)
+    active = torch.arange(b)
+    n = first
+    while active.numel() and n < cap:
+        done = U.main_stderr(out[:n, active], task) <= tolerance
+        active = active[~done.cpu()]
+        if not active.numel():
+            break
+        m = min(2 * n, cap)
+        row_seed = seed[active] if isinstance(seed, Tensor) else seed
+        out[n:m, active] = engine.sample(x[active], m - n, seed=row_seed, rows=rows[active], first_sample=n,
+                                         cancelled=cancelled)
+        used[active] = m
+        n = m
+    return out, used
+
+
+def _merge(parts: list[tuple[Tensor, Any]], b: int) -> Any:
+    """Scatter row-group summaries back into one summary of ``b`` rows."""
+    first = parts[0][1]
+    merged: dict[str, Any] = {}
+    for f in fields(first):
+        value = getattr(first, f.name)
+        if not isinstance(value, Tensor):
+            merged[f.name] = value
+            continue
+        full = torch.empty((b, *value.shape[1:]), dtype=value.dtype)
+        for idx, summary in parts:
+            full[idx] = getattr(summary, f.name)
+        merged[f.name] = full
+    return type(first)(**merged)

@@ -1,0 +1,1 @@
+"""Readers and writers of files for bulk scoring.  Needs NumPy; Parquet needs pyarrow (``mcdrop[parquet]``)."""

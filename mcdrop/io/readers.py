@@ -1,0 +1,395 @@
+"""Chunked readers of input files for bulk scoring: CSV, Parquet, NumPy ``.npy``/``.npz`` and IDX (optionally
+gzipped).
+
+Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large
+the file: ``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record
+batch at a time (pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted
+fields may hold commas, quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are
+fine).  Rows are numbered from 0 in file order, header excluded.  A bad row (wrong width, non-numeric, NaN or
+infinite) is reported in ``Chunk.bad`` with its reason.  ``InputFile.notes`` says what was decided for the
+user (e.g. whether the first CSV line is a header), so the CLI can log it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+import math
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["Chunk", "InputError", "InputFile", "open_input"]
+
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_NPZ_KEYS = ("inputs", "x", "images", "features", "X")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class InputError(ValueError):
+    """The input file (or a flag describing it: ``usage=True``) is unusable; the message names it and what
+    was expected."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass
+class Chunk:
+    start: int  # row number of the chunk's first row
+    x: np.ndarray  # good rows, float32 (n_good, width)
+    rows: np.ndarray  # their row numbers, int64 (n_good,)
+    ids: list[str] | None = None  # their ids (CSV --id-column), if any
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason)
+
+
+@dataclass
+class InputFile:
+    """An opened input: its format, width, row count (None for CSV until read) and the chunk iterator."""
+
+    path: Path
+    format: str
+    width: int
+    n_rows: int | None
+    dtype: np.dtype[Any]
+    chunks: Iterator[Chunk]
+    columns: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _check(block: np.ndarray, start: int, rows: np.ndarray | None = None) -> Chunk:
+    """Drop non-finite rows into ``bad``."""
+    x = block.astype(np.float32, copy=False)
+    rows = np.arange(start, start + len(x), dtype=np.int64) if rows is None else rows
+    finite = np.isfinite(x).all(1)
+    if finite.all():
+        return Chunk(start, x, rows)
+    bad = [(int(r), "holds NaN or infinity, or a value beyond the float32 range; expected finite numbers") for r in rows[~finite]]
+    return Chunk(start, x[finite], rows[finite], bad=bad)
+
+
+# ------------------------------------------------------------------------------------- binary streams
+
+
+def _stream(fh: IO[bytes], dtype: np.dtype[Any], row_shape: tuple[int, ...], n_rows: int, chunk_rows: int,
+            name: str) -> Iterator[Chunk]:
+    width = math.prod(row_shape)
+    row_bytes = dtype.itemsize * width
+    try:
+        for start in range(0, n_rows, chunk_rows):
+            n = min(chunk_rows, n_rows - start)
+            data = fh.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise InputError(f"{name}: the file ends early, at row {start + len(data) // row_bytes} of the "
+                                 f"{n_rows} its header announces (truncated?)")
+            yield _check(np.frombuffer(data, dtype=dtype).reshape(n, width), start)
+    finally:
+        fh.close()
+
+
+def _npy_header(fh: IO[bytes], name: str, allow_fortran: bool = False) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except ValueError as err:
+        raise InputError(f"{name}: not a NumPy .npy array ({err})") from err
+    if fortran and len(shape) > 1 and not allow_fortran:
+        raise InputError(f"{name}: a Fortran-ordered array cannot be streamed; save it with np.ascontiguousarray")
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InputError(f"{name}: holds {dtype} values; expected numbers (bool, int, uint or float)")
+    if len(shape) < 2:
+        raise InputError(f"{name}: has shape {shape}; expected rows of features, shaped (rows, features) or (rows, h, w)")
+    return shape, dtype
+
+
+def _open_npy(path: Path, chunk_rows: int) -> InputFile:
+    with path.open("rb") as fh:
+        shape, dtype = _npy_header(fh, str(path), allow_fortran=True)
+        offset = fh.tell()
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(f"{path}: the file ends early: its header announces {shape[0]} rows ({expected} bytes), but "
+                         f"it holds {size} bytes (truncated?)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise InputError(f"{path}: cannot map the array: {err}") from err
+    return InputFile(path, "npy", math.prod(shape[1:]), shape[0], array.dtype, _mapped(array, chunk_rows))
+
+
+def _mapped(array: np.ndarray, chunk_rows: int) -> Iterator[Chunk]:
+    width = math.prod(array.shape[1:])
+    for start in range(0, array.shape[0], chunk_rows):
+        block = np.ascontiguousarray(array[start:start + chunk_rows]).reshape(-1, width)
+        yield _check(block, start)
+
+
+def _open_npz(path: Path, key: str | None, chunk_rows: int) -> InputFile:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise InputError(f"{path}: not a NumPy .npz archive ({err})") from err
+    keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+    if key is None:
+        key = keys[0] if len(keys) == 1 else next((k for k in _NPZ_KEYS if k in keys), None)
+        if key is None:
+            raise InputError(f"{path}: holds arrays {keys}; choose the inputs with --key")
+    if key not in keys:
+        raise InputError(f"--key {key!r}: {path} holds no such array; it holds {keys}", usage=True)
+    fh = archive.open(key + ".npy")
+    shape, dtype = _npy_header(fh, f"{path}[{key}]")
+    chunks = _stream(fh, dtype, shape[1:], shape[0], chunk_rows, f"{path}[{key}]")
+    return InputFile(path, "npz", math.prod(shape[1:]), shape[0], dtype, chunks)
+
+
+def _open_idx(path: Path, chunk_rows: int) -> InputFile:
+    fh: IO[bytes] = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - streamed
+    try:
+        magic = fh.read(4)
+        if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES or magic[3] < 1:
+            raise InputError(f"{path}: not an IDX file (its first bytes are {magic!r}; expected 0 0 type ndim)")
+        dims = np.frombuffer(fh.read(4 * magic[3]), dtype=">i4").tolist()
+    except (OSError, EOFError) as err:
+        fh.close()
+        raise InputError(f"{path}: cannot read an IDX header: {err}") from err
+    except InputError:
+        fh.close()
+        raise
+    if len(dims) < 2:
+        fh.close()
+        raise InputError(f"{path}: an IDX file of shape {tuple(dims)} holds labels, not inputs; expected images")
+    dtype = np.dtype(_IDX_TYPES[magic[2]])
+    chunks = _stream(fh, dtype, tuple(dims[1:]), dims[0], chunk_rows, str(path))
+    return InputFile(path, "idx", math.prod(dims[1:]), dims[0], dtype, chunks)
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _select(spec: str | None, names: list[str], exclude: int | None) -> list[int]:
+    """Column indices from ``--columns`` (names, 0-based indices, ``a:b`` ranges; default: all but the id)."""
+    if spec is None:
+        return [i for i in range(len(names)) if i != exclude]
+    out: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if ":" in part:
+            a, _, b = part.partition(":")
+            try:
+                out += range(len(names))[slice(int(a) if a else None, int(b) if b else None)]
+            except ValueError as err:
+                raise InputError(f"--columns: {part!r} is not a range of column indices like 1:785", usage=True) from err
+        elif part in names:
+            out.append(names.index(part))
+        elif part.lstrip("-").isdigit() and -len(names) <= int(part) < len(names):
+            out.append(int(part) % len(names))
+        else:
+            raise InputError(f"--columns: no column {part!r}; the file has {len(names)} columns"
+                             + (f" named {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""), usage=True)
+    if not out:
+        raise InputError(f"--columns {spec!r} selects no columns", usage=True)
+    return out
+
+
+def _open_csv(path: Path, columns: str | None, id_column: str | None, header: str, chunk_rows: int) -> InputFile:
+    fh = path.open("r", newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first cell
+    records = csv.reader(fh)
+    try:
+        first = next((r for r in records if any(c.strip() for c in r)), None)
+    except csv.Error as err:
+        fh.close()
+        raise InputError(f"{path}: line {records.line_num}: not CSV ({err})") from err
+    if first is None:
+        fh.close()
+        raise InputError(f"{path}: the file is empty; expected CSV rows of numbers")
+    cells = [c.strip() for c in first]
+    numeric = all(_is_number(c) for c in cells)
+    has_header = header == "yes" or (header == "auto" and not numeric)
+    notes = []
+    if header == "auto":
+        notes.append(f"{path.name}: the first line is a header (it holds names: {', '.join(cells[:4])}"
+                     f"{', ...' if len(cells) > 4 else ''}); pass --header no if it is data" if has_header else
+                     f"{path.name}: no header (the first line holds numbers); pass --header yes if it is one")
+    names = cells if has_header else [str(i) for i in range(len(cells))]
+    id_index = None
+    if id_column is not None:
+        id_index = _select(id_column, names, None)[0]
+    use = _select(columns, names, id_index)
+    pending = [] if has_header else [first]
+    chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
+    return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes)
+
+
+def _csv_chunks(fh: IO[str], records: Any, pending: list[list[str]], n_cols: int, use: list[int],
+                id_index: int | None, chunk_rows: int, name: str) -> Iterator[Chunk]:
+    start = 0
+    try:
+        rows = itertools.chain(pending, records)
+        while True:
+            block = [r for r in itertools.islice(rows, chunk_rows)]
+            block = [r for r in block if any(c.strip() for c in r)]  # blank lines (e.g. trailing) are not rows
+            if not block:
+                return
+            yield _parse_block(block, start, n_cols, use, id_index, name)
+            start += len(block)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{name}: near row {start}: not UTF-8 text ({err.reason}); expected CSV") from err
+    except csv.Error as err:
+        raise InputError(f"{name}: line {records.line_num}: not CSV ({err})") from err
+    finally:
+        fh.close()
+
+
+def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int], id_index: int | None,
+                 name: str) -> Chunk:
+    ids = [r[id_index].strip() if len(r) > id_index else "" for r in block] if id_index is not None else None
+    if all(len(r) == n_cols for r in block):
+        try:
+            values = np.array([[r[i] for i in use] for r in block], dtype=np.float32)
+        except ValueError:
+            pass  # a non-numeric cell somewhere: find it record by record
+        else:
+            chunk = _check(values, start)
+            if ids is not None:
+                keep = set(chunk.rows.tolist())
+                chunk.ids = [i for r, i in enumerate(ids, start) if r in keep] if chunk.bad else ids
+            return chunk
+    good, rows, good_ids, bad = [], [], [], []
+    for r, cells in enumerate(block, start):
+        if len(cells) != n_cols:
+            bad.append((r, f"has {len(cells)} columns; expected {n_cols} like the first row"))
+            continue
+        try:
+            row = [float(cells[i]) for i in use]
+        except ValueError:
+            col = next(i for i in use if not _is_number(cells[i]))
+            bad.append((r, f"column {col} holds {cells[col].strip()[:40]!r}; expected a number"))
+            continue
+        if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in row):
+            bad.append((r, "holds NaN or infinity, or a value beyond the float32 range; expected finite numbers"))
+            continue
+        good.append(row)
+        rows.append(r)
+        if ids is not None:
+            good_ids.append(ids[r - start])
+    x = np.asarray(good, dtype=np.float32).reshape(len(good), len(use))
+    return Chunk(start, x, np.asarray(rows, dtype=np.int64), good_ids if ids is not None else None, bad)
+
+
+# -------------------------------------------------------------------------------------------- Parquet
+
+
+def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int) -> InputFile:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise InputError("reading Parquet needs pyarrow: pip install 'mcdrop[parquet]'", usage=True) from err
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a Parquet file ({err})") from err
+    schema = parquet.schema_arrow
+    names = schema.names
+    id_index = _select(id_column, names, None)[0] if id_column is not None else None
+    use = _select(columns, names, id_index)
+    width = 0
+    for i in use:
+        kind = schema.field(i).type
+        if pa.types.is_fixed_size_list(kind) and (pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)):
+            width += kind.list_size
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            width += 1
+        else:
+            raise InputError(f"{path}: column {names[i]!r} holds {kind}; expected numbers or fixed-size lists of numbers "
+                             "(choose the feature columns with --columns)", usage=columns is not None)
+    read = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
+    chunks = _parquet_chunks(parquet, read, [names[i] for i in use], None if id_index is None else names[id_index],
+                             chunk_rows)
+    return InputFile(path, "parquet", width, parquet.metadata.num_rows, np.dtype(np.float32), chunks,
+                     [names[i] for i in use])
+
+
+def _parquet_chunks(parquet: Any, read: list[str], features: list[str], id_name: str | None,
+                    chunk_rows: int) -> Iterator[Chunk]:
+    import pyarrow as pa
+
+    start = 0
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=read):
+        parts = []
+        for name in features:
+            column = batch.column(name)
+            if pa.types.is_fixed_size_list(column.type):
+                values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+            else:
+                values = column.to_numpy(zero_copy_only=False).reshape(-1, 1)
+            parts.append(values.astype(np.float64))
+        x = np.concatenate(parts, axis=1)
+        chunk = _check(x, start)
+        if id_name is not None:
+            ids = [str(v) for v in batch.column(id_name).to_pylist()]
+            keep = set(chunk.rows.tolist())
+            chunk.ids = [i for r, i in enumerate(ids, start) if r in keep]
+        start += batch.num_rows
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    for suffix, fmt in ((".csv", "csv"), (".csv.gz", "csv"), (".npy", "npy"), (".npz", "npz"), (".parquet", "parquet"),
+                        (".pq", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    if "idx" in name or name.endswith("ubyte") or name.endswith("ubyte.gz"):
+        return "idx"
+    raise InputError(f"{path}: cannot tell the format from the name; expected .csv, .parquet, .npy, .npz or an IDX "
+                     "file (name containing 'idx' or ending in 'ubyte', optionally .gz); or pass --input-format")
+
+
+def open_input(path: str | Path, *, format: str | None = None, columns: str | None = None,
+               id_column: str | None = None, header: str = "auto", key: str | None = None,
+               chunk_rows: int = 4096) -> InputFile:
+    """Open ``path`` for chunked reading (format from the name unless given)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise InputError(f"{path}: {what}; expected an input file (.csv, .parquet, .npy, .npz or IDX)")
+    fmt = format or detect_format(path)
+    if fmt not in ("csv", "parquet") and (columns or id_column):
+        raise InputError(f"--columns and --id-column apply to CSV and Parquet input, but {path} is {fmt}", usage=True)
+    try:
+        if fmt == "csv":
+            if path.name.lower().endswith(".gz"):
+                raise InputError(f"{path}: gzipped CSV is not supported; decompress it first")
+            return _open_csv(path, columns, id_column, header, chunk_rows)
+        if fmt == "parquet":
+            return _open_parquet(path, columns, id_column, chunk_rows)
+        if fmt == "npy":
+            return _open_npy(path, chunk_rows)
+        if fmt == "npz":
+            return _open_npz(path, key, chunk_rows)
+        if fmt == "idx":
+            return _open_idx(path, chunk_rows)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: is not UTF-8 text ({err.reason}); expected CSV") from err
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
+    raise InputError(f"--input-format {fmt!r}: expected csv, parquet, npy, npz or idx", usage=True)

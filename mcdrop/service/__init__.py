@@ -1,0 +1,1 @@
+"""The BentoML HTTP service over :class:`mcdrop.serving.predictor.Predictor`.  Needs BentoML (``mcdrop[serve]``)."""

@@ -1,0 +1,180 @@
+"""The HTTP routes: request body -> schema -> scheduler -> response body.  HTTP statuses live here.
+
+``POST /predict`` reads JSON (validated strictly by :class:`~mcdrop.schemas.PredictRequest`) or an ``.npy``
+array with the other fields as query parameters (:mod:`mcdrop.wire`); it answers JSON, or ``.npz`` columns
+when the request's ``Accept`` asks for ``application/x-npz``.  ``GET /models`` lists the served cards and the
+limits; ``GET /openapi.json`` describes all of it; ``GET /docs`` shows that description (when enabled).
+Every error is JSON ``{"error", "field", ...}``, a validation error carries at most five details and a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResult
+from mcdrop.service.openapi import openapi_document
+from mcdrop.serving.config import ServiceConfig
+from mcdrop.serving.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    OutputOverflow,
+    Overloaded,
+    PredictError,
+    TooLarge,
+    UnknownModel,
+)
+from mcdrop.serving.predictor import Predictor, request_error
+from mcdrop.serving.scheduler import Scheduler
+from mcdrop.wire import NPY, NPZ, WireError, decode_npy, encode_npz
+
+__all__ = ["STATUS", "State", "create_app"]
+
+STATUS: dict[type[PredictError], int] = {
+    InvalidRequest: 400, UnknownModel: 404, TooLarge: 413, OutputOverflow: 422, Cancelled: 499, Overloaded: 503,
+    DeadlineExceeded: 504,
+}
+"""The HTTP status of each :class:`~mcdrop.serving.errors.PredictError`."""
+MAX_DETAILS = 5
+
+
+class State(Protocol):
+    """What the routes need from the running service."""
+
+    config: ServiceConfig
+    predictor: Predictor
+    scheduler: Scheduler
+
+    def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None: ...
+
+
+def error_response(message: str, field: str | None, status: int, detail: list[dict[str, Any]] | None = None,
+                   count: int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=message, field=field, detail=detail, error_count=count)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def _validation_response(err: ValidationError) -> JSONResponse:
+    """A schema violation: the first error as the message, the first few as detail (no input values echoed)."""
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    first = request_error(err)
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:300], "type": e.get("type")}
+              for e in errors[:MAX_DETAILS]]
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    return error_response(f"{first}{more}"[:1000], first.field or "body", 400, detail, len(errors))
+
+
+def _query_options(request: Request) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        if key in options:
+            raise InvalidRequest(f"query parameter {key[:50]!r} is given twice", key[:50])
+        options[key] = value.lower() in ("1", "true") if key == "return_samples" else value
+    return options
+
+
+async def _parse(request: Request) -> PredictRequest:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if media == NPY:
+        array = decode_npy(body)
+        return PredictRequest.model_validate({"inputs": array, **_query_options(request)}, strict=False)
+    if request.query_params:
+        raise InvalidRequest("query parameters apply to application/x-npy bodies; put the fields in the JSON body",
+                             next(iter(request.query_params))[:50])
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON object with inputs", "body")
+    return PredictRequest.model_validate_json(body)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def create_app(state: Callable[[], State]) -> Starlette:
+    """The routes, reading the running service through ``state()`` (no module-level state)."""
+
+    async def predict(request: Request) -> Response:
+        svc = state()
+        start = time.perf_counter()
+        try:
+            parsed = await _parse(request)
+        except ValidationError as err:
+            return _validation_response(err)
+        except WireError as err:
+            return error_response(str(err), "body", 400)
+        except ValueError as err:  # malformed JSON reaches pydantic as a ValidationError; this is the rest
+            return error_response(f"the request body cannot be read: {err}"[:500], "body", 400)
+        except PredictError as err:
+            return error_response(str(err), err.field, STATUS[type(err)])
+        work = asyncio.ensure_future(svc.scheduler.submit(parsed))
+        gone = asyncio.ensure_future(_until_disconnect(request))
+        try:
+            await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client went away: stop its work
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PredictError):
+                await work
+            svc.observe(parsed, None, time.perf_counter() - start)
+            return Response(status_code=499)
+        try:
+            result = work.result()
+        except PredictError as err:
+            svc.observe(parsed, None, time.perf_counter() - start)
+            headers = {"retry-after": "5"} if isinstance(err, Overloaded) else None
+            return error_response(str(err), err.field, STATUS[type(err)], headers=headers)
+        svc.observe(parsed, result, time.perf_counter() - start)
+        if NPZ in request.headers.get("accept", ""):
+            return Response(encode_npz(result), media_type=NPZ)
+        return Response(result.response().model_dump_json(), media_type="application/json")
+
+    async def models(_request: Request) -> Response:
+        svc = state()
+        body = ModelsResponse(default=svc.predictor.default, limits=svc.predictor.limits, models=svc.predictor.cards)
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    async def openapi(_request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document())
+
+    async def docs(_request: Request) -> Response:
+        if not state().config.docs:
+            return error_response("the OpenAPI page is off (MCDROP_DOCS=1 turns it on); the API is described at "
+                                  "/openapi.json", None, 404)
+        return HTMLResponse(_DOCS_PAGE)
+
+    async def not_found(request: Request, _exc: Exception) -> JSONResponse:
+        return error_response(f"no route {request.url.path[:100]!r}: POST /predict, GET /models, /openapi.json, "
+                              "/livez, /readyz, /metrics", None, 404)
+
+    async def not_allowed(request: Request, _exc: Exception) -> JSONResponse:
+        return error_response(f"{request.method} is not allowed on {request.url.path[:100]}", None, 405)
+
+    routes = [Route("/predict", predict, methods=["POST"]), Route("/models", models, methods=["GET"]),
+              Route("/openapi.json", openapi, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+
+
+# The page loads Swagger UI from BentoML's own static files on this server: nothing from third parties.
+_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>mcdrop API</title>
+<link rel="stylesheet" href="/static_content/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div><script src="/static_content/swagger-ui-bundle.js"></script>
+<script>window.onload = () => { window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"}); };</script>
+</body></html>
+"""

@@ -1,0 +1,91 @@
+"""The service's OpenAPI 3.0 document, generated from the shared schemas so it matches what is served."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from mcdrop import __version__
+from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
+from mcdrop.serving.config import SETTINGS
+
+__all__ = ["openapi_document"]
+
+_ERRORS = {
+    "400": "a field is invalid or does not fit the model (`field` names it); malformed JSON or .npy (`body`); a "
+           "Host that is not served (`host`)",
+    "401": "the API key is missing or wrong (`authorization`; only when MCDROP_API_KEY is set)",
+    "403": "a browser Origin that may not call the API (`origin`)",
+    "404": "an unknown model (`model`) or route",
+    "408": "the body stalled (`body`)",
+    "413": "too many rows (`inputs`), too much work (`n_samples`/`max_samples`), or a body over the size limit (`body`)",
+    "415": "a body that is neither application/json nor application/x-npy (`content-type`)",
+    "422": "an input so far out of range that the model's output overflowed (`inputs`)",
+    "503": "the server is busy (Retry-After) or starting",
+    "504": "the request ran out of time and was cancelled",
+}
+
+
+def _nullable_30(node: Any) -> Any:
+    """JSON Schema 2020 ``anyOf: [X, {type: null}]`` as OpenAPI 3.0 ``X`` + ``nullable: true``, recursively."""
+    if isinstance(node, dict):
+        node = {k: _nullable_30(v) for k, v in node.items()}
+        options = node.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            node.pop("anyOf")
+            node.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+            node["nullable"] = True
+        if node.get("const") is not None and "enum" not in node:
+            node["enum"] = [node.pop("const")]
+        return node
+    if isinstance(node, list):
+        return [_nullable_30(v) for v in node]
+    return node
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0.3 description of every route, its bodies, and every error status."""
+    _, defs = models_json_schema(
+        [(PredictRequest, "validation"), (PredictResponse, "serialization"), (ErrorResponse, "serialization"),
+         (ModelsResponse, "serialization")], ref_template="#/components/schemas/{model}")
+    schemas = _nullable_30(defs["$defs"])
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    errors = {code: {"description": text, "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+              for code, text in _ERRORS.items()}
+    npy_params = [{"name": name, "in": "query", "required": False, "schema": prop, "description": prop.get("description", "")}
+                  for name, prop in schemas["PredictRequest"]["properties"].items() if name != "inputs"]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mcdrop", "version": __version__,
+                 "description": "Monte Carlo dropout predictions with uncertainty. Settings: "
+                                + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())},
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Predictions with uncertainty for a batch of inputs",
+                "parameters": [{**p, "description": "with an application/x-npy body: " + p["description"]} for p in npy_params],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": ref("PredictRequest")},
+                    "application/x-npy": {"schema": {"type": "string", "format": "binary",
+                                                     "description": "an .npy array (rows, features); other fields as "
+                                                                    "query parameters"}}}},
+                "responses": {"200": {"description": "one prediction per input row", "content": {
+                    "application/json": {"schema": ref("PredictResponse")},
+                    "application/x-npz": {"schema": {"type": "string", "format": "binary",
+                                                     "description": "with Accept: application/x-npz: one array per "
+                                                                    "column and meta.npy (JSON metadata)"}}}},
+                              **{c: errors[c] for c in ("400", "401", "403", "404", "408", "413", "415", "422", "503", "504")}},
+            }},
+            "/models": {"get": {"summary": "The served models' cards, the default model and the limits", "responses": {
+                "200": {"description": "models and limits", "content": {"application/json": {"schema": ref("ModelsResponse")}}},
+                "401": errors["401"]}}},
+            "/livez": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Ready for traffic (503 while starting or overloaded)",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics text"}}}},
+        },
+        "components": {"schemas": schemas},
+    }

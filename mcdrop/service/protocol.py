@@ -1,0 +1,76 @@
+"""A header deadline for uvicorn's HTTP/1.1 protocol: slow or silent clients cannot hold connections.
+
+uvicorn (as BentoML runs it) times out idle keep-alive connections only after a response; a client that
+opens a connection and sends its headers a byte at a time, or nothing, keeps it open for ever.
+:class:`HeaderDeadlineProtocol` closes a connection whose request line and headers are not complete within
+``HEADER_TIMEOUT_S`` of its opening (or of the previous response).  :func:`install` makes it uvicorn's
+default protocol in this process: BentoML's worker builds its ``uvicorn.Config`` after importing the
+service module, which calls it.  Slow *bodies* are timed out by :class:`mcdrop.service.guard.Guard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["HEADER_TIMEOUT_S", "HeaderDeadlineProtocol", "install"]
+
+HEADER_TIMEOUT_S = 10.0
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request line and headers."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expire(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def install() -> None:
+    """Make :class:`HeaderDeadlineProtocol` the default ``http`` protocol of ``uvicorn.Config`` (idempotent)."""
+    init = uvicorn.Config.__init__
+    if getattr(init, "_mcdrop", False):
+        return
+
+    @functools.wraps(init)
+    def patched(self: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("http", HeaderDeadlineProtocol)
+        init(self, *args, **kwargs)
+
+    patched._mcdrop = True  # type: ignore[attr-defined]
+    uvicorn.Config.__init__ = patched  # type: ignore[method-assign]

@@ -1,0 +1,147 @@
+"""The BentoML service: one class holding the predictor and its scheduler; routes in :mod:`mcdrop.service.app`.
+
+Settings come from the environment when the service starts (:class:`~mcdrop.serving.config.ServiceConfig`,
+listed in README and ``/openapi.json``), never at import, so a test process can build it with other
+settings.  By default the service binds 127.0.0.1 (``bentoml serve``, ``mcdrop serve`` and a built Bento
+alike); ``--host 0.0.0.0`` (or ``BENTOML_HOST``) exposes it, together with ``MCDROP_ALLOWED_HOSTS`` for the
+names clients will use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+from typing import Any
+
+import bentoml
+
+from mcdrop.request import Mode
+from mcdrop.schemas import PredictRequest, PredictResult
+from mcdrop.service import protocol
+from mcdrop.service.app import create_app
+from mcdrop.service.guard import Guard
+from mcdrop.serving.config import ServiceConfig
+from mcdrop.serving.predictor import Predictor
+from mcdrop.serving.scheduler import Scheduler
+
+__all__ = ["MCDrop", "Metrics"]
+
+protocol.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
+
+BACKSTOP_TIMEOUT_S = 900
+"""BentoML's own request timeout, behind MCDROP_REQUEST_TIMEOUT (which answers first, with mcdrop's 504)."""
+
+
+class Metrics:
+    """The service's Prometheus metrics (on ``/metrics``, beside BentoML's request metrics).  Prometheus keeps
+    metrics in a process-wide registry, so the process makes them once (:func:`metrics`)."""
+
+    def __init__(self) -> None:
+        import prometheus_client as m
+
+        self.samples = m.Counter(name="mcdrop_mc_samples_total", documentation="Monte Carlo forward passes drawn, "
+                                 "summed over rows", labelnames=["model"])
+        self.latency = m.Histogram(name="mcdrop_prediction_latency_seconds", documentation="Time from request to answer "
+                                   "of /predict, by mode", labelnames=["mode"],
+                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        self.mutual_information = m.Histogram(
+            name="mcdrop_mutual_information", documentation="Mutual information (epistemic uncertainty, nats) of each "
+            "served MC classification", labelnames=["model"],
+            buckets=(0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.5))
+        self.ood = m.Histogram(name="mcdrop_ood_score", documentation="OOD score of each served input (about 0 for "
+                               "typical inputs)", labelnames=["model"],
+                               buckets=(-2, -1, 0, 1, 2, 3, 4, 6, 8, 12, 20, 50, 100))
+        self.abstentions = m.Counter(name="mcdrop_abstentions_total", documentation="Answers withheld, by reason",
+                                     labelnames=["model", "reason"])
+        self.answers = m.Counter(name="mcdrop_answers_total", documentation="Rows answered", labelnames=["model"])
+        self.errors = m.Counter(name="mcdrop_errors_total", documentation="Requests refused or failed after they "
+                                "were read", labelnames=["model"])
+
+    def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
+        model = request.model or "default"
+        self.latency.labels(mode=request.mode.value).observe(seconds)
+        if result is None:
+            self.errors.labels(model=model).inc()
+            return
+        model = result.model
+        self.answers.labels(model=model).inc(len(result))
+        if result.mode is Mode.MC:
+            self.samples.labels(model=model).inc(float(result.n_samples.sum()))
+        for value in result.columns.get("mutual_information", ()):
+            self.mutual_information.labels(model=model).observe(float(value))
+        for value in result.columns.get("ood_score", ()):
+            self.ood.labels(model=model).observe(float(value))
+        for reason in ("out_of_distribution", "uncertain"):
+            flags = result.columns.get(f"abstain_{reason}")
+            if flags is not None and flags.any():
+                self.abstentions.labels(model=model, reason=reason).inc(int(flags.sum()))
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """The process's metrics (created on first use: a second service instance in a test process shares them)."""
+    return Metrics()
+
+
+class _Guard(Guard):
+    """The guard with the settings of this process's environment (built in the worker at start-up)."""
+
+    def __init__(self, app: Any) -> None:
+        config = ServiceConfig.from_env()
+        super().__init__(app, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins,
+                         api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs)
+
+
+@bentoml.service(name="mcdrop", workers=1, http={"host": "127.0.0.1", "port": 3000},
+                 traffic={"timeout": BACKSTOP_TIMEOUT_S})
+class MCDrop:
+    """Monte Carlo dropout predictions with uncertainty."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from mcdrop.core.runtime import tune_allocator
+
+        self.config = ServiceConfig.from_env()
+        tune_allocator()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        limits = self.config.limits
+        self.predictor = Predictor(self.config.models or None, limits=limits)
+        self.scheduler = Scheduler(self.predictor, slice_cost=self.config.slice_cost, max_rows=limits.max_rows,
+                                   batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0)
+        self.metrics = metrics()
+        # Long-lived start-up objects (torch, models) leave the collector's view: full collections under load
+        # then scan only per-request garbage (fewer multi-millisecond pauses in the tail).
+        gc.collect()
+        gc.freeze()
+
+    @bentoml.on_deployment
+    def check() -> None:
+        """Before any worker starts (in BentoML's main process): check the settings and load every model once;
+        a bad one stops the server with one line naming the variable or file, instead of workers restarting."""
+        import sys
+
+        from mcdrop.core.artifacts import ArtifactError, load_artifact
+        from mcdrop.serving.config import SettingError
+
+        try:  # relative paths in the settings are relative to the service's folder (a Bento's src/), as in workers
+            with contextlib.chdir(MCDrop.working_dir):
+                config = ServiceConfig.from_env()
+                for ref in config.models or [None]:
+                    load_artifact(ref)
+        except (SettingError, ArtifactError) as err:
+            print(f"mcdrop: cannot serve: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def __is_ready__(self) -> bool:
+        """Not ready while the queued work would not finish within a request's timeout (overload)."""
+        return not self.scheduler.overloaded()
+
+    def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
+        self.metrics.observe(request, result, seconds)
+
+
+MCDrop.mount_asgi_app(create_app(bentoml.get_current_service), path="/")
+MCDrop.add_asgi_middleware(_Guard)

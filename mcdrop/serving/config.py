@@ -1,0 +1,127 @@
+"""The service's settings, read explicitly from the environment at start-up (never at import).
+
+Every variable is optional; a bad value raises :class:`SettingError` naming the variable and what it takes.
+Torch-free, so ``mcdrop serve`` checks the settings before it starts a server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcdrop.request import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, DEFAULT_MAX_SAMPLES
+from mcdrop.schemas import Limits
+
+__all__ = ["LOOPBACK_HOSTS", "SETTINGS", "ServiceConfig", "SettingError"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+DEFAULT_MAX_COST = 2e12
+"""Multiply-adds one request may cost (rows x passes x the model's multiply-adds per pass).  The shipped
+classifier does about 1.9e6 per pass, so this is 1,024 rows x 1,000 passes; measured at 25-40 s on the
+slowest machine we have (BENCHMARKS.md, "Work limits")."""
+DEFAULT_SLICE_COST = 2e9
+"""Work done between two scheduling decisions: about 20-80 ms, so a small request waits at most that long per
+large request in flight."""
+
+SETTINGS: dict[str, str] = {
+    "MCDROP_SERVE_MODELS": "comma-separated model names or folders; the first is the default (default fashion-mnist)",
+    "MCDROP_MAX_ROWS": f"rows per request (default {DEFAULT_MAX_ROWS})",
+    "MCDROP_MAX_SAMPLES": f"MC passes per row, also the adaptive cap (default {DEFAULT_MAX_SAMPLES})",
+    "MCDROP_MAX_BODY_BYTES": f"request body size in bytes (default {DEFAULT_MAX_BODY_BYTES})",
+    "MCDROP_MAX_COST": f"multiply-adds per request: rows x passes x the model's per pass (default {DEFAULT_MAX_COST:g}; "
+                       "0 turns the budget off)",
+    "MCDROP_REQUEST_TIMEOUT": "seconds before a request is cancelled with 504 (default 60)",
+    "MCDROP_BATCH_WAIT_MS": "how long an idle server waits to batch concurrent requests (default 2)",
+    "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default {DEFAULT_SLICE_COST:g})",
+    "MCDROP_THREADS": "torch threads (default: torch's choice)",
+    "MCDROP_ALLOWED_HOSTS": "Host header values accepted, comma-separated, or * (default: loopback names)",
+    "MCDROP_ALLOWED_ORIGINS": "browser origins allowed to call the API (CORS), comma-separated (default: none)",
+    "MCDROP_API_KEY": "bearer token required on every endpoint but /livez and /readyz (default: none)",
+    "MCDROP_API_KEY_FILE": "file holding the bearer token (instead of MCDROP_API_KEY)",
+    "MCDROP_DOCS": "1 serves the OpenAPI page at /docs (default 0: off)",
+}
+
+
+class SettingError(ValueError):
+    """A setting with an unusable value; ``variable`` names it."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False, minimum: float = 0.0,
+            allow_zero: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise SettingError(name, f"expected {'an integer' if integer else 'a number'}, but got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum or (value == 0 and not allow_zero and minimum == 0):
+        bound = f">= {minimum:g}" if minimum else "> 0"
+        raise SettingError(name, f"expected a number {bound}, but got {raw!r}")
+    return value
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service reads from its environment (see :data:`SETTINGS`)."""
+
+    models: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    batch_wait_ms: float = 2.0
+    slice_cost: float = DEFAULT_SLICE_COST
+    threads: int | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = ()
+    api_key: str | None = None
+    docs: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        env = os.environ if env is None else env
+        max_cost = _number(env, "MCDROP_MAX_COST", DEFAULT_MAX_COST, allow_zero=True)
+        limits = Limits(
+            max_rows=int(_number(env, "MCDROP_MAX_ROWS", DEFAULT_MAX_ROWS, integer=True, minimum=1)),
+            max_samples=int(_number(env, "MCDROP_MAX_SAMPLES", DEFAULT_MAX_SAMPLES, integer=True, minimum=1)),
+            max_body_bytes=int(_number(env, "MCDROP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, integer=True, minimum=1024)),
+            max_cost=max_cost or None,
+            timeout_s=_number(env, "MCDROP_REQUEST_TIMEOUT", 60.0, minimum=0.001),
+        )
+        threads = env.get("MCDROP_THREADS", "").strip()
+        key = env.get("MCDROP_API_KEY", "").strip() or None
+        key_file = env.get("MCDROP_API_KEY_FILE", "").strip()
+        if key_file:
+            try:
+                key = Path(key_file).read_text().strip() or None
+            except OSError as err:
+                raise SettingError("MCDROP_API_KEY_FILE", f"cannot read {key_file}: {err.strerror or err}") from err
+            if key is None:
+                raise SettingError("MCDROP_API_KEY_FILE", f"{key_file} is empty; expected the bearer token")
+        if key is not None and len(key) < 16:
+            raise SettingError("MCDROP_API_KEY_FILE" if key_file else "MCDROP_API_KEY",
+                               "expected a token of at least 16 characters (e.g. `openssl rand -hex 32`)")
+        docs = env.get("MCDROP_DOCS", "0").strip().lower()
+        if docs not in ("0", "1", "true", "false", ""):
+            raise SettingError("MCDROP_DOCS", f"expected 0 or 1, but got {docs!r}")
+        return cls(
+            models=_names(env, "MCDROP_SERVE_MODELS"),
+            limits=limits,
+            batch_wait_ms=_number(env, "MCDROP_BATCH_WAIT_MS", 2.0, allow_zero=True),
+            slice_cost=_number(env, "MCDROP_SLICE_COST", DEFAULT_SLICE_COST, minimum=1.0),
+            threads=int(_number(env, "MCDROP_THREADS", 0, integer=True, minimum=1)) if threads else None,
+            allowed_hosts=_names(env, "MCDROP_ALLOWED_HOSTS") or LOOPBACK_HOSTS,
+            allowed_origins=_names(env, "MCDROP_ALLOWED_ORIGINS"),
+            api_key=key,
+            docs=docs in ("1", "true"),
+        )

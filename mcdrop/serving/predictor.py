@@ -1,0 +1,256 @@
+"""One object from request to response: models + engine + uncertainty -> :class:`PredictResult`.
+
+The service, the CLI and the client's server all go through :class:`Predictor`; none computes anything
+itself.  The request's shape was validated by its schema; the predictor checks only what depends on the
+model and the server (row width, caps, the work budget, calibration) and raises the typed errors of
+:mod:`mcdrop.serving.errors`.  :meth:`Predictor.predict_many` answers several requests with one engine call
+per compatible group: each row keeps its own request's seed and its position ``row_offset + i``, so every
+answer equals the one its request would get alone (within float32 rounding, README "Reproducibility").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from mcdrop.core.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
+from mcdrop.core.calibration import Calibration
+from mcdrop.core.engine import MCEngine, SamplingCancelled
+from mcdrop.core.models import DropoutMLP
+from mcdrop.core.prediction import predict
+from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
+from mcdrop.request import Mode, new_seed
+from mcdrop.schemas import (
+    Limits,
+    ModelCard,
+    PredictRequest,
+    PredictResult,
+    RequestOptions,
+)
+from mcdrop.serving.errors import Cancelled, InvalidRequest, OutputOverflow, PredictError, TooLarge, UnknownModel
+
+__all__ = ["Predictor", "Served", "request_error"]
+
+
+@dataclass
+class Served:
+    """A model ready to serve: the network, its card and engine, and its calibration (or None)."""
+
+    model: DropoutMLP
+    card: ModelCard
+    engine: MCEngine
+    calibration: Calibration | None
+
+    @property
+    def cost(self) -> float:
+        """Multiply-adds of one pass of one row (from the card; 1 if unknown)."""
+        return float(self.card.cost or 1.0)
+
+
+def request_error(err: ValidationError) -> InvalidRequest:
+    """A schema violation as an :class:`InvalidRequest` naming the first field at fault."""
+    first = err.errors(include_url=False)[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    field = loc[0] if loc else first.get("type") if first.get("type") in PredictRequest.model_fields else None
+    where = (loc[0] + "".join(f"[{p}]" for p in loc[1:])) if loc else field or "request"
+    message = str(first.get("msg", "invalid"))
+    text = message if message.startswith(where) else f"{where}: {message}"
+    return InvalidRequest(text, field)
+
+
+class Predictor:
+    """Serves one or more models (names on the model path, or folders), the first being the default.
+
+    Args:
+        models: names or paths; default: the default model.
+        limits: the server's request limits.
+        element_budget: the engine's chunk budget.
+    """
+
+    def __init__(self, models: Sequence[str] | None = None, *, limits: Limits | None = None,
+                 element_budget: int = 1 << 24) -> None:
+        self.limits = limits or Limits()
+        self._served: dict[str, Served] = {}
+        for ref in models or [DEFAULT_MODEL]:
+            artifact = load_artifact(ref)
+            if artifact.card.name in self._served:
+                raise ArtifactError(f"two models are named {artifact.card.name!r}; model names must be unique")
+            engine = MCEngine(artifact.model, element_budget=element_budget)
+            self._served[artifact.card.name] = Served(artifact.model, artifact.card, engine, artifact.calibration)
+        self.default = next(iter(self._served))
+
+    @property
+    def cards(self) -> list[ModelCard]:
+        return [s.card for s in self._served.values()]
+
+    def card(self, name: str | None = None) -> ModelCard:
+        return self.served(name).card
+
+    def served(self, name: str | None = None) -> Served:
+        """The served model ``name`` (default: the default model); :class:`UnknownModel` otherwise."""
+        if name is None:
+            return self._served[self.default]
+        if name not in self._served:
+            raise UnknownModel(f"unknown model {name!r}: this server serves {', '.join(self._served)}", "model")
+        return self._served[name]
+
+    # ------------------------------------------------------------------ checks
+
+    def cost(self, request: PredictRequest) -> float:
+        """The request's work in multiply-adds: rows x passes (the cap when adaptive, +1 for OOD) x the model's."""
+        served = self.served(request.model)
+        if request.mode is Mode.DETERMINISTIC:
+            passes = 1
+        else:
+            passes = (request.max_samples or self.limits.max_samples) if request.tolerance is not None else request.n_samples
+            passes += 1 if served.calibration is not None and served.calibration.density is not None else 0
+        return len(request.inputs) * passes * served.cost
+
+    def check_options(self, options: RequestOptions) -> Served:
+        """Check what a request asks for besides its inputs against the model and the server's limits."""
+        served = self.served(options.model)
+        if options.mode is Mode.MC:
+            cap = self.limits.max_samples
+            if options.n_samples > cap:
+                raise InvalidRequest(f"n_samples is {options.n_samples}, but this server allows at most {cap}", "n_samples")
+            if options.max_samples is not None and options.max_samples > cap:
+                raise InvalidRequest(f"max_samples is {options.max_samples}, but this server allows at most {cap}",
+                                     "max_samples")
+        calibration = served.calibration
+        asks = {"coverage": options.coverage, "selective_risk": options.selective_risk,
+                "selective_coverage": options.selective_coverage}
+        for name, value in asks.items():
+            if value is not None and (calibration is None or not calibration.supports(name, options.mode)):
+                raise InvalidRequest(f"{name}: model {served.card.name!r} has no calibration for it in "
+                                     f"{options.mode.value} mode (see its card's calibration section)", name)
+        return served
+
+    def check(self, request: PredictRequest) -> Served:
+        """Check a valid request against its model and this server's limits; raise a :class:`PredictError`."""
+        served = self.check_options(request)
+        rows, width = request.inputs.shape
+        if rows > self.limits.max_rows:
+            raise TooLarge(f"inputs has {rows} rows, but this server accepts at most {self.limits.max_rows} per request "
+                           "(split the batch; the client does it for you)", "inputs")
+        if width != served.card.input_size:
+            raise InvalidRequest(f"inputs rows have {width} values, but model {served.card.name!r} expects "
+                                 f"{served.card.input_size} features per row", "inputs")
+        budget = self.limits.max_cost
+        if budget is not None and (cost := self.cost(request)) > budget:
+            passes = "max_samples" if request.tolerance is not None else "n_samples"
+            raise TooLarge(f"this request needs {cost:.3g} multiply-adds (rows x {passes} x {served.cost:.3g} for model "
+                           f"{served.card.name!r}), beyond this server's budget of {budget:.3g} (MCDROP_MAX_COST): "
+                           f"send fewer rows or fewer passes", passes if request.mode is Mode.MC else "inputs")
+        return served
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, request: PredictRequest, *, cancelled: Callable[[], bool] | None = None) -> PredictResult:
+        """Answer one request (raises a :class:`PredictError`)."""
+        answer = self.predict_many([request], cancelled=cancelled)[0]
+        if isinstance(answer, PredictError):
+            raise answer
+        return answer
+
+    def predict_many(self, requests: Sequence[PredictRequest], *, cancelled: Callable[[], bool] | None = None
+                     ) -> list[PredictResult | PredictError]:
+        """Answer several requests, merging compatible ones into one engine call; invalid ones get their error."""
+        answers: list[PredictResult | PredictError | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, req in enumerate(requests):
+            try:
+                self.check(req)
+            except PredictError as err:
+                answers[i] = err
+                continue
+            key = (req.model or self.default, req.mode, req.n_samples if req.mode is Mode.MC else 0, req.level,
+                   req.return_samples, i if req.tolerance is not None else -1)
+            groups.setdefault(key, []).append(i)
+        for indices in groups.values():
+            group = [requests[i] for i in indices]
+            try:
+                responses: Sequence[PredictResult | PredictError] = self._run(group, cancelled)
+            except SamplingCancelled as err:
+                responses = [Cancelled(str(err))] * len(group)
+            for i, response in zip(indices, responses, strict=True):
+                answers[i] = response
+        return answers  # type: ignore[return-value]
+
+    def predict_array(self, x: Any, *, model: str | None = None, **options: Any) -> PredictResult:
+        """Score an array ``(B, D)`` with the request options (``mode``, ``n_samples``, ``seed``, ...)."""
+        try:
+            request = PredictRequest.model_validate({"inputs": np.asarray(x), "model": model, **options}, strict=False)
+        except ValidationError as err:
+            raise request_error(err) from err
+        return self.predict(request)
+
+    def _run(self, group: list[PredictRequest], cancelled: Callable[[], bool] | None) -> list[PredictResult | PredictError]:
+        served = self.served(group[0].model)
+        first = group[0]
+        seeds = [req.seed if req.seed is not None else new_seed() for req in group]
+        sizes = [len(req.inputs) for req in group]
+        inputs = np.concatenate([req.inputs for req in group]) if len(group) > 1 else first.inputs
+        x = torch.from_numpy(np.require(inputs, np.float32, ["C", "W"]))  # a decoded .npy body is read-only
+        rows = torch.cat([torch.arange(req.row_offset, req.row_offset + n) for req, n in zip(group, sizes, strict=True)])
+        seed: int | Tensor = seeds[0] if len(group) == 1 else torch.cat(
+            [torch.full((n,), s, dtype=torch.int64) for s, n in zip(seeds, sizes, strict=True)])
+        result = predict(
+            served.engine, x, task=served.card.task, tau=served.card.tau, mode=first.mode, n_samples=first.n_samples,
+            seed=seed, rows=rows, tolerance=first.tolerance,
+            max_samples=first.max_samples or (self.limits.max_samples if first.tolerance is not None else None),
+            level=first.level, return_samples=first.return_samples,
+            features=served.calibration.feature_layers if served.calibration else (), cancelled=cancelled)
+        extras = (served.calibration.annotate(result.summary, result.features, group, sizes, seeds)
+                  if served.calibration else None)
+        finite = _finite_rows(result.summary)
+        columns = _columns(result.summary)
+        samples = result.samples.numpy() if result.samples is not None else None
+        answers: list[PredictResult | PredictError] = []
+        start = 0
+        for i, (req, req_seed, n) in enumerate(zip(group, seeds, sizes, strict=True)):
+            part = slice(start, start + n)
+            start += n
+            if not bool(finite[part].all()):
+                bad = int(torch.nonzero(~finite[part])[0])
+                answers.append(OutputOverflow(
+                    f"inputs[{bad}] (row {req.row_offset + bad}): the model's output overflowed to NaN or infinity; the "
+                    "input lies far outside the range the model was trained on", "inputs"))
+                continue
+            answers.append(PredictResult(
+                model=served.card.name, model_version=served.card.version, task=served.card.task, mode=req.mode,
+                seed=req_seed if req.mode is Mode.MC else None,
+                columns={**{k: v[part] for k, v in columns.items()}, **(extras[i].columns if extras else {})},
+                samples=samples[:, part] if req.return_samples and samples is not None else None,
+                notes=extras[i].notes if extras else [], class_names=served.card.class_names))
+        return answers
+
+
+def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:
+    """``(B,)``: whether each row's prediction is finite (an input far out of range can overflow float32)."""
+    if isinstance(summary, ClassificationSummary):
+        return torch.isfinite(summary.probabilities).all(1)
+    return torch.isfinite(summary.mean) & torch.isfinite(summary.variance)
+
+
+def _columns(summary: ClassificationSummary | RegressionSummary) -> dict[str, np.ndarray]:
+    """A summary's fields as result columns, named explicitly (fields None in this mode are left out)."""
+    if isinstance(summary, ClassificationSummary):
+        names = ("predicted_class", "confidence", "probabilities", "predictive_entropy", "expected_entropy",
+                 "mutual_information", "variation_ratio", "probability_std", "probability_stderr", "n_samples")
+    else:
+        names = ("mean", "variance", "std", "epistemic_variance", "aleatoric_variance", "interval_low", "interval_high",
+                 "mean_stderr", "n_samples")
+    out = {}
+    for name in names:
+        value: Tensor | None = getattr(summary, name)
+        if value is not None:
+            out[name] = value.numpy() if value.dtype == torch.int64 else value.double().numpy()
+    if isinstance(summary, RegressionSummary):
+        out["level"] = np.full(len(out["mean"]), summary.level)
+    return out

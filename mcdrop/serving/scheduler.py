@@ -1,0 +1,259 @@
+"""Fair, bounded scheduling of prediction work (no HTTP here).
+
+One worker thread computes; the event loop only queues and waits.  Work is measured in multiply-adds
+(rows x passes x the model's cost, :meth:`Predictor.cost`) and cut into slices of about ``slice_cost``:
+
+* **Small requests are batched.**  Requests that fit in one slice and have not started are answered together
+  in one engine call (up to ``max_rows`` rows; an idle worker waits ``batch_wait_ms`` for company).
+* **Large requests are sliced by rows** (each slice is the same request on fewer rows, with the same seed
+  and row positions, so the answer equals the unsliced one) and progress a slice at a time.
+* **Least attained service first.**  After every slice the worker picks the request that has received the
+  least work so far, so a one-row request arriving behind eight large ones waits for one slice, not for
+  them to finish.
+* **Deadlines and cancellation.**  Every request has a deadline; when it passes, or the client goes away,
+  the request is cancelled: its remaining slices are dropped and a running engine call stops at its next
+  chunk.  No work is done for a request after its 504.
+* **Overload.**  Work is admitted only if the backlog (queued work / the measured rate) leaves it time to
+  finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcdrop.request import Mode, new_seed
+from mcdrop.schemas import PredictRequest, PredictResult
+from mcdrop.serving.errors import Cancelled, DeadlineExceeded, Overloaded, PredictError
+from mcdrop.serving.predictor import Predictor
+
+__all__ = ["Scheduler"]
+
+_counter = itertools.count()
+
+
+@dataclass(eq=False)
+class _Job:
+    request: PredictRequest
+    cost: float
+    slices: list[tuple[int, int]]
+    future: asyncio.Future[PredictResult]
+    loop: asyncio.AbstractEventLoop
+    deadline: float
+    timeout: float
+    order: int = field(default_factory=lambda: next(_counter))
+    done_cost: float = 0.0
+    parts: list[PredictResult] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    reason: PredictError | None = None
+
+    @property
+    def started(self) -> bool:
+        return bool(self.parts) or self.done_cost > 0
+
+    @property
+    def remaining_cost(self) -> float:
+        return max(self.cost - self.done_cost, 0.0)
+
+    def late(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the request took longer than {self.timeout:g} s (MCDROP_REQUEST_TIMEOUT) and was "
+                                "cancelled; send fewer rows or passes, or retry later")
+
+    def stop(self, reason: PredictError) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.cancelled.set()
+
+    def finish(self, outcome: PredictResult | BaseException) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+
+        with contextlib.suppress(RuntimeError):  # the waiter's event loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(settle)
+
+
+class Scheduler:
+    """Answers requests with ``predictor`` in a worker thread (see the module docs).
+
+    Args:
+        predictor: the predictor.
+        slice_cost: multiply-adds computed between two scheduling decisions.
+        max_rows: rows of one batch of small requests.
+        batch_wait_ms: how long an idle worker waits for more small requests.
+        timeout_s: the default deadline of a request, in seconds.
+        rate: the first guess of the throughput in multiply-adds per second (then measured).
+    """
+
+    def __init__(self, predictor: Predictor, *, slice_cost: float = 2e9, max_rows: int = 1024,
+                 batch_wait_ms: float = 2.0, timeout_s: float = 60.0, rate: float = 2e10) -> None:
+        self.predictor = predictor
+        self.slice_cost, self.max_rows = float(slice_cost), max_rows
+        self.batch_wait, self.timeout_s = batch_wait_ms / 1e3, timeout_s
+        self.rate = float(rate)
+        self._jobs: list[_Job] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.batch_sizes: list[int] = []  # recent numbers of requests per engine call (metrics, tests)
+
+    # ------------------------------------------------------------------ event-loop side
+
+    def backlog_seconds(self) -> float:
+        """Estimated seconds to finish the queued work."""
+        with self._cond:
+            return sum(j.remaining_cost for j in self._jobs) / self.rate
+
+    def overloaded(self) -> bool:
+        """Whether the queued work alone would not finish within a request's timeout."""
+        return self.backlog_seconds() > self.timeout_s
+
+    async def submit(self, request: PredictRequest, *, timeout_s: float | None = None) -> PredictResult:
+        """Check, queue and answer ``request``; raises a :class:`PredictError` (also when cancelled or late).
+
+        Cancelling the awaiting task (the client went away) cancels the request's remaining work.
+        """
+        self.predictor.check(request)
+        if request.mode is Mode.MC and request.seed is None:
+            request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        cost = self.predictor.cost(request)
+        backlog = self.backlog_seconds()
+        if backlog + cost / self.rate > timeout:
+            raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
+                             f"{cost / self.rate:.1f} s more, beyond the {timeout:g} s limit; retry later")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, cost, self._slices(request, cost), loop.create_future(), loop, time.monotonic() + timeout,
+                   timeout)
+        with self._cond:
+            self._start()
+            self._jobs.append(job)
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except TimeoutError:
+            job.stop(job.late())
+            raise job.reason from None  # type: ignore[misc]
+        except asyncio.CancelledError:
+            job.stop(Cancelled("the client went away"))
+            raise
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel the queued work and wait (up to ``timeout_s``) for the worker to stop."""
+        with self._cond:
+            self._closed = True
+            for job in self._jobs:
+                job.stop(Cancelled("the server is shutting down"))
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _slices(self, request: PredictRequest, cost: float) -> list[tuple[int, int]]:
+        rows = len(request.inputs)
+        per_row = cost / rows
+        step = max(1, math.floor(self.slice_cost / per_row)) if per_row > 0 else rows
+        return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="mcdrop-scheduler", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _next(self) -> tuple[list[_Job], tuple[int, int] | None]:
+        """The jobs to run next: a batch of fresh small jobs, or one slice of the least-served job."""
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for job in [j for j in self._jobs if j.cancelled.is_set() or j.deadline < now]:
+                    self._jobs.remove(job)
+                    job.finish(job.reason or job.late())
+                if self._jobs:
+                    break
+                self._cond.wait()
+            if self._closed:
+                return [], None
+            first = min(self._jobs, key=lambda j: (j.done_cost, j.order))
+            if len(first.slices) > 1 or first.started:
+                return [first], first.slices[0]
+            small = self._small()
+            if len(small) == 1 and self.batch_wait > 0:  # an idle worker waits briefly for company
+                self._cond.wait(self.batch_wait)
+                small = self._small() or small
+            batch, rows, cost = [], 0, 0.0
+            for job in small:
+                n = len(job.request.inputs)
+                if batch and (rows + n > self.max_rows or cost + job.cost > 4 * self.slice_cost):
+                    break
+                batch.append(job)
+                rows, cost = rows + n, cost + job.cost
+            return batch, None
+
+    def _small(self) -> list[_Job]:
+        return sorted((j for j in self._jobs if len(j.slices) == 1 and not j.started and not j.cancelled.is_set()),
+                      key=lambda j: j.order)
+
+    def _work(self) -> None:
+        while True:
+            jobs, part = self._next()
+            if not jobs:
+                return
+            start = time.perf_counter()
+            if part is None:
+                self._run_batch(jobs)
+                cost = sum(j.cost for j in jobs)
+            else:
+                cost = self._run_slice(jobs[0], part)
+            elapsed = time.perf_counter() - start
+            if cost > 0 and elapsed > 1e-4:
+                self.rate = 0.8 * self.rate + 0.2 * cost / elapsed
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        with self._cond:
+            for job in jobs:
+                self._jobs.remove(job)
+        self.batch_sizes = [*self.batch_sizes[-999:], len(jobs)]
+        try:
+            answers: list[Any] = self.predictor.predict_many([j.request for j in jobs])
+        except Exception as err:  # the batch failed as a whole: every request gets the error
+            answers = [err] * len(jobs)
+        for job, answer in zip(jobs, answers, strict=True):
+            job.finish(answer)
+
+    def _run_slice(self, job: _Job, part: tuple[int, int]) -> float:
+        r0, r1 = part
+        request = job.request
+        sub = request.model_copy(update={"inputs": request.inputs[r0:r1], "row_offset": request.row_offset + r0})
+        cost = job.cost * (r1 - r0) / len(request.inputs)
+        self.batch_sizes = [*self.batch_sizes[-999:], 1]
+        try:
+            answer: Any = self.predictor.predict_many([sub], cancelled=lambda: job.cancelled.is_set()
+                                                      or time.monotonic() > job.deadline)[0]
+        except Exception as err:
+            answer = err
+        with self._cond:
+            job.done_cost += cost
+            job.slices.pop(0)
+            failed = isinstance(answer, BaseException)
+            if (failed or not job.slices) and job in self._jobs:
+                self._jobs.remove(job)
+        if failed:
+            if isinstance(answer, Cancelled):
+                answer = job.reason or (job.late() if time.monotonic() > job.deadline else answer)
+            job.finish(answer)
+        else:
+            job.parts.append(answer)
+            if not job.slices:
+                job.finish(PredictResult.concat(job.parts))
+        return cost

@@ -1,0 +1,2 @@
+"""Training, data sets, evaluation and reports.  Needs the core and torchvision (``mcdrop[train]``);
+``configs`` alone imports no torch."""

@@ -1,0 +1,121 @@
+"""Readers: CSV by the csv module (quotes, BOM, CRLF, blank lines, header decision), Parquet, .npy (mapped), .npz,
+IDX; bad rows named; chunks of bounded size."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mcdrop.io.readers import InputError, open_input
+
+X = np.arange(24, dtype=np.float32).reshape(6, 4) / 7
+
+
+def read(path, **kw):
+    source = open_input(path, chunk_rows=kw.pop("chunk_rows", 4), **kw)
+    chunks = list(source.chunks)
+    x = np.concatenate([c.x for c in chunks])
+    rows = np.concatenate([c.rows for c in chunks])
+    ids = [i for c in chunks for i in (c.ids or [])]
+    bad = [b for c in chunks for b in c.bad]
+    return source, x, rows, ids, bad
+
+
+def csv_text(rows, header=None, newline="\n"):
+    lines = ([",".join(header)] if header else []) + [",".join(map(repr, map(float, r))) for r in rows]
+    return newline.join(lines) + newline
+
+
+def test_csv_header_decided_and_said(tmp_path):
+    (tmp_path / "h.csv").write_text(csv_text(X, ["a", "b", "c", "d"]))
+    (tmp_path / "n.csv").write_text(csv_text(X))
+    with_header, x, rows, _, _ = read(tmp_path / "h.csv")
+    assert with_header.columns == ["a", "b", "c", "d"] and np.array_equal(x, X) and rows.tolist() == list(range(6))
+    assert "is a header" in with_header.notes[0]
+    without, x, _, _, _ = read(tmp_path / "n.csv")
+    assert len(x) == 6 and "no header" in without.notes[0]
+
+
+def test_csv_bom_crlf_and_trailing_blank_lines(tmp_path):
+    """A headerless CSV starting with a UTF-8 byte-order mark keeps its first row; with a header, the BOM does not
+    stick to the first name (so --id-column finds it)."""
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + csv_text(X, newline="\r\n").encode() + b"\r\n\r\n")
+    source, x, _, _, bad = read(tmp_path / "bom.csv")
+    assert np.array_equal(x, X) and not bad and "no header" in source.notes[0]
+    (tmp_path / "bomh.csv").write_bytes(b"\xef\xbb\xbf" + ("id,f1,f2,f3,f4\r\n" + "\r\n".join(
+        f"r{i}," + ",".join(map(repr, map(float, r))) for i, r in enumerate(X))).encode())
+    _, x, _, ids, _ = read(tmp_path / "bomh.csv", id_column="id")
+    assert ids == [f"r{i}" for i in range(6)] and np.array_equal(x, X)
+
+
+def test_csv_quoted_fields_hold_commas_quotes_and_line_breaks(tmp_path):
+    text = 'id,a,b\n"x, the first",1,2\n"say ""hi""",3,4\n"two\nlines",5,6\n'
+    (tmp_path / "q.csv").write_text(text)
+    _, x, _, ids, bad = read(tmp_path / "q.csv", id_column="id")
+    assert ids == ["x, the first", 'say "hi"', "two\nlines"] and x.tolist() == [[1, 2], [3, 4], [5, 6]] and not bad
+
+
+def test_csv_bad_rows_are_named(tmp_path):
+    (tmp_path / "b.csv").write_text("a,b\n1,2\n3\n4,x\n5,nan\n6,1e39\n7,8\n")
+    _, x, rows, _, bad = read(tmp_path / "b.csv", chunk_rows=100)
+    assert rows.tolist() == [0, 5] and x.tolist() == [[1, 2], [7, 8]]
+    assert [r for r, _ in bad] == [1, 2, 3, 4]
+    assert "has 1 columns" in bad[0][1] and "'x'" in bad[1][1] and "NaN" in bad[2][1] and "float32" in bad[3][1]
+
+
+def test_csv_columns_and_header_flags(tmp_path):
+    (tmp_path / "c.csv").write_text(csv_text(X, ["a", "b", "c", "d"]))
+    source, x, _, _, _ = read(tmp_path / "c.csv", columns="b,3")
+    assert source.columns == ["b", "d"] and np.array_equal(x, X[:, [1, 3]])
+    with pytest.raises(InputError, match="no column 'zz'") as err:
+        open_input(tmp_path / "c.csv", columns="zz")
+    assert err.value.usage
+    (tmp_path / "n.csv").write_text(csv_text(X))
+    _, x, _, _, _ = read(tmp_path / "n.csv", header="yes")
+    assert len(x) == 5  # the user said the first line is a header
+
+
+def test_parquet_wide_and_list_columns(tmp_path):
+    wide = pa.table({"id": [f"r{i}" for i in range(6)], **{f"f{j}": X[:, j] for j in range(4)}})
+    pq.write_table(wide, tmp_path / "wide.parquet", row_group_size=4)
+    source, x, _rows, ids, _ = read(tmp_path / "wide.parquet", id_column="id", chunk_rows=4)
+    assert source.n_rows == 6 and source.width == 4 and np.allclose(x, X) and ids[2] == "r2"
+    listed = pa.table({"features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 4)})
+    pq.write_table(listed, tmp_path / "list.parquet")
+    source, x, _, _, _ = read(tmp_path / "list.parquet")
+    assert source.width == 4 and np.allclose(x, X)
+    pq.write_table(pa.table({"s": ["a", "b"]}), tmp_path / "text.parquet")
+    with pytest.raises(InputError, match="column 's' holds string"):
+        open_input(tmp_path / "text.parquet")
+
+
+def test_npy_is_mapped_in_chunks_and_checked(tmp_path):
+    big = np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32)
+    big[500, 1] = np.inf
+    np.save(tmp_path / "a.npy", big)
+    source, x, _rows, _, bad = read(tmp_path / "a.npy", chunk_rows=128)
+    assert source.n_rows == 1000 and len(x) == 999 and bad[0][0] == 500
+    np.save(tmp_path / "f.npy", np.asfortranarray(big[:10]))
+    _, x, _, _, _ = read(tmp_path / "f.npy")
+    assert np.array_equal(x[:5], big[:5])
+    np.save(tmp_path / "o.npy", np.array([[{"a": 1}]], dtype=object))
+    with pytest.raises(InputError, match="expected numbers"):
+        open_input(tmp_path / "o.npy")
+
+
+def test_idx_gz_and_npz(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 2, 2), dtype=np.uint8)
+    idx = b"\0\0\x08\x03" + np.array([5, 2, 2], dtype=">i4").tobytes() + images.tobytes()
+    (tmp_path / "in-idx3-ubyte.gz").write_bytes(gzip.compress(idx))
+    source, x, _, _, _ = read(tmp_path / "in-idx3-ubyte.gz")
+    assert source.dtype == np.uint8 and np.array_equal(x, images.reshape(5, 4))
+    np.savez(tmp_path / "in.npz", labels=np.zeros(5), images=images)
+    _, x, _, _, _ = read(tmp_path / "in.npz", key="images")
+    assert np.array_equal(x, images.reshape(5, 4))
+    np.savez(tmp_path / "two.npz", a=images, b=images)
+    with pytest.raises(InputError, match="choose the inputs with --key"):
+        open_input(tmp_path / "two.npz")

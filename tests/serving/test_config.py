@@ -1,0 +1,41 @@
+"""Service settings: read from a given environment, every bad value named."""
+
+import pytest
+
+from mcdrop.serving.config import LOOPBACK_HOSTS, ServiceConfig, SettingError
+
+
+def test_defaults_and_values():
+    default = ServiceConfig.from_env({})
+    assert default.models == () and default.allowed_hosts == LOOPBACK_HOSTS and default.api_key is None
+    assert default.limits.max_rows == 1024 and default.limits.max_cost == 2e12 and not default.docs
+    config = ServiceConfig.from_env({"MCDROP_SERVE_MODELS": "a, b", "MCDROP_MAX_ROWS": "8", "MCDROP_MAX_COST": "0",
+                                     "MCDROP_ALLOWED_HOSTS": "api.example.com,*", "MCDROP_API_KEY": "k" * 20,
+                                     "MCDROP_DOCS": "1", "MCDROP_THREADS": "2"})
+    assert config.models == ("a", "b") and config.limits.max_rows == 8 and config.limits.max_cost is None
+    assert config.allowed_hosts == ("api.example.com", "*") and config.docs and config.threads == 2
+
+
+def test_api_key_from_a_file(tmp_path):
+    (tmp_path / "key").write_text("s3cret-token-0123456789\n")
+    assert ServiceConfig.from_env({"MCDROP_API_KEY_FILE": str(tmp_path / "key")}).api_key == "s3cret-token-0123456789"
+    with pytest.raises(SettingError, match="MCDROP_API_KEY_FILE: cannot read"):
+        ServiceConfig.from_env({"MCDROP_API_KEY_FILE": str(tmp_path / "none")})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"MCDROP_MAX_ROWS": "many"}, "MCDROP_MAX_ROWS"),
+        ({"MCDROP_MAX_ROWS": "0"}, "MCDROP_MAX_ROWS"),
+        ({"MCDROP_MAX_BODY_BYTES": "10"}, "MCDROP_MAX_BODY_BYTES"),
+        ({"MCDROP_REQUEST_TIMEOUT": "-1"}, "MCDROP_REQUEST_TIMEOUT"),
+        ({"MCDROP_MAX_COST": "nan"}, "MCDROP_MAX_COST"),
+        ({"MCDROP_API_KEY": "short"}, "MCDROP_API_KEY"),
+        ({"MCDROP_DOCS": "maybe"}, "MCDROP_DOCS"),
+    ],
+)
+def test_bad_values_name_the_variable(env, variable):
+    with pytest.raises(SettingError) as err:
+        ServiceConfig.from_env(env)
+    assert err.value.variable == variable and str(err.value).startswith(variable)

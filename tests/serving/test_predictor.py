@@ -1,0 +1,139 @@
+"""Predictor: model and server checks as typed errors, merged requests answer as if alone, explicit columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mcdrop import DropoutMLP
+from mcdrop.core.artifacts import save_model
+from mcdrop.schemas import ClassificationPrediction, Limits, PredictRequest, PredictResult, RegressionPrediction
+from mcdrop.serving.errors import InvalidRequest, OutputOverflow, TooLarge, UnknownModel
+from mcdrop.serving.predictor import Predictor
+from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_probabilities_close
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def predictor(paths):
+    return Predictor([str(paths["tiny-cls"]), str(paths["tiny-reg"])], limits=Limits(max_rows=8, max_samples=500))
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory):
+    """A classifier whose hidden units reach +inf for inputs near 1e38, and whose logits are inf - inf = NaN."""
+    model = DropoutMLP(2, [2], 2, dropout=0.1)
+    with torch.no_grad():
+        model.net[0].weight.fill_(10.0)
+        model.net[0].bias.zero_()
+        model.net[-1].weight.copy_(torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+        model.net[-1].bias.zero_()
+    path = tmp_path_factory.mktemp("models") / "overflow"
+    save_model(model, path, {"name": "overflow", "version": "1", "task": "classification", "input_shape": [2],
+                             "input_size": 2, "normalisation": "none"})
+    return Predictor([str(path)])
+
+
+def request(**fields) -> PredictRequest:
+    return PredictRequest.model_validate({"inputs": [[0.1, 0.2, 0.3, 0.4]], "mode": "mc", "n_samples": 20, **fields})
+
+
+def test_merged_requests_answer_as_alone(predictor):
+    a = request(inputs=[[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 0.0]], seed=1)
+    b = request(inputs=[[2.0, 0.0, -0.3, 0.4]], seed=2, row_offset=5)
+    merged = predictor.predict_many([a, b])
+    for req, answer in zip((a, b), merged, strict=True):
+        assert isinstance(answer, PredictResult)
+        alone = predictor.predict(req)
+        assert_probabilities_close(answer.probabilities, alone.probabilities)
+        assert answer.seed == req.seed and len(answer) == len(req.inputs)
+
+
+def test_every_response_field_is_filled_or_null_on_purpose(predictor):
+    """The columns map onto the response by name, explicitly: a field left null must be one the mode does not
+    define or the model's calibration does not provide."""
+    mc = predictor.predict(request(seed=0)).predictions[0]
+    det = predictor.predict(request(mode="deterministic")).predictions[0]
+    uncalibrated = {"ood_score", "prediction_set", "prediction_set_names", "abstain", "abstain_reasons"}
+    sampling_only = {"expected_entropy", "mutual_information", "variation_ratio", "probability_std",
+                     "probability_stderr"}
+    assert set(ClassificationPrediction.model_fields) >= uncalibrated | sampling_only
+    assert {k for k, v in mc.model_dump().items() if v is None} == uncalibrated
+    assert {k for k, v in det.model_dump().items() if v is None} == uncalibrated | sampling_only
+    reg = predictor.predict(request(model="tiny-reg", inputs=[[0.1, 0.2, 0.3]], seed=0)).predictions[0]
+    assert isinstance(reg, RegressionPrediction)
+    assert {k for k, v in reg.model_dump().items() if v is None} == {"ood_score", "conformal_low", "conformal_high",
+                                                                     "abstain", "abstain_reasons"}
+    assert reg.variance == pytest.approx(reg.epistemic_variance + reg.aleatoric_variance, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "field"),
+    [
+        ({"model": "nope"}, UnknownModel, "model"),
+        ({"inputs": [[1.0, 2.0]]}, InvalidRequest, "inputs"),
+        ({"inputs": [[0.0] * 4] * 9}, TooLarge, "inputs"),
+        ({"n_samples": 501}, InvalidRequest, "n_samples"),
+        ({"tolerance": 0.1, "max_samples": 600}, InvalidRequest, "max_samples"),
+        ({"coverage": 0.9}, InvalidRequest, "coverage"),
+        ({"selective_risk": 0.05}, InvalidRequest, "selective_risk"),
+    ],
+)
+def test_model_and_server_checks_raise_typed_errors(predictor, fields, error, field):
+    req = request(**fields)
+    with pytest.raises(error) as caught:
+        predictor.check(req)
+    assert caught.value.field == field
+    assert isinstance(predictor.predict_many([req])[0], error)
+
+
+def test_work_budget(paths):
+    tight = Predictor([str(paths["tiny-cls"])], limits=Limits(max_cost=100 * 20 * 112))  # 112 multiply-adds per pass
+    assert tight.cost(request()) == 20 * 112
+    tight.check(request(inputs=[[0.0] * 4] * 100))
+    with pytest.raises(TooLarge, match="budget") as err:
+        tight.check(request(inputs=[[0.0] * 4] * 101))
+    assert err.value.field == "n_samples"
+    adaptive = request(tolerance=0.1, max_samples=400)
+    assert tight.cost(adaptive) == 400 * 112  # adaptive work is bounded by its cap
+
+
+def test_invalid_request_does_not_fail_its_neighbours(predictor):
+    good, bad = request(seed=1), request(inputs=[[1.0, 2.0]], seed=1)
+    answers = predictor.predict_many([good, bad])
+    assert isinstance(answers[0], PredictResult)
+    assert isinstance(answers[1], InvalidRequest) and answers[1].field == "inputs"
+
+
+def test_overflowing_output_is_an_error_for_that_request_only(overflowing):
+    good = PredictRequest(inputs=[[0.1, 0.2]], n_samples=10, seed=0)
+    bad = PredictRequest(inputs=[[0.1, 0.2], [3e38, 3e38]], n_samples=10, seed=0, row_offset=7)
+    answers = overflowing.predict_many([good, bad])
+    assert isinstance(answers[0], PredictResult)
+    assert isinstance(answers[1], OutputOverflow) and answers[1].field == "inputs"
+    assert "inputs[1] (row 8)" in str(answers[1]) and "overflowed" in str(answers[1])
+    with pytest.raises(OutputOverflow):
+        overflowing.predict_array([[3e38, 3e38]], mode="deterministic")
+
+
+def test_predict_array_builds_a_real_request(predictor):
+    result = predictor.predict_array(np.zeros((3, 4), dtype=np.float64), n_samples=5, seed=3, row_offset=2)
+    assert result.probabilities.shape == (3, 3) and result.seed == 3
+    with pytest.raises(InvalidRequest, match="n_samples") as err:
+        predictor.predict_array(np.zeros((1, 4)), n_samples=0)
+    assert err.value.field == "n_samples"
+    with pytest.raises(InvalidRequest, match=r"inputs\[0\]\[1\]"):
+        predictor.predict_array([[0.0, float("nan"), 0.0, 0.0]])
+
+
+def test_an_unseeded_request_gets_a_seed_that_reproduces_it(predictor):
+    first = predictor.predict(request())
+    again = predictor.predict(request(seed=first.seed))
+    assert isinstance(first.seed, int)
+    assert_probabilities_close(first.probabilities, again.probabilities)

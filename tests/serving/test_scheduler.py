@@ -1,0 +1,131 @@
+"""Scheduler: batching of small requests, slicing of large ones, least-served first, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from mcdrop.schemas import Limits, PredictRequest
+from mcdrop.serving.errors import DeadlineExceeded, Overloaded, TooLarge
+from mcdrop.serving.predictor import Predictor
+from mcdrop.serving.scheduler import Scheduler
+from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_probabilities_close
+
+PASS_COST = 112  # multiply-adds of one pass of tiny-cls
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    paths = write_tiny_models(tmp_path_factory.mktemp("models"))
+    return Predictor([str(paths["tiny-cls"])], limits=Limits(max_rows=4096, max_samples=100_000))
+
+
+def req(rows: int, n: int = 20, seed: int = 0, **kw) -> PredictRequest:
+    x = np.random.default_rng(rows).normal(size=(rows, 4))
+    return PredictRequest.model_validate({"inputs": x, "n_samples": n, "seed": seed, **kw}, strict=False)
+
+
+def test_concurrent_small_requests_share_one_engine_call(predictor):
+    scheduler = Scheduler(predictor, batch_wait_ms=50)
+
+    async def main():
+        return await asyncio.gather(*(scheduler.submit(req(1 + i % 3, seed=i)) for i in range(12)))
+
+    answers = asyncio.run(main())
+    assert [len(a) for a in answers] == [1 + i % 3 for i in range(12)]
+    assert max(scheduler.batch_sizes) > 1
+    for i, a in enumerate(answers):
+        assert_probabilities_close(a.probabilities, predictor.predict(req(1 + i % 3, seed=i)).probabilities)
+
+
+def test_a_large_request_is_sliced_and_answers_as_one_call(predictor):
+    scheduler = Scheduler(predictor, slice_cost=50 * 20 * PASS_COST)  # 50 rows a slice
+    big = req(400, n=20, seed=3, return_samples=True)
+    answer = asyncio.run(scheduler.submit(big))
+    assert len(scheduler.batch_sizes) == 8  # 400 rows / 50
+    whole = predictor.predict(big)
+    assert_probabilities_close(answer.probabilities, whole.probabilities)
+    assert answer.samples.shape == (20, 400, 3) and answer.seed == 3
+
+
+def test_unseeded_sliced_request_uses_one_seed(predictor):
+    scheduler = Scheduler(predictor, slice_cost=10 * 20 * PASS_COST)
+    answer = asyncio.run(scheduler.submit(req(40, seed=None)))  # type: ignore[arg-type]
+    again = predictor.predict(req(40, seed=answer.seed))
+    assert_probabilities_close(answer.probabilities, again.probabilities)
+
+
+def test_a_small_request_overtakes_large_ones(predictor):
+    """Least attained service first: a one-row request arriving behind large ones waits for one slice."""
+    scheduler = Scheduler(predictor, slice_cost=2 * 5000 * PASS_COST)  # two rows of 5,000 passes a slice
+    finished: dict[str, float] = {}
+
+    async def timed(name: str, request: PredictRequest) -> None:
+        await scheduler.submit(request)
+        finished[name] = time.perf_counter()
+
+    async def main():
+        large = [asyncio.create_task(timed(f"large{i}", req(40, n=5000, seed=i))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await timed("small", req(1, n=20))
+        await asyncio.gather(*large)
+
+    asyncio.run(main())
+    assert all(finished["small"] < finished[f"large{i}"] for i in range(3))
+
+
+def test_deadline_cancels_the_remaining_work(predictor):
+    """No slice starts after the 504: at most the one in flight finishes (it stops at its next chunk)."""
+    scheduler = Scheduler(predictor, slice_cost=1 * 20_000 * PASS_COST)
+    counts = []
+
+    async def main():
+        with pytest.raises(DeadlineExceeded, match="took longer than 0.2 s"):
+            await scheduler.submit(req(500, n=20_000), timeout_s=0.2)
+        counts.append(len(scheduler.batch_sizes))
+        await asyncio.sleep(0.3)
+        counts.append(len(scheduler.batch_sizes))
+
+    asyncio.run(main())
+    assert counts[0] < 500 and counts[1] - counts[0] <= 1
+    assert scheduler.backlog_seconds() == 0
+
+
+def test_a_cancelled_task_cancels_its_work(predictor):
+    scheduler = Scheduler(predictor, slice_cost=1 * 20_000 * PASS_COST)
+
+    async def main():
+        task = asyncio.create_task(scheduler.submit(req(200, n=20_000)))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+
+    asyncio.run(main())
+    assert scheduler.backlog_seconds() == 0
+
+
+def test_overload_is_refused_at_once(predictor):
+    scheduler = Scheduler(predictor, timeout_s=1.0, rate=1e6)  # pretend the machine is very slow
+
+    async def main():
+        with pytest.raises(Overloaded, match="busy"):
+            await scheduler.submit(req(100, n=1000))
+
+    asyncio.run(main())
+
+
+def test_checks_happen_before_queueing(predictor):
+    scheduler = Scheduler(predictor)
+
+    async def main():
+        with pytest.raises(TooLarge):
+            await scheduler.submit(req(5000))
+
+    asyncio.run(main())
+    assert scheduler._thread is None  # refused without starting any work

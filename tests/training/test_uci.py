@@ -1,0 +1,111 @@
+"""The UCI protocol: masks, the stacked trainer, unstacking, scoring, the whole pipeline on generated data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mcdrop.core import metrics as M
+from mcdrop.training import uci
+from mcdrop.training.data import UCIDataset, load_uci
+from tests.conftest import ALPHA, needs_data
+
+
+def linear_dataset(n: int = 600, seed: int = 0, noise: float = 0.1) -> UCIDataset:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)) * [1.0, 5.0, 0.2] + [0.0, 10.0, -3.0]
+    y = x @ np.array([1.0, 0.2, -4.0]) + 7.0 + noise * rng.normal(size=n)
+    perm = [rng.permutation(n) for _ in range(2)]
+    splits = [(p[: int(0.9 * n)], p[int(0.9 * n) :]) for p in perm]
+    return UCIDataset("synthetic", x, y, splits, n_hidden=20, n_epochs=40, dropout_rates=[0.005, 0.05],
+                      tau_values=[10.0, 100.0])
+
+
+@pytest.mark.parametrize("p", [0.005, 0.1, 0.5])
+def test_keep_masks_drop_at_the_rate(p):
+    """Binomial test of the 16-bit masks' drop rate (the rate rounded to a multiple of 2^-16)."""
+    g = torch.Generator().manual_seed(1)
+    drop_words = round(p * 65536)
+    threshold = torch.tensor([drop_words - 32768], dtype=torch.int16).view(1, 1, 1)
+    keep = uci._keep(torch.Size([1, 1000, 1000]), threshold, g)
+    dropped = int((~keep).sum())
+    test = stats.binomtest(dropped, keep.numel(), drop_words / 65536)
+    assert test.pvalue > ALPHA
+
+
+def test_keep_masks_are_independent_across_lanes():
+    """Neighbouring 16-bit lanes of one random word are uncorrelated (chi-square test of the 2x2 table)."""
+    g = torch.Generator().manual_seed(2)
+    threshold = torch.tensor([0], dtype=torch.int16).view(1, 1, 1)  # p = 1/2
+    keep = uci._keep(torch.Size([1, 1, 300_000]), threshold, g).view(-1, 3)
+    for a, b in [(0, 1), (1, 2)]:
+        table = np.histogram2d(keep[:, a].numpy(), keep[:, b].numpy(), bins=2)[0]
+        assert stats.chi2_contingency(table).pvalue > ALPHA / 2
+    for lane in range(3):  # each lane on its own is fair (the word's always-zero top bit is not used)
+        assert stats.binomtest(int(keep[:, lane].sum()), len(keep), 0.5).pvalue > ALPHA / 3
+
+
+def test_unstacked_model_matches_the_stack():
+    """The DropoutMLP built from stacked weights computes the stacked network (dropout off)."""
+    ds = linear_dataset()
+    g = torch.Generator().manual_seed(0)
+    rows = ds.splits[0][0]
+    xm, xs = uci._standardise(ds.x[rows])
+    ym, ys = float(ds.y[rows].mean()), float(ds.y[rows].std())
+    x = torch.tensor((ds.x[rows] - xm) / xs, dtype=torch.float32)[None]
+    y = torch.tensor((ds.y[rows] - ym) / ys, dtype=torch.float32)[None]
+    weights = uci._train_stack(x, y, torch.tensor([0, 0]), torch.tensor([0.05, 0.1]), torch.tensor([1e-4, 1e-4]),
+                               hidden=20, epochs=2, batch_size=32, lr=1e-3, generator=g)
+    w1, b1, w2, b2 = weights
+    for i in range(2):
+        model = uci._unstack(weights, i, [0.05, 0.1][i], 10.0, (xm, xs), (ym, ys))
+        expected = (torch.relu(x[0] @ w1[i] + b1[i]) @ w2[i] + b2[i]) * ys + ym
+        torch.testing.assert_close(model(torch.tensor(ds.x[rows], dtype=torch.float32)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_score_uses_the_protocol_formulas():
+    ds = linear_dataset()
+    model = uci.fit_regressor(ds, 0.05, 100.0, uci.UCIConfig(epochs_multiplier=0.5, seed=0))
+    x, y = ds.x[:50], ds.y[:50]
+    got = uci.score(model, x, y, n_samples=300, seed=5)
+    from mcdrop.core.engine import MCEngine
+
+    samples = MCEngine(model).sample(torch.tensor(x, dtype=torch.float32), 300, seed=5).double().numpy()
+    assert got["rmse"] == pytest.approx(M.rmse(samples.mean(0), y))
+    ll = np.mean([np.logaddexp.reduce(-50.0 * (y[i] - samples[:, i]) ** 2) for i in range(50)])
+    assert got["ll"] == pytest.approx(ll - math.log(300) - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(100.0))
+
+
+def test_protocol_end_to_end_on_generated_data():
+    """A near-linear target is learnt: test RMSE well below the target's spread, a pair chosen per split."""
+    ds = linear_dataset()
+    result = uci.run_protocol(ds, uci.UCIConfig(epochs_multiplier=5, samples=200, seed=0))
+    assert len(result.splits) == 2 and result.epochs == 200
+    for s in result.splits:
+        assert (s.dropout, s.tau) in [(p, t) for p in ds.dropout_rates for t in ds.tau_values]
+        assert set(s.val_ll) == {f"p={p:g},tau={t:g}" for p in ds.dropout_rates for t in ds.tau_values}
+        assert s.rmse < 0.2 * ds.y.std()
+    mean, se = result.mean_se("rmse")
+    assert se > 0 and mean == pytest.approx(np.mean([s.rmse for s in result.splits]))
+    table = uci.summarize([result])
+    assert table.splitlines()[2].startswith("| synthetic | 600 | 3 | 2 | 200 | 200 |")
+
+
+def test_training_is_reproducible():
+    ds = linear_dataset()
+    config = uci.UCIConfig(epochs_multiplier=0.25, seed=3)
+    a, b = uci.fit_regressor(ds, 0.05, 10.0, config), uci.fit_regressor(ds, 0.05, 10.0, config)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+@needs_data("uci", "yacht", "data.txt")
+def test_real_yacht_two_splits():
+    ds = load_uci("yacht")
+    result = uci.run_protocol(ds, uci.UCIConfig(epochs_multiplier=1, samples=100, splits=2, seed=0))
+    assert [s.split for s in result.splits] == [0, 1]
+    assert all(np.isfinite([s.rmse, s.ll, s.rmse_deterministic]).all() for s in result.splits)
