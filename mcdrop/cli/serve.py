@@ -7,10 +7,9 @@ settings and every model are checked before a worker starts, and a bad one stops
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 from mcdrop.cli.common import CLIError, log
@@ -49,10 +48,9 @@ def run(args: argparse.Namespace) -> int:
     except SettingError as err:
         flag = next((f"--{f.replace('_', '-')}" for f, v in _FLAGS.items() if v == err.variable), err.variable)
         raise CLIError(f"{flag}: {str(err).split(': ', 1)[1]}", 2) from err
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
-    if bentoml is None:
+    if importlib.util.find_spec("bentoml") is None:
         raise CLIError("BentoML is not installed in this environment: pip install 'mcdrop[serve]'")
     log(f"serving on http://{args.host}:{args.port} (POST /predict, GET /models, /openapi.json, /readyz, /metrics)")
-    os.execve(bentoml, [bentoml, "serve", "mcdrop.service.service:MCDrop", "--host", args.host, "--port",
-                        str(args.port)], env)
+    os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "mcdrop.service.service:MCDrop", "--host",
+                               args.host, "--port", str(args.port)], env)
     return 0  # pragma: no cover - exec does not return

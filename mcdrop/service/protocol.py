@@ -24,8 +24,10 @@ HEADER_TIMEOUT_S = 10.0
 
 
 class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for the request line and headers."""
+    """uvicorn's h11 protocol with a deadline for the request line and headers (``timeout_s``, which the
+    service sets from ``MCDROP_HEADER_TIMEOUT`` when it starts)."""
 
+    timeout_s = HEADER_TIMEOUT_S
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -34,7 +36,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._expire)
+        self._header_timer = self.loop.call_later(self.timeout_s, self._expire)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

@@ -90,7 +90,8 @@ class _Guard(Guard):
     def __init__(self, app: Any) -> None:
         config = ServiceConfig.from_env()
         super().__init__(app, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins,
-                         api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs)
+                         api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs,
+                         body_timeout_s=config.body_timeout_s)
 
 
 @bentoml.service(name="mcdrop", workers=1, http={"host": "127.0.0.1", "port": 3000},
@@ -104,6 +105,7 @@ class MCDrop:
         from mcdrop.core.runtime import tune_allocator
 
         self.config = ServiceConfig.from_env()
+        protocol.HeaderDeadlineProtocol.timeout_s = self.config.header_timeout_s
         tune_allocator()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)

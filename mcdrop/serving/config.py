@@ -35,6 +35,8 @@ SETTINGS: dict[str, str] = {
     "MCDROP_MAX_COST": f"multiply-adds per request: rows x passes x the model's per pass (default {DEFAULT_MAX_COST:g}; "
                        "0 turns the budget off)",
     "MCDROP_REQUEST_TIMEOUT": "seconds before a request is cancelled with 504 (default 60)",
+    "MCDROP_HEADER_TIMEOUT": "seconds a connection may take to send its request line and headers (default 10)",
+    "MCDROP_BODY_TIMEOUT": "seconds a request body may stall between two pieces (default 30)",
     "MCDROP_BATCH_WAIT_MS": "how long an idle server waits to batch concurrent requests (default 2)",
     "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default {DEFAULT_SLICE_COST:g})",
     "MCDROP_THREADS": "torch threads (default: torch's choice)",
@@ -86,6 +88,8 @@ class ServiceConfig:
     allowed_origins: tuple[str, ...] = ()
     api_key: str | None = None
     docs: bool = False
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -124,4 +128,6 @@ class ServiceConfig:
             allowed_origins=_names(env, "MCDROP_ALLOWED_ORIGINS"),
             api_key=key,
             docs=docs in ("1", "true"),
+            header_timeout_s=_number(env, "MCDROP_HEADER_TIMEOUT", 10.0, minimum=0.001),
+            body_timeout_s=_number(env, "MCDROP_BODY_TIMEOUT", 30.0, minimum=0.001),
         )

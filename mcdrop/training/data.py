@@ -94,7 +94,7 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
         plain = cache_dir() / "idx" / f"{path.stem}-{path.stat().st_size}-{int(path.stat().st_mtime)}"
         if not plain.exists():
             plain.parent.mkdir(parents=True, exist_ok=True)
-            tmp = plain.with_suffix(".tmp")
+            tmp = plain.with_suffix(f".{os.getpid()}.tmp")  # processes may fill the cache at once
             with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             tmp.replace(plain)
@@ -125,7 +125,7 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
     for name in _FMNIST_FILES:
         if (target / name).exists():
             continue
-        tmp = target / f"{name}.tmp"
+        tmp = target / f"{name}.{os.getpid()}.tmp"
         if (raw / name).is_file():
             shutil.copyfile(raw / name, tmp)
         else:

@@ -50,11 +50,11 @@ def test_bench_uci_quick_on_generated_data(tmp_path):
     assert len(per_split[0]["splits"]) == 2 and per_split[0]["config"]["samples"] == 500
 
 
-def test_bench_uci_errors(tmp_path):
-    proc = mcdrop("bench", "uci", "--datasets", "iris", "-o", tmp_path / "x.md", check=False)
-    assert proc.returncode == 2 and "unknown dataset 'iris'" in proc.stderr
-    proc = mcdrop("bench", "uci", "--quick", "--data-root", tmp_path / "nowhere", "-o", tmp_path / "x.md", check=False)
-    assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+def test_bench_uci_errors(tmp_path, cli):
+    run = cli("bench", "uci", "--datasets", "iris", "-o", tmp_path / "x.md")
+    assert run.returncode == 2 and "unknown dataset 'iris'" in run.stderr
+    run = cli("bench", "uci", "--quick", "--data-root", tmp_path / "nowhere", "-o", tmp_path / "x.md")
+    assert run.returncode == 1 and "not found" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
@@ -118,38 +118,35 @@ def _bounds(model: Path | str, root: Path | None, mode: str, n_samples: int) -> 
     """How far the card's metrics may move on another machine or thread count (tests/tolerances.py)."""
     from mcdrop.core.artifacts import load_model
     from mcdrop.core.engine import MCEngine
+    from mcdrop.core.prediction import predict
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
-    from mcdrop.training.evaluation import classifier_summaries
 
     x, y = load_fashion_mnist(root, train=False)
-    x = fashion_mnist_features(x)
-    engine = MCEngine(load_model(model)[0])
-    summaries = classifier_summaries(engine, x, mode=mode, n_samples=n_samples)
-    logits = engine.sample(x, n_samples, seed=0) if mode == "mc" else engine.deterministic(x)[None]
-    scale = logits.abs().amax(dim=(0, 2))
-    return classification_metric_bounds(torch.cat([s.probabilities for s in summaries]), y, scale)
+    result = predict(MCEngine(load_model(model)[0]), fashion_mnist_features(x), mode=mode, n_samples=n_samples,
+                     seed=0, return_samples=True)
+    return classification_metric_bounds(result.summary.probabilities, y, result.samples.abs().amax(dim=(0, 2)))
 
 
-def test_train_errors_name_the_flag(tmp_path):
-    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--dropout", "0.5", check=False)
-    assert proc.returncode == 2 and "--dropout" in proc.stderr and "one rate per hidden layer (2)" in proc.stderr
-    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--schedule", "step", check=False)
-    assert proc.returncode == 2 and "'constant' or 'cosine'" in proc.stderr and "Traceback" not in proc.stderr
+def test_train_errors_name_the_flag(tmp_path, cli):
+    run = cli("train", "fashion-mnist", "-o", tmp_path / "m", "--dropout", "0.5")
+    assert run.returncode == 2 and "--dropout" in run.stderr and "one rate per hidden layer (2)" in run.stderr
+    run = cli("train", "fashion-mnist", "-o", tmp_path / "m", "--schedule", "step")
+    assert run.returncode == 2 and "'constant' or 'cosine'" in run.stderr and "Traceback" not in run.stderr
     (tmp_path / "c.json").write_text('{"layers": 3}')
-    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--config", tmp_path / "c.json", check=False)
-    assert proc.returncode == 2 and "layers" in proc.stderr
-    proc = mcdrop("train", "fashion-mnist", "-o", tmp_path / "m", "--data-root", tmp_path / "none", check=False)
-    assert proc.returncode == 1 and "Fashion-MNIST not found" in proc.stderr
+    run = cli("train", "fashion-mnist", "-o", tmp_path / "m", "--config", tmp_path / "c.json")
+    assert run.returncode == 2 and "layers" in run.stderr
+    run = cli("train", "fashion-mnist", "-o", tmp_path / "m", "--data-root", tmp_path / "none")
+    assert run.returncode == 1 and "Fashion-MNIST not found" in run.stderr
 
 
-def test_evaluate_errors(tmp_path):
-    proc = mcdrop("evaluate", tmp_path / "missing-model", check=False)
-    assert proc.returncode == 2 and "not found" in proc.stderr  # a bad argument; a damaged model exits 1
-    proc = mcdrop("evaluate", "--samples", "0", check=False)
-    assert proc.returncode == 2 and "--samples" in proc.stderr
+def test_evaluate_errors(tmp_path, cli):
+    run = cli("evaluate", tmp_path / "missing-model")
+    assert run.returncode == 2 and "not found" in run.stderr  # a bad argument; a damaged model exits 1
+    run = cli("evaluate", "--samples", "0")
+    assert run.returncode == 2 and "--samples" in run.stderr
     (tmp_path / "ood.csv").write_text("1,2\n")
-    proc = mcdrop("evaluate", "--ood", tmp_path / "ood.csv", check=False)
-    assert proc.returncode == 2 and "IDX or .npy" in proc.stderr
+    run = cli("evaluate", "--ood", tmp_path / "ood.csv")
+    assert run.returncode == 2 and "IDX or .npy" in run.stderr
 
 
 @needs_data("FashionMNIST", "raw", "t10k-images-idx3-ubyte.gz")

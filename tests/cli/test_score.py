@@ -168,24 +168,24 @@ def test_skip_bad_rows_scores_the_rest_and_lists_them(tmp_path, models, local):
         (["--output-format", "xml"], 2, "invalid choice"),
     ],
 )
-def test_usage_and_model_errors(tmp_path, models, args, code, message):
+def test_usage_and_model_errors(tmp_path, models, args, code, message, cli):
     src = write_csv(tmp_path / "in.csv", X[:3])
-    proc = mcdrop("score", src, "-o", tmp_path / "out.csv", *(args if "--model" in args else
-                                                            ["--model", models["tiny-cls"], *args]), check=False)
-    assert proc.returncode == code, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    run = cli("score", src, "-o", tmp_path / "out.csv", *(args if "--model" in args else
+                                                        ["--model", models["tiny-cls"], *args]))
+    assert run.returncode == code, run.stderr
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
 
 
-def test_damaged_model_is_a_data_error(tmp_path, models):
+def test_damaged_model_is_a_data_error(tmp_path, models, cli):
     import shutil
 
     damaged = tmp_path / "damaged"
     shutil.copytree(models["tiny-cls"], damaged)
     weights = damaged / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16])
-    proc = mcdrop("score", write_csv(tmp_path / "in.csv", X[:3]), "-o", tmp_path / "o.csv", "--model", damaged, check=False)
-    assert proc.returncode == 1 and "--model" in proc.stderr and "sha256" in proc.stderr, proc.stderr
+    run = cli("score", write_csv(tmp_path / "in.csv", X[:3]), "-o", tmp_path / "o.csv", "--model", damaged)
+    assert run.returncode == 1 and "--model" in run.stderr and "sha256" in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize(
@@ -198,22 +198,54 @@ def test_damaged_model_is_a_data_error(tmp_path, models):
         (lambda p: write_csv(p, X[:3, :3]), "rows have 3 features, but model 'tiny-cls' expects 4"),
     ],
 )
-def test_bad_input_files_exit_1_with_one_line(tmp_path, models, setup, message):
+def test_bad_input_files_exit_1_with_one_line(tmp_path, models, setup, message, cli):
     src = tmp_path / "in.csv"
     setup(src)
-    proc = mcdrop("score", src, "-o", tmp_path / "out.csv", "--model", models["tiny-cls"], check=False)
-    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    run = cli("score", src, "-o", tmp_path / "out.csv", "--model", models["tiny-cls"])
+    assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_truncated_npy_and_unknown_suffix(tmp_path, models):
+def test_truncated_npy_and_unknown_suffix(tmp_path, models, cli):
     np.save(tmp_path / "in.npy", X)
     data = (tmp_path / "in.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(data[: len(data) - 100])
-    proc = mcdrop("score", tmp_path / "cut.npy", "-o", tmp_path / "out.csv", "--model", models["tiny-cls"], check=False)
-    assert proc.returncode == 1 and "ends early" in proc.stderr and not (tmp_path / "out.csv").exists()
-    proc = mcdrop("score", tmp_path / "in.npy", "-o", tmp_path / "out.xml", "--model", models["tiny-cls"], check=False)
-    assert proc.returncode == 2 and "cannot tell the output format" in proc.stderr
+    run = cli("score", tmp_path / "cut.npy", "-o", tmp_path / "out.csv", "--model", models["tiny-cls"])
+    assert run.returncode == 1 and "ends early" in run.stderr and not (tmp_path / "out.csv").exists()
+    run = cli("score", tmp_path / "in.npy", "-o", tmp_path / "out.xml", "--model", models["tiny-cls"])
+    assert run.returncode == 2 and "cannot tell the output format" in run.stderr
+
+
+@pytest.mark.parametrize(("target", "kind"), [("/dev/null", "a device"), ("fifo", "a FIFO"), (".", "a directory")])
+def test_output_must_be_a_regular_file(tmp_path, models, cli, target, kind):
+    """As root, `-o /dev/null` used to replace the device with a regular file."""
+    import os
+    import stat
+
+    np.save(tmp_path / "in.npy", X)
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    path = target if target.startswith("/") else tmp_path / target
+    run = cli("score", tmp_path / "in.npy", "-o", path, "--model", models["tiny-cls"], "--output-format", "csv")
+    assert run.returncode == 2 and kind in run.stderr and "regular file" in run.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_standard_output_stale_temporary_files_and_the_umask(tmp_path, models):
+    import os
+    import stat
+
+    np.save(tmp_path / "in.npy", X[:5])
+    proc = mcdrop("score", tmp_path / "in.npy", "-o", "-", "--model", models["tiny-cls"], "--seed", 1, "-q")
+    assert proc.stdout.splitlines()[0].startswith("row,predicted_class") and len(proc.stdout.splitlines()) == 6
+    (tmp_path / ".out.csv.mcdrop-4194304-x.tmp").write_text("left by a killed run")
+    old = os.umask(0o077)
+    try:
+        mcdrop("score", tmp_path / "in.npy", "-o", tmp_path / "out.csv", "--model", models["tiny-cls"], "--seed", 1)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.csv"]
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o600
 
 
 def test_interrupted_run_leaves_no_output(tmp_path, models):

@@ -263,7 +263,7 @@ def test_deterministic_features_capture_hidden_layers():
         h1 = torch.relu(model.net[0]((x - model.input_shift) / model.input_scale))
     assert torch.equal(out, engine.deterministic(x)) and torch.allclose(features["net.1"], h1)
     assert features["net.4"].shape == (4, 32)
-    with pytest.raises(ValueError, match="no module named 'net.9'"):
+    with pytest.raises(ValueError, match=r"no module named 'net\.9'"):
         engine.deterministic_features(x, ["net.9"])
 
 

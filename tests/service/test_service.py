@@ -33,7 +33,8 @@ def models(tmp_path_factory):
 
 def service_env(models) -> dict[str, str]:
     return {"MCDROP_SERVE_MODELS": f"{models['tiny-cls']},{models['tiny-reg']}", "MCDROP_MAX_ROWS": str(MAX_ROWS),
-            "MCDROP_MAX_SAMPLES": str(MAX_SAMPLES), "MCDROP_MAX_BODY_BYTES": str(MAX_BODY)}
+            "MCDROP_MAX_SAMPLES": str(MAX_SAMPLES), "MCDROP_MAX_BODY_BYTES": str(MAX_BODY),
+            "MCDROP_HEADER_TIMEOUT": "2", "MCDROP_BODY_TIMEOUT": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,7 @@ def test_oversized_bodies_are_413_with_or_without_a_length(url):
 @pytest.mark.slow
 def test_silent_and_slow_connections_are_closed(url):
     """A client that sends no headers, or a body shorter than its Content-Length, does not hold a connection."""
-    from mcdrop.service.protocol import HEADER_TIMEOUT_S
-
+    HEADER_TIMEOUT_S = 2.0
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     silent = socket.create_connection((host, port))
     silent.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the headers never end
@@ -161,7 +161,7 @@ def test_silent_and_slow_connections_are_closed(url):
     silent.settimeout(HEADER_TIMEOUT_S + 20)
     assert silent.recv(100) == b""  # closed by the server
     assert time.monotonic() - start < HEADER_TIMEOUT_S + 5
-    lying.settimeout(60)
+    lying.settimeout(30)
     assert b"408" in lying.recv(1000).split(b"\r\n")[0]
 
 
