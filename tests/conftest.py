@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,29 @@ def needs_data(*parts: str) -> pytest.MarkDecorator:
     """Skip unless ../shared/data (or $MCDROP_DATA) holds the given path."""
     path = SHARED_DATA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"needs the development data at {path} (see ../shared/data)")
+
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """``cli("score", "x.csv", ...)`` runs ``mcdrop`` in-process and returns its exit code and output."""
+
+    from mcdrop.cli.main import main
+
+    def run(*args: object) -> Run:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own usage errors and --help
+            code = int(exit_.code or 0)
+        out = capsys.readouterr()
+        return Run(code, out.out, out.err)
+
+    return run

@@ -58,6 +58,9 @@ def _add_uci(which: Any) -> None:
     u.add_argument("--val-samples", type=int, help="MC passes for the grid search (default: --samples)")
     u.add_argument("--splits", type=int, help="first K splits for the protocol metrics (default: all)")
     u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--holdout", type=float, default=0.3, metavar="F",
+                   help="share of rows the final network does not see: half calibrate its conformal intervals, half "
+                        "test them (0.3; 0 trains on every row, without calibration)")
     u.add_argument("--output", "-o", type=Path, required=True, help="model directory to write")
     u.add_argument("--model-name", help="model name in the card (default: the directory name)")
     u.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
@@ -70,10 +73,11 @@ def run_uci(args: argparse.Namespace) -> int:
 
     from mcdrop.core.artifacts import save_model
     from mcdrop.core.engine import MCEngine
+    from mcdrop.training.calibrate import calibrate_regressor, coverage_report
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
     from mcdrop.training.evaluation import evaluate_regressor
-    from mcdrop.training.uci import UCIConfig, fit_regressor, run_protocol
+    from mcdrop.training.uci import UCIConfig, fit_regressor, holdout_split, run_protocol
 
     setup_torch(args.threads)
     if args.name not in UCI_DATASETS:
@@ -87,31 +91,52 @@ def run_uci(args: argparse.Namespace) -> int:
         dataset = load_uci(args.name, args.data_root)
     except DataNotFoundError as err:
         raise CLIError(str(err)) from err
+    if not 0 <= args.holdout < 1:
+        raise CLIError(f"--holdout has to be in [0, 1), but got {args.holdout}", 2)
     protocol = run_protocol(dataset, config, log=log)
     p, tau = protocol.chosen()
-    log(f"protocol done in {protocol.seconds:.0f} s; training on all {len(dataset.y)} rows with p={p:g}, tau={tau:g}")
-    model = fit_regressor(dataset, p, tau, config)
-    fit = evaluate_regressor(MCEngine(model), torch.tensor(dataset.x, dtype=torch.float32),
-                             torch.tensor(dataset.y, dtype=torch.float32), n_samples=config.samples, seed=0)
+    train_rows, cal_rows, test_rows = holdout_split(len(dataset.y), args.holdout, args.seed)
+    log(f"protocol done in {protocol.seconds:.0f} s; training on {len(train_rows)} of {len(dataset.y)} rows with "
+        f"p={p:g}, tau={tau:g}" + (f" ({len(cal_rows)} calibrate, {len(test_rows)} test)" if args.holdout else ""))
+    model = fit_regressor(dataset, p, tau, config, train_rows)
+    as_tensor = lambda rows: (torch.tensor(dataset.x[rows], dtype=torch.float32),  # noqa: E731
+                              torch.tensor(dataset.y[rows], dtype=torch.float32))
+    calibrated, metrics = None, {}
+    if args.holdout:
+        calibrated = calibrate_regressor(model, calibration=as_tensor(cal_rows), n_samples=min(config.samples, 2000),
+                                         seed=args.seed)
+        held = evaluate_regressor(MCEngine(model), *as_tensor(test_rows), n_samples=config.samples, seed=0)
+        coverage = coverage_report(calibrated, model, as_tensor(test_rows), n_samples=min(config.samples, 2000), seed=1)
+        metrics = {f"heldout_test_mc_{config.samples}": held["mc"], "heldout_test_deterministic": held["deterministic"],
+                   "heldout_test_conformal": coverage}
+        log(f"held-out test: RMSE {held['mc']['rmse']:.3f}, conformal 90% coverage "
+            f"{coverage['mc']['normalised@0.9']['coverage']:.3f}")
+    else:
+        fit = evaluate_regressor(MCEngine(model), *as_tensor(train_rows), n_samples=config.samples, seed=0)
+        metrics = {f"all_rows_fit_mc_{config.samples}": fit["mc"], "all_rows_fit_deterministic": fit["deterministic"]}
     name = args.model_name or args.output.name
     test = {k: dict(zip(("mean", "standard_error"), protocol.mean_se(k), strict=True))
             for k in ("rmse", "rmse_deterministic", "ll")}
+    trained_on = f"{len(train_rows)} of its rows" if args.holdout else "all rows"
     card = save_model(model, args.output, {
         "name": name, "version": "1", "task": "homoscedastic", "dataset": args.name,
-        "description": f"UCI {args.name} MC-dropout regressor (Gal & Ghahramani 2016 protocol), trained on all rows.",
+        "description": f"UCI {args.name} MC-dropout regressor (Gal & Ghahramani 2016 protocol), trained on {trained_on}.",
         "input_shape": [dataset.x.shape[1]], "input_size": int(dataset.x.shape[1]),
         "normalisation": "raw feature values in the dataset's units, in the order of index_features.txt; the model "
-                         "standardises inputs and the target internally with the statistics of all rows",
+                         "standardises inputs and the target internally with the statistics of its training rows",
         "tau": tau,
         "training": {**config.as_dict(), "dropout": p, "tau": tau, "epochs": protocol.epochs,
                      "n_hidden": dataset.n_hidden, "optimizer": "adam", "lr": config.lr, "batch_size": 128,
-                     "weight_decay": config.length_scale**2 * (1 - p) / (2 * len(dataset.y) * tau),
-                     "chosen_pairs": [[s.dropout, s.tau] for s in protocol.splits]},
+                     "weight_decay": config.length_scale**2 * (1 - p) / (2 * len(train_rows) * tau),
+                     "chosen_pairs": [[s.dropout, s.tau] for s in protocol.splits],
+                     **({"holdout": {"fraction": args.holdout, "seed": args.seed}} if args.holdout else {})},
         "data": f"UCI {args.name} ({len(dataset.y)} rows, {dataset.x.shape[1]} features); protocol metrics on the "
-                f"{len(protocol.splits)} fixed train/test splits, fit metrics on all rows (the training data)",
-        "metrics": {f"protocol_test_T{config.samples}": test, f"all_rows_fit_mc_{config.samples}": fit["mc"],
-                    "all_rows_fit_deterministic": fit["deterministic"], "evaluation_seed": 0},
-    })
+                f"{len(protocol.splits)} fixed train/test splits; the final network trained on {trained_on}"
+                + (f", {len(cal_rows)} held-out rows calibrate its conformal intervals and {len(test_rows)} test them "
+                   f"(mcdrop.training.uci.holdout_split({len(dataset.y)}, {args.holdout}, {args.seed}))"
+                   if args.holdout else ""),
+        "metrics": {f"protocol_test_T{config.samples}": test, **metrics, "evaluation_seed": 0},
+    }, calibration=calibrated)
     log(f"saved {args.output} (sha256 {card.weights_sha256[:12]}...)")
     for key, value in test.items():
         log(f"protocol test {key}: {value['mean']:.3f} ± {value['standard_error']:.3f}")
@@ -121,7 +146,7 @@ def run_uci(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from mcdrop.core.artifacts import save_model
     from mcdrop.core.engine import MCEngine
-    from mcdrop.training.classifier import ClassifierConfig, train_classifier
+    from mcdrop.training.classifier import ClassifierConfig, split_indices, train_classifier
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
     from mcdrop.training.evaluation import evaluate_classifier
@@ -148,13 +173,19 @@ def run(args: argparse.Namespace) -> int:
     except DataNotFoundError as err:
         raise CLIError(str(err)) from err
     log(f"training {config.as_dict()}")
-    model, history = train_classifier(config, fashion_mnist_features(train_x), train_y, log=log,
-                                      progress=is_terminal())
+    features = fashion_mnist_features(train_x)
+    model, history = train_classifier(config, features, train_y, log=log, progress=is_terminal())
     log(f"trained in {history['train_seconds']:.1f} s; evaluating on the 10,000 test images")
-    metrics = evaluate_classifier(MCEngine(model), fashion_mnist_features(test_x), test_y, n_samples=args.eval_samples)
+    x_test = fashion_mnist_features(test_x)
+    metrics: dict[str, Any] = evaluate_classifier(MCEngine(model), x_test, test_y, n_samples=args.eval_samples)
     for mode, row in metrics.items():
         log(f"{mode}: accuracy {row['accuracy']:.4f} nll {row['nll']:.4f} ece {row['ece']:.4f} brier {row['brier']:.4f}")
+    calibrated = None
+    if config.calibrate:
+        calibrated, extra = _calibrate(model, config, features, train_y, x_test, test_y, test_x, args.eval_samples)
+        metrics.update(extra)
     name = args.name or args.output.name
+    parts = split_indices(len(train_y), config)
     card = save_model(model, args.output, {
         "name": name, "version": "1", "task": "classification",
         "description": f"Fashion-MNIST dropout MLP classifier ({args.preset} preset).",
@@ -164,10 +195,41 @@ def run(args: argparse.Namespace) -> int:
         "class_names": list(FASHION_MNIST_CLASSES), "temperature": float(model.temperature),
         "training": {**config.as_dict(), "train_seconds": round(history["train_seconds"], 1),
                      "final_val_accuracy": history["val_accuracy"][-1]},
-        "data": "Fashion-MNIST (Xiao et al. 2017), 60,000 training images (last 10% of a seeded permutation held "
-                "out for validation); metrics on the 10,000 test images",
-        "metrics": {"test_deterministic": metrics["deterministic"],
-                    f"test_mc_{args.eval_samples}": metrics["mc"], "evaluation_seed": 0},
-    })
+        "data": f"Fashion-MNIST (Xiao et al. 2017): of the 60,000 training images, {len(parts['train'])} train the "
+                f"network; of the {len(parts['validation'])} held out (the first {config.val_fraction:g} of a permutation "
+                f"seeded {config.seed}), {len(parts['temperature'])} fit the temperature and {len(parts['calibration'])} "
+                "calibrate the conformal sets, the OOD threshold and abstention; metrics on the 10,000 test images",
+        "metrics": {"test_deterministic": metrics.pop("deterministic"),
+                    f"test_mc_{args.eval_samples}": metrics.pop("mc"), **metrics, "evaluation_seed": 0},
+    }, calibration=calibrated)
     log(f"saved {args.output} (sha256 {card.weights_sha256[:12]}...)")
     return 0
+
+
+def _calibrate(model: Any, config: Any, x: Any, y: Any, x_test: Any, y_test: Any, test_images: Any,
+               n_samples: int) -> tuple[Any, dict[str, Any]]:
+    """The calibration on the held-out parts, then its measurement on the test images and the OOD proxies."""
+    import torch
+
+    from mcdrop.core.engine import MCEngine
+    from mcdrop.training.calibrate import calibrate_classifier, coverage_report, ood_report
+    from mcdrop.training.classifier import split_indices
+    from mcdrop.training.data import FASHION_MNIST_CLASSES
+    from mcdrop.training.proxies import PROXIES, make_proxy
+
+    parts = split_indices(len(y), config)
+    log(f"calibrating: density on {len(parts['train'])} training images, standardised on "
+        f"{len(parts['temperature'])}, thresholds and conformal scores on {len(parts['calibration'])}")
+    calibrated = calibrate_classifier(
+        model, train=(x[parts["train"]], y[parts["train"]]),
+        temperature=(x[parts["temperature"]], y[parts["temperature"]]),
+        calibration=(x[parts["calibration"]], y[parts["calibration"]]), n_classes=10,
+        class_names=FASHION_MNIST_CLASSES, n_samples=n_samples, seed=config.seed)
+    coverage = coverage_report(calibrated, model, (x_test, y_test), n_samples=n_samples, seed=1)
+    images = (test_images.numpy() / 255.0).astype("float32")
+    proxies = {name: torch.from_numpy(make_proxy(name, images)).reshape(-1, 784) for name in PROXIES}
+    ood = ood_report(MCEngine(model), calibrated, x_test, proxies, n_samples=n_samples)
+    for proxy, row in ood.items():
+        log(f"OOD {proxy}: ood_score AUROC {row['ood_score']['auroc']:.3f} FPR95 {row['ood_score']['fpr95']:.3f}; "
+            f"MI AUROC {row['mc_mutual_information']['auroc']:.3f}")
+    return calibrated, {"test_conformal": coverage, "ood_proxies": ood}

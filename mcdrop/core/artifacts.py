@@ -104,8 +104,12 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
 
 
 def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write beside ``path`` and rename into place, with the permissions the umask gives a new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
 
 

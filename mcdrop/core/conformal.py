@@ -29,8 +29,8 @@ from torch import Tensor
 
 from mcdrop.core import rng
 
-__all__ = ["METHODS", "RAPS_K_REG", "RAPS_LAMBDA", "conformal_quantile", "keyed_uniforms", "label_scores",
-           "set_scores"]
+__all__ = ["METHODS", "RAPS_K_REG", "RAPS_LAMBDA", "conformal_quantile", "coverage_interval", "keyed_uniforms",
+           "label_scores", "set_scores"]
 
 METHODS = ("lac", "aps", "raps")
 RAPS_LAMBDA = 0.01
@@ -45,6 +45,22 @@ def conformal_quantile(sorted_scores: np.ndarray | Tensor, coverage: float) -> f
     n = len(sorted_scores)
     k = math.ceil(round((n + 1) * coverage, 9))
     return math.inf if k > n else float(sorted_scores[k - 1])
+
+
+def coverage_interval(n_test: int, n_cal: int, coverage: float, alpha: float = 1e-3) -> tuple[float, float]:
+    """Where the empirical coverage of ``n_test`` new inputs falls with probability ``1 - alpha``.
+
+    With ``l = floor((n_cal + 1)(1 - coverage))``, the coverage given the calibration set is
+    ``Beta(n_cal + 1 - l, l)`` (continuous scores, exchangeable data; Vovk 2012), so the number of covered
+    test inputs is beta-binomial; its mean lies in ``[coverage, coverage + 1 / (n_cal + 1)]``.
+    """
+    from scipy import stats
+
+    l_ = math.floor((n_cal + 1) * (1 - coverage))
+    if l_ < 1:
+        return 1.0, 1.0  # the threshold is infinite: every set holds every label
+    dist = stats.betabinom(n_test, n_cal + 1 - l_, l_)
+    return float(dist.ppf(alpha / 2) / n_test), float(dist.ppf(1 - alpha / 2) / n_test)
 
 
 def keyed_uniforms(seed: int | Tensor, rows: Tensor) -> Tensor:

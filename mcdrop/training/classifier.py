@@ -20,7 +20,7 @@ from mcdrop.core.engine import MCEngine
 from mcdrop.core.models import DropoutMLP
 from mcdrop.training.configs import ClassifierConfig
 
-__all__ = ["ClassifierConfig", "fit_temperature", "train_classifier"]
+__all__ = ["ClassifierConfig", "fit_temperature", "split_indices", "train_classifier"]
 
 Log = Callable[[str], None]
 
@@ -39,6 +39,23 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(-1) == y).float().mean())
 
 
+def split_indices(n: int, config: ClassifierConfig) -> dict[str, Tensor]:
+    """Row indices of the training, temperature and calibration parts of ``n`` training rows.
+
+    A permutation seeded by ``config.seed`` holds out its first ``val_fraction``; with ``calibrate``, the held-out
+    rows are split in two: the temperature is fitted on the first part, the conformal scores, OOD threshold and
+    abstention data on the rest (``calibration_share`` of them), so the two never share a row.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        perm = torch.randperm(n)
+    n_val = round(config.val_fraction * n)
+    val = perm[:n_val]
+    n_cal = round(config.calibration_share * n_val) if config.calibrate else 0
+    return {"train": perm[n_val:], "temperature": val[:n_val - n_cal], "calibration": val[n_val - n_cal:],
+            "validation": val}
+
+
 def train_classifier(
     config: ClassifierConfig,
     x: Tensor,
@@ -50,16 +67,17 @@ def train_classifier(
 ) -> tuple[DropoutMLP, dict[str, Any]]:
     """Train a :class:`DropoutMLP` classifier on features ``x`` ``(N, D)`` in [0, 1] and labels ``y``.
 
-    The last ``val_fraction`` of a seeded permutation is held out for validation (and the temperature).
-    Returns the model (eval mode) and a history with per-epoch loss and validation accuracy.
+    Rows are split by :func:`split_indices`: the held-out rows measure validation accuracy each epoch, and
+    the temperature is fitted on their temperature part only.  Returns the model (eval mode) and a history
+    with per-epoch loss and validation accuracy.
     """
     log = log or (lambda _msg: None)
+    parts = split_indices(x.shape[0], config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        perm = torch.randperm(x.shape[0])
-        n_val = round(config.val_fraction * x.shape[0])
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        xt, yt, xv, yv = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        torch.randperm(x.shape[0])  # the split's draw: the training batches follow it, as they always have
+        n_val = len(parts["validation"])
+        xt, yt, xv, yv = x[parts["train"]], y[parts["train"]], x[parts["validation"]], y[parts["validation"]]
         model = DropoutMLP(x.shape[1], config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
         model.input_shift.fill_(float(xt.mean()))
         model.input_scale.fill_(float(xt.std()))
@@ -95,9 +113,11 @@ def train_classifier(
             bar[0].stop()
         history["train_seconds"] = time.perf_counter() - start
         if config.calibrate and n_val:
-            temperature = fit_temperature(model, xv, yv, config.calibration_samples, seed=config.seed)
+            idx = parts["temperature"]
+            temperature = fit_temperature(model, x[idx], y[idx], config.calibration_samples, seed=config.seed)
             model.temperature.fill_(temperature)
-            log(f"temperature {temperature:.4f} (fitted on {n_val} validation images)")
+            log(f"temperature {temperature:.4f} (fitted on {len(idx)} held-out images; {len(parts['calibration'])} "
+                "more are kept for the conformal and abstention calibration)")
     return model.eval(), history
 
 

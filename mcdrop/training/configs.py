@@ -35,7 +35,11 @@ class ClassifierConfig:
     val_fraction: float = field(default=0.1, metadata=_help("share of training images held out for validation, "
                                                              "in [0, 1); > 0 with --calibrate"))
     calibrate: bool = field(default=False, metadata=_help("fit a temperature for the MC mean on the validation split"))
-    calibration_samples: int = field(default=50, metadata=_help("MC passes for fitting the temperature (>= 1)"))
+    calibration_samples: int = field(default=50, metadata=_help("MC passes for fitting the temperature and the "
+                                                                "calibration (>= 1)"))
+    calibration_share: float = field(default=0.5, metadata=_help("share of the held-out rows kept for the conformal, "
+                                                                 "OOD and abstention calibration (the rest fit the "
+                                                                 "temperature), in (0, 1)"))
 
     def __post_init__(self) -> None:
         _check(isinstance(self.hidden, list) and len(self.hidden) > 0
@@ -59,6 +63,8 @@ class ClassifierConfig:
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "an integer", self.seed)
         _check(_is_number(self.val_fraction) and 0 <= self.val_fraction < 1, "val_fraction", "a number in [0, 1)",
                self.val_fraction)
+        _check(_is_number(self.calibration_share) and 0 < self.calibration_share < 1, "calibration_share",
+               "a number in (0, 1)", self.calibration_share)
         _check(self.val_fraction > 0 or not self.calibrate, "val_fraction",
                "a number > 0 when calibrate is on (the temperature is fitted on the validation split)", self.val_fraction)
 

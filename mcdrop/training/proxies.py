@@ -43,7 +43,7 @@ def centre_mnist_style(image: np.ndarray) -> np.ndarray:
     out = np.zeros((28, 28), np.float32)
     total = small.sum()
     cy, cx = ((np.indices(small.shape) * small).reshape(2, -1).sum(1) / total) if total > 0 else (h / 2, w / 2)
-    top, left = int(round(14 - cy)), int(round(14 - cx))
+    top, left = round(14 - cy), round(14 - cx)
     top, left = min(max(top, 0), 28 - small.shape[0]), min(max(left, 0), 28 - small.shape[1])
     out[top:top + small.shape[0], left:left + small.shape[1]] = small
     return np.clip(out / max(out.max(), 1e-6), 0, 1)

@@ -36,7 +36,7 @@ from mcdrop.request import Task
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
 
-__all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "run_protocol", "summarize"]
+__all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "holdout_split", "run_protocol", "summarize"]
 
 Log = Callable[[str], None]
 
@@ -236,10 +236,21 @@ def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
                      time.perf_counter() - start)
 
 
-def fit_regressor(dataset: UCIDataset, p: float, tau: float, config: UCIConfig) -> DropoutMLP:
-    """One network on every row of ``dataset`` with the given pair (the shipped regression example)."""
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training, calibration, test) row indices: a permutation seeded by ``seed`` holds out its first
+    ``fraction`` of ``n`` rows, half for the conformal calibration, half for the card's test metrics."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_hold = round(fraction * n)
+    half = n_hold // 2
+    return np.sort(perm[n_hold:]), np.sort(perm[:half]), np.sort(perm[half:n_hold])
+
+
+def fit_regressor(dataset: UCIDataset, p: float, tau: float, config: UCIConfig, rows: np.ndarray | None = None
+                  ) -> DropoutMLP:
+    """One network on ``rows`` of ``dataset`` (default: every row) with the given pair."""
     generator = torch.Generator().manual_seed(config.seed)
-    return _fit_many(dataset, [np.arange(len(dataset.y))], [[(p, tau)]], config, generator)[0][0]
+    rows = np.arange(len(dataset.y)) if rows is None else rows
+    return _fit_many(dataset, [rows], [[(p, tau)]], config, generator)[0][0]
 
 
 def summarize(results: Sequence[UCIResult]) -> str:

@@ -19,7 +19,7 @@ from mcdrop.serving.config import ServiceConfig
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
 from mcdrop.wire import NPY, NPZ, decode_npz, encode_npy
-from tests.tiny_models import write_tiny_models
+from tests.tiny_models import write_calibrated_model, write_tiny_models
 from tests.tolerances import assert_probabilities_close
 
 LIMITS = Limits(max_rows=8, max_samples=500, max_cost=8 * 500 * 112 + 1, timeout_s=30)
@@ -30,7 +30,8 @@ STATES: list = []
 
 
 def make_state(models, **scheduler_options):
-    predictor = Predictor([str(models["tiny-cls"]), str(models["tiny-reg"])], limits=LIMITS)
+    predictor = Predictor([str(models["tiny-cls"]), str(models["tiny-reg"]), str(models["tiny-calibrated"])],
+                          limits=LIMITS)
     observed: list = []
     state = SimpleNamespace(config=ServiceConfig(limits=LIMITS), predictor=predictor, observed=observed,
                             scheduler=Scheduler(predictor, timeout_s=30, **scheduler_options),
@@ -48,7 +49,8 @@ def _stop_workers():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return write_tiny_models(tmp_path_factory.mktemp("models"))
+    directory = tmp_path_factory.mktemp("models")
+    return {**write_tiny_models(directory), "tiny-calibrated": write_calibrated_model(directory)}
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +200,21 @@ def test_deadline_is_504(models):
     slow.predictor.limits = Limits(max_rows=8, max_samples=10**6, max_cost=None)
     r = post(TestClient(create_app(lambda: slow)), {"inputs": [ROW] * 8, "n_samples": 10**6})
     assert r.status_code == 504 and "took longer than" in r.json()["error"]
+
+
+@pytest.mark.parametrize("mode", ["mc", "deterministic"])
+def test_calibrated_model_answers_sets_scores_and_abstentions(client, mode):
+    rows = np.random.default_rng(1).uniform(size=(6, 8)).tolist()
+    r = post(client, {"inputs": rows, "model": "tiny-calibrated", "mode": mode, "n_samples": 20, "seed": 2,
+                      "coverage": 0.9, "set_method": "raps", "selective_risk": 0.2})
+    assert r.status_code == 200, r.text
+    for p in PredictResponse.model_validate(r.json()).predictions:
+        assert p.ood_score is not None and isinstance(p.prediction_set, list) and p.abstain is not None
+        assert p.prediction_set_names == [["a", "b", "c", "d"][c] for c in p.prediction_set]
+    binary = client.post("/predict?model=tiny-calibrated&coverage=0.9&seed=2&n_samples=20&mode=" + mode,
+                         content=encode_npy(np.asarray(rows, np.float32)), headers={"content-type": NPY, "accept": NPZ})
+    result = decode_npz(binary.content)
+    assert result.columns["prediction_set"].shape == (6, 4) and result.columns["abstain"].dtype == bool
 
 
 def test_models_openapi_docs_and_unknown_routes(client):

@@ -1,0 +1,181 @@
+"""Fitting a model's calibration (:class:`~mcdrop.core.calibration.Calibration`) and measuring it.
+
+Three disjoint parts of the data, none of them the test set:
+
+* the **training** rows: the feature density is fitted on their hidden features;
+* the **temperature** rows (held out of training; the temperature was fitted on them): each layer's density is
+  standardised on them;
+* the **calibration** rows (held out of training and of the temperature): the OOD threshold (the
+  ``ood_tpr`` quantile of their OOD scores), the conformal scores of every method in both modes, and the
+  (uncertainty, error) pairs abstention thresholds are chosen from.
+
+MC mode's scores use ``n_samples`` passes with the calibration seed; the conformal uniforms are keyed by
+(that seed, the row's position in the calibration split), as a request's are by its own seed and rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mcdrop.core import conformal, selective
+from mcdrop.core.calibration import Calibration
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.metrics import aupr, auroc, fpr_at_95_tpr
+from mcdrop.core.ood import fit_feature_density
+from mcdrop.core.prediction import predict
+from mcdrop.request import Mode, Task
+
+__all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "coverage_report", "features", "ood_report"]
+
+LEVELS = (0.8, 0.9, 0.95)
+
+
+def features(engine: MCEngine, x: Tensor, layers: Sequence[str], batch: int = 5000) -> dict[str, Tensor]:
+    """The deterministic outputs of ``layers`` for every row of ``x`` (in batches)."""
+    parts: dict[str, list[Tensor]] = {name: [] for name in layers}
+    for i in range(0, len(x), batch):
+        _, captured = engine.deterministic_features(x[i:i + batch], layers)
+        for name in layers:
+            parts[name].append(captured[name])
+    return {name: torch.cat(v) for name, v in parts.items()}
+
+
+def _probabilities(engine: MCEngine, x: Tensor, mode: Mode, n_samples: int, seed: int) -> Tensor:
+    return predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary.probabilities.double()  # type: ignore[union-attr]
+
+
+def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temperature: tuple[Tensor, Tensor],
+                         calibration: tuple[Tensor, Tensor], n_classes: int, class_names: Sequence[str] | None = None,
+                         n_samples: int = 50, seed: int = 0, dim: int = 128, ood_tpr: float = 0.95,
+                         default_risk: float = 0.02, delta: float = 0.05) -> Calibration:
+    """Fit everything :class:`Calibration` needs (see the module docs); the rows are ``(inputs, labels)``."""
+    engine = MCEngine(model)
+    layers = list(model.feature_layers())  # type: ignore[operator]
+    density = fit_feature_density(features(engine, train[0], layers), train[1],
+                                  features(engine, temperature[0], layers), n_classes, dim)
+    x_cal, y_cal = calibration
+    ood = density.score(features(engine, x_cal, layers)).double().numpy()
+    k = math.ceil(ood_tpr * (len(ood) + 1))
+    ood_threshold = float(np.sort(ood)[min(k, len(ood)) - 1])
+    tensors = density.tensors()
+    rows = torch.arange(len(y_cal), dtype=torch.int64)
+    u = conformal.keyed_uniforms(seed, rows)
+    for mode in Mode:
+        probs = _probabilities(engine, x_cal, mode, n_samples, seed)
+        for method in conformal.METHODS:
+            scores = conformal.label_scores(probs, y_cal, method, u).numpy()
+            tensors[f"conformal.{mode.value}.{method}"] = torch.from_numpy(np.sort(scores))
+        confidence, predicted = probs.max(1)
+        tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
+        tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
+    meta: dict[str, Any] = {
+        "feature_layers": layers, "density_dim": dim, "ood_threshold": ood_threshold, "ood_tpr": ood_tpr,
+        "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
+        "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,
+        "rows": {"density": len(train[1]), "standardisation": len(temperature[1]), "calibration": len(y_cal)},
+    }
+    calibrated = Calibration(Task.CLASSIFICATION, meta, tensors, class_names)
+    for mode in Mode:
+        t = calibrated.uncertainty_threshold(mode)
+        meta[f"default_threshold_{mode.value}"] = t
+    return calibrated
+
+
+def calibrate_regressor(model: nn.Module, *, calibration: tuple[Tensor, Tensor], n_samples: int = 1000,
+                        seed: int = 0) -> Calibration:
+    """Normalised conformal scores ``|y - mu| / sigma`` of held-out rows, in both modes (no density)."""
+    engine = MCEngine(model)
+    x_cal, y_cal = calibration
+    tensors: dict[str, Tensor] = {}
+    for mode in Mode:
+        s = predict(engine, x_cal, mode=mode, n_samples=n_samples, seed=seed).summary
+        scores = ((y_cal.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()  # type: ignore[union-attr]
+        tensors[f"conformal.{mode.value}.regression"] = torch.from_numpy(np.sort(scores))
+    meta = {"mc_samples": n_samples, "seed": seed, "rows": {"calibration": len(y_cal)}}
+    return Calibration(Task.HOMOSCEDASTIC, meta, tensors)
+
+
+def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tensor, Tensor], *,
+                    n_samples: int = 50, seed: int = 1, levels: Sequence[float] = LEVELS) -> dict[str, Any]:
+    """Empirical coverage, mean set size (or interval width) and coverage per class on ``test``, per mode,
+    method and level; and the selective risk and coverage at the default abstention threshold."""
+    engine = MCEngine(model)
+    x, y = test
+    report: dict[str, Any] = {}
+    rows = torch.arange(len(y), dtype=torch.int64)
+    u = conformal.keyed_uniforms(seed, rows)
+    for mode in Mode:
+        s = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary
+        entry: dict[str, Any] = {}
+        if calibrated.task is Task.CLASSIFICATION:
+            probs = s.probabilities.double()  # type: ignore[union-attr]
+            for method in conformal.METHODS:
+                scores = conformal.set_scores(probs, method, u, calibrated.lam, calibrated.k_reg)
+                for level in levels:
+                    sets = scores <= calibrated.conformal_threshold(mode, method, level)
+                    covered = sets[torch.arange(len(y)), y]
+                    per_class = [float(covered[y == c].double().mean()) for c in range(probs.shape[1])]
+                    entry[f"{method}@{level:g}"] = {"coverage": float(covered.double().mean()),
+                                                    "mean_size": float(sets.sum(1).double().mean()),
+                                                    "min_class_coverage": min(per_class),
+                                                    "empty": float((sets.sum(1) == 0).double().mean())}
+            t = calibrated.uncertainty_threshold(mode)
+            answered = (1.0 - s.confidence.double()) <= t  # type: ignore[union-attr]
+            wrong = s.predicted_class != y  # type: ignore[union-attr]
+            entry["abstention"] = {"threshold": t, "coverage": float(answered.double().mean()),
+                                   "risk": float(wrong[answered].double().mean()) if answered.any() else 0.0,
+                                   "target_risk": calibrated.default_risk}
+            entry["risk_coverage"] = selective.risk_coverage((1.0 - s.confidence.double()).numpy(),  # type: ignore[union-attr]
+                                                             wrong.double().numpy())
+        else:
+            mean, std = s.mean.double(), s.std.double()  # type: ignore[union-attr]
+            for level in levels:
+                q = calibrated.conformal_threshold(mode, "", level)
+                inside = (y.double() - mean).abs() <= q * std
+                gaussian = (y >= s.interval_low) & (y <= s.interval_high) if math.isclose(level, s.level) else None  # type: ignore[union-attr]
+                entry[f"normalised@{level:g}"] = {"coverage": float(inside.double().mean()),
+                                                  "mean_width": float((2 * q * std).mean())}
+                if gaussian is not None:
+                    entry[f"gaussian_mixture@{level:g}"] = {"coverage": float(gaussian.double().mean())}
+        report[mode.value] = entry
+    n_cal = int(calibrated.meta.get("rows", {}).get("calibration", 0))
+    if n_cal:
+        report["bounds"] = {f"{level:g}": conformal.coverage_interval(len(y), n_cal, level) for level in levels}
+    return report
+
+
+def ood_report(engine: MCEngine, calibrated: Calibration | None, x_in: Tensor, proxies: dict[str, Tensor], *,
+               n_samples: int = 50, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """AUROC, AUPR and FPR at 95% TPR of every score, for each proxy set against ``x_in`` (in-distribution).
+
+    Scores (higher = more unusual): ``ood_score`` (the density, when calibrated), MC ``mutual_information``,
+    MC ``predictive_entropy``, MC ``max_probability`` (as ``-max p``) and deterministic entropy and max probability.
+    """
+    layers = calibrated.feature_layers if calibrated is not None else []
+
+    def scores(x: Tensor) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if calibrated is not None and calibrated.density is not None:
+            out["ood_score"] = calibrated.density.score(features(engine, x, layers)).numpy()
+        mc = predict(engine, x, n_samples=n_samples, seed=seed).summary
+        det = predict(engine, x, mode=Mode.DETERMINISTIC).summary
+        out["mc_mutual_information"] = mc.mutual_information.numpy()  # type: ignore[union-attr]
+        out["mc_predictive_entropy"] = mc.predictive_entropy.numpy()  # type: ignore[union-attr]
+        out["mc_max_probability"] = -mc.confidence.numpy()  # type: ignore[union-attr]
+        out["deterministic_entropy"] = det.predictive_entropy.numpy()  # type: ignore[union-attr]
+        out["deterministic_max_probability"] = -det.confidence.numpy()  # type: ignore[union-attr]
+        return out
+
+    inside = scores(x_in)
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for name, x in proxies.items():
+        outside = scores(x)
+        report[name] = {k: {"auroc": auroc(inside[k], outside[k]), "aupr": aupr(inside[k], outside[k]),
+                            "fpr95": fpr_at_95_tpr(inside[k], outside[k])} for k in inside}
+    return report
