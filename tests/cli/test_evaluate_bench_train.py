@@ -64,19 +64,25 @@ def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
     card = json.loads((model / "card.json").read_text())
     assert card["task"] == "homoscedastic" and card["dataset"] == "yacht" and card["tau"] in (10.0, 100.0)
     assert card["architecture"]["input_dropout"] == card["training"]["dropout"]
+    assert card["training"]["holdout"] == {"fraction": 0.3, "seed": 0} and card["calibration_file"]
     mcdrop("evaluate", model, "--data-root", root, "--samples", "300", "--json", tmp_path / "ev.json")
     metrics = json.loads((tmp_path / "ev.json").read_text())
-    stored = card["metrics"]["all_rows_fit_mc_300"]
+    stored = card["metrics"]["heldout_test_mc_300"]
     from mcdrop.core.artifacts import load_model
     from mcdrop.core.engine import MCEngine
     from mcdrop.core.prediction import predict
     from mcdrop.training.data import load_uci
+    from mcdrop.training.uci import holdout_split
 
     data, engine = load_uci("yacht", root), MCEngine(load_model(model)[0])
-    result = predict(engine, torch.tensor(data.x, dtype=torch.float32), n_samples=300, seed=0, return_samples=True)
+    train, cal, test = holdout_split(len(data.y), 0.3, 0)
+    assert len(train) == 210 and len(cal) == 45 and len(test) == 45 and not set(train) & set(test)
+    result = predict(engine, torch.tensor(data.x[test], dtype=torch.float32), n_samples=300, seed=0,
+                     return_samples=True)
     s = result.summary
-    bounds = regression_metric_bounds(result.samples, data.y, card["tau"], s.interval_low, s.interval_high)
+    bounds = regression_metric_bounds(result.samples, data.y[test], card["tau"], s.interval_low, s.interval_high)
     assert_metrics_within(metrics["mc"], stored, bounds, "mc")
+    assert metrics["conformal"]["mc"]["normalised@0.9"] == card["metrics"]["heldout_test_conformal"]["mc"]["normalised@0.9"]
 
 
 def write_fashion_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from mcdrop.schemas import PredictResponse
 from mcdrop.wire import NPY, NPZ, decode_npz, encode_npy
 from tests.server import free_port, running_server
-from tests.tiny_models import write_tiny_models
+from tests.tiny_models import write_calibrated_model, write_tiny_models
 from tests.tolerances import assert_probabilities_close
 
 MAX_ROWS, MAX_SAMPLES, MAX_BODY = 8, 500, 64 * 1024
@@ -28,11 +28,13 @@ ROW = [0.5, -1.0, 2.0, 0.1]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return write_tiny_models(tmp_path_factory.mktemp("models"))
+    directory = tmp_path_factory.mktemp("models")
+    return {**write_tiny_models(directory), "tiny-calibrated": write_calibrated_model(directory)}
 
 
 def service_env(models) -> dict[str, str]:
-    return {"MCDROP_SERVE_MODELS": f"{models['tiny-cls']},{models['tiny-reg']}", "MCDROP_MAX_ROWS": str(MAX_ROWS),
+    served = ",".join(str(models[name]) for name in ("tiny-cls", "tiny-reg", "tiny-calibrated"))
+    return {"MCDROP_SERVE_MODELS": served, "MCDROP_MAX_ROWS": str(MAX_ROWS),
             "MCDROP_MAX_SAMPLES": str(MAX_SAMPLES), "MCDROP_MAX_BODY_BYTES": str(MAX_BODY),
             "MCDROP_HEADER_TIMEOUT": "2", "MCDROP_BODY_TIMEOUT": "2"}
 
@@ -69,11 +71,15 @@ def test_inprocess_service_is_wired(inproc):
     assert inproc.get("/models", headers={"host": "evil.example"}).status_code == 400
     assert inproc.get("/").status_code == 404 and inproc.get("/docs").status_code == 404
     assert inproc.get("/livez").status_code == 200 and inproc.get("/readyz").status_code == 200
+    far = [[5.0] * 8] * 3  # far from the blobs the calibrated model saw: abstentions as out_of_distribution
+    r = inproc.post("/predict", json={"inputs": far, "model": "tiny-calibrated", "n_samples": 10, "seed": 1})
+    assert all(p["abstain_reasons"][0] == "out_of_distribution" for p in r.json()["predictions"])
     metrics = inproc.get("/metrics").text
     for name in ("mcdrop_mc_samples_total", "mcdrop_prediction_latency_seconds", "mcdrop_mutual_information_bucket",
-                 "mcdrop_answers_total"):
+                 "mcdrop_ood_score_bucket", "mcdrop_answers_total"):
         assert name in metrics, name
     assert 'mcdrop_answers_total{model="tiny-cls"} 2.0' in metrics
+    assert 'mcdrop_abstentions_total{model="tiny-calibrated",reason="out_of_distribution"} 3.0' in metrics
     assert inproc.get("/openapi.json").json()["openapi"] == "3.0.3"
 
 
