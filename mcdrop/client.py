@@ -5,8 +5,8 @@ Needs only httpx, pydantic and NumPy (importing it imports neither torch nor Ben
 :class:`~mcdrop.schemas.PredictResult` s: NumPy columns, with typed ``.predictions`` and ``.response()``.
 
 * Inputs: a NumPy array, a torch tensor or a list of lists, shape ``(B, D)`` (images ``(B, h, w)`` are
-  flattened).  Arrays and tensors travel in the binary format by default (an ``.npy`` body, an ``.npz``
-  answer: :mod:`mcdrop.wire`), lists as JSON; ``wire="json"`` or ``"npy"`` chooses.  JSON writes float32
+  flattened).  Arrays and tensors travel in the binary format by default (an ``.npy`` body and a structured
+  ``.npy`` answer: :mod:`mcdrop.wire`), lists as JSON; ``wire="json"`` or ``"npy"`` chooses.  JSON writes float32
   inputs with 9 significant digits (exact for float32).
 * Large inputs are split into requests of at most the server's ``max_rows`` and ``max_body_bytes`` (read
   once from ``GET /models``), sent with ``row_offset`` and one seed (drawn here if none is given), and put
@@ -143,12 +143,12 @@ class _Call:
     def http_args(self, part: PredictRequest) -> dict[str, Any]:
         if self.binary:
             return {"content": self.body(part), "params": _query(part),
-                    "headers": {"content-type": wire.NPY, "accept": f"{wire.NPZ}, application/json;q=0.5"}}
+                    "headers": {"content-type": wire.NPY, "accept": f"{wire.NPY}, application/json;q=0.5"}}
         return {"content": self.body(part), "headers": {"content-type": "application/json", "accept": "application/json"}}
 
     def read(self, response: httpx.Response) -> PredictResult:
-        if response.headers.get("content-type", "").startswith(wire.NPZ):
-            return wire.decode_npz(response.content)
+        if response.headers.get("content-type", "").startswith(wire.NPY):
+            return wire.decode_result(response.content, response.headers.get(wire.META_HEADER, "{}"))
         return PredictResult.from_response(PredictResponse.model_validate_json(response.content), self.class_names)
 
 

@@ -40,6 +40,14 @@ def add_parser(sub: Any, name: str) -> None:
                        help="score in-process with this model (default: the bundled default model); with --url: "
                             "the served model's name")
     p.add_argument("--url", metavar="URL", help="score through a running mcdrop service instead, e.g. http://127.0.0.1:3000")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: Ray Data actors (INPUT may be a directory of files; mcdrop[ray])")
+    p.add_argument("--address", metavar="ADDR", help="with --engine ray: the Ray cluster to attach to (default: start a "
+                                                     "local one with this machine's cores)")
+    p.add_argument("--actors", type=int, metavar="N", help="with --engine ray: actors, each loading the model once "
+                                                           "(default: the cores)")
+    p.add_argument("--blocks", type=int, metavar="N", help="with --engine ray: blocks the input is spread over "
+                                                           "(default: one per part of 50,000 rows)")
     p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
     p.add_argument("--samples", "-n", type=int, default=DEFAULT_N_SAMPLES, metavar="N",
                    help=f"MC passes per row (default {DEFAULT_N_SAMPLES})")
@@ -218,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
     stdout = str(args.output) == "-"
     if not stdout and args.output.resolve() == args.input.resolve():
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
+    if args.engine == "ray":
+        return _run_ray(args, options, say)
+    for flag in ("address", "actors", "blocks"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag} applies to --engine ray", 2)
     try:
         source = open_input(args.input, format=args.input_format, columns=args.columns, id_column=args.id_column,
                             header=args.header, key=args.key, chunk_rows=args.batch_size)
@@ -256,6 +269,94 @@ def run(args: argparse.Namespace) -> int:
     where = "standard output" if stdout else args.output
     listed = f"; {n_bad} bad rows listed in {bad_path or 'standard error'}" if n_bad else ""
     say(f"wrote {writer.rows_written:,} rows to {where}{listed}")
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[str], None]) -> int:
+    """``--engine ray``: plan the parts, score them on Ray Data actors, write the rows in order."""
+    from mcdrop.io.readers import InputError, open_input
+    from mcdrop.io.writers import OutputError, open_output
+
+    if args.url:
+        raise CLIError("--engine ray scores in-process on the actors; it does not combine with --url", 2)
+    if (args.actors is not None and args.actors < 1) or (args.blocks is not None and args.blocks < 1):
+        raise CLIError("--actors and --blocks have to be positive numbers", 2)
+    try:
+        from mcdrop.distributed import ray_score
+    except ImportError as err:
+        raise CLIError(f"--engine ray needs Ray: pip install 'mcdrop[ray]' ({err})", 2) from err
+    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, resolve_model
+    from mcdrop.schemas import PredictResult
+
+    try:
+        files = ray_score.input_files(args.input, args.input_format)
+        first = open_input(files[0], format=args.input_format, columns=args.columns, id_column=args.id_column,
+                           header=args.header, key=args.key)
+        parts, total = ray_score.plan_parts(files, args.input_format, header=args.header, key=args.key,
+                                            min_parts=args.actors or os.cpu_count() or 1)
+    except InputError as err:
+        raise CLIError(str(err), 2 if err.usage else 1) from err
+    for note in first.notes:
+        say(note)
+    _, card = _local(args, options)  # checks the model and the options against it before Ray starts
+    if first.width != card.input_size:
+        raise CLIError(f"{files[0]}: rows have {first.width} features, but model {card.name!r} expects {card.input_size}")
+    try:
+        model = str(resolve_model(args.model).resolve())
+    except (ArtifactError, ModelNotFoundError) as err:
+        raise CLIError(f"--model: {err}", 2) from err
+    cores = os.cpu_count() or 1
+    actors = args.actors or cores
+    job = ray_score.RayJob(model=model, options=options, scale=_scale(args.scale, first.dtype),
+                           reader={"columns": args.columns, "id_column": args.id_column, "header": args.header,
+                                   "key": args.key}, batch_size=args.batch_size,
+                           threads=ray_score.threads_per_actor(cores, actors))
+    bad_path = args.bad_rows or (None if str(args.output) == "-" else args.output.with_name(args.output.name + ".bad-rows.csv"))
+    try:
+        writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
+                             class_names=card.class_names)
+    except OutputError as err:
+        raise CLIError(str(err), 2 if err.usage else 1) from err
+    import ray
+
+    started = not ray.is_initialized()
+    ray_score.start_ray(args.address, cores)
+    say(f"scoring {len(parts)} parts of {len(files)} file(s) on {actors} Ray actor(s) x {job.threads} thread(s)")
+    progress = _Progress(total, args.quiet)
+    bad_rows: list[tuple[int, str]] = []
+    meta = {"model": card.name, "model_version": card.version, "task": card.task, "mode": options["mode"],
+            "seed": options.get("seed") if options["mode"] == "mc" else None, "class_names": card.class_names}
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for batch in ray_score.score_parts(parts, job, actors=actors, blocks=args.blocks):
+            bad = batch["bad"].astype(str) != ""
+            if bad.any():
+                found = list(zip(batch["row"][bad].tolist(), batch["bad"][bad].tolist(), strict=True))
+                if not args.skip_bad_rows:
+                    row, reason = found[0]
+                    raise CLIError(f"{args.input}: row {row} {reason} (pass --skip-bad-rows to score the others)")
+                bad_rows += found
+            good = ~bad
+            if good.any():
+                columns = {k: v[good] for k, v in batch.items() if k not in ("row", "bad", "id")}
+                ids = batch["id"][good].tolist() if "id" in batch else None
+                writer.write(batch["row"][good], ids, PredictResult(columns=columns, **meta))
+            progress.advance(len(bad))
+        if writer.rows_written == 0:
+            raise CLIError(f"{args.input}: no rows to score" + (" (every row is bad)" if bad_rows else ""))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        seconds = progress.close()
+        if started:
+            ray.shutdown()
+    if bad_rows:
+        _write_bad_rows(bad_path, sorted(bad_rows))
+    say(f"scored {writer.rows_written:,} rows in {seconds:.1f} s ({writer.rows_written / max(seconds, 1e-9):,.0f} rows/s) "
+        f"with Ray" + (f"; {len(bad_rows)} bad rows listed in {bad_path or 'standard error'}" if bad_rows else ""))
     return 0
 
 

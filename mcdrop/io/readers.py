@@ -109,7 +109,7 @@ def _npy_header(fh: IO[bytes], name: str, allow_fortran: bool = False) -> tuple[
     return shape, dtype
 
 
-def _open_npy(path: Path, chunk_rows: int) -> InputFile:
+def _open_npy(path: Path, chunk_rows: int, rows: tuple[int, int] | None = None) -> InputFile:
     with path.open("rb") as fh:
         shape, dtype = _npy_header(fh, str(path), allow_fortran=True)
         offset = fh.tell()
@@ -122,13 +122,17 @@ def _open_npy(path: Path, chunk_rows: int) -> InputFile:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise InputError(f"{path}: cannot map the array: {err}") from err
-    return InputFile(path, "npy", math.prod(shape[1:]), shape[0], array.dtype, _mapped(array, chunk_rows))
+    lo, hi = rows if rows is not None else (0, shape[0])
+    if not 0 <= lo <= hi <= shape[0]:
+        raise InputError(f"{path}: rows {lo}..{hi} are outside its {shape[0]} rows")
+    chunks = _mapped(array, chunk_rows, lo, hi)
+    return InputFile(path, "npy", math.prod(shape[1:]), hi - lo, array.dtype, chunks)
 
 
-def _mapped(array: np.ndarray, chunk_rows: int) -> Iterator[Chunk]:
+def _mapped(array: np.ndarray, chunk_rows: int, lo: int, hi: int) -> Iterator[Chunk]:
     width = math.prod(array.shape[1:])
-    for start in range(0, array.shape[0], chunk_rows):
-        block = np.ascontiguousarray(array[start:start + chunk_rows]).reshape(-1, width)
+    for start in range(lo, hi, chunk_rows):
+        block = np.ascontiguousarray(array[start:min(hi, start + chunk_rows)]).reshape(-1, width)
         yield _check(block, start)
 
 
@@ -294,7 +298,8 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
 # -------------------------------------------------------------------------------------------- Parquet
 
 
-def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int) -> InputFile:
+def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int,
+                  row_groups: list[int] | None = None) -> InputFile:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -319,18 +324,24 @@ def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_
             raise InputError(f"{path}: column {names[i]!r} holds {kind}; expected numbers or fixed-size lists of numbers "
                              "(choose the feature columns with --columns)", usage=columns is not None)
     read = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
+    meta = parquet.metadata
+    groups = list(range(meta.num_row_groups)) if row_groups is None else sorted(row_groups)
+    first = sum(meta.row_group(g).num_rows for g in range(groups[0])) if groups else 0
+    if groups and groups != list(range(groups[0], groups[0] + len(groups))):
+        raise InputError(f"{path}: row groups {row_groups} are not consecutive")
+    n_rows = sum(meta.row_group(g).num_rows for g in groups)
     chunks = _parquet_chunks(parquet, read, [names[i] for i in use], None if id_index is None else names[id_index],
-                             chunk_rows)
-    return InputFile(path, "parquet", width, parquet.metadata.num_rows, np.dtype(np.float32), chunks,
-                     [names[i] for i in use])
+                             chunk_rows, groups, first)
+    return InputFile(path, "parquet", width, n_rows, np.dtype(np.float32), chunks, [names[i] for i in use])
 
 
 def _parquet_chunks(parquet: Any, read: list[str], features: list[str], id_name: str | None,
-                    chunk_rows: int) -> Iterator[Chunk]:
+                    chunk_rows: int, groups: list[int], start: int) -> Iterator[Chunk]:
     import pyarrow as pa
 
-    start = 0
-    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=read):
+    if not groups:
+        return
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=read, row_groups=groups):
         parts = []
         for name in features:
             column = batch.column(name)
@@ -366,8 +377,13 @@ def detect_format(path: Path) -> str:
 
 def open_input(path: str | Path, *, format: str | None = None, columns: str | None = None,
                id_column: str | None = None, header: str = "auto", key: str | None = None,
-               chunk_rows: int = 4096) -> InputFile:
-    """Open ``path`` for chunked reading (format from the name unless given)."""
+               chunk_rows: int = 4096, rows: tuple[int, int] | None = None,
+               row_groups: list[int] | None = None) -> InputFile:
+    """Open ``path`` for chunked reading (format from the name unless given).
+
+    ``rows`` (``.npy``) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep the rows'
+    numbers in the whole file.
+    """
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
@@ -381,9 +397,9 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
                 raise InputError(f"{path}: gzipped CSV is not supported; decompress it first")
             return _open_csv(path, columns, id_column, header, chunk_rows)
         if fmt == "parquet":
-            return _open_parquet(path, columns, id_column, chunk_rows)
+            return _open_parquet(path, columns, id_column, chunk_rows, row_groups)
         if fmt == "npy":
-            return _open_npy(path, chunk_rows)
+            return _open_npy(path, chunk_rows, rows)
         if fmt == "npz":
             return _open_npz(path, key, chunk_rows)
         if fmt == "idx":

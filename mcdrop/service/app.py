@@ -1,8 +1,8 @@
 """The HTTP routes: request body -> schema -> scheduler -> response body.  HTTP statuses live here.
 
 ``POST /predict`` reads JSON (validated strictly by :class:`~mcdrop.schemas.PredictRequest`) or an ``.npy``
-array with the other fields as query parameters (:mod:`mcdrop.wire`); it answers JSON, or ``.npz`` columns
-when the request's ``Accept`` asks for ``application/x-npz``.  ``GET /models`` lists the served cards and the
+array with the other fields as query parameters (:mod:`mcdrop.wire`); it answers JSON, or a structured ``.npy``
+(one record per row) when the request's ``Accept`` asks for ``application/x-npy``.  ``GET /models`` lists the served cards and the
 limits; ``GET /openapi.json`` describes all of it; ``GET /docs`` shows that description (when enabled).
 Every error is JSON ``{"error", "field", ...}``, a validation error carries at most five details and a count.
 """
@@ -36,7 +36,7 @@ from mcdrop.serving.errors import (
 )
 from mcdrop.serving.predictor import Predictor, request_error
 from mcdrop.serving.scheduler import Scheduler
-from mcdrop.wire import NPY, NPZ, WireError, decode_npy, encode_npz
+from mcdrop.wire import META_HEADER, NPY, WireError, decode_npy, encode_result
 
 __all__ = ["STATUS", "State", "create_app"]
 
@@ -140,8 +140,9 @@ def create_app(state: Callable[[], State]) -> Starlette:
             headers = {"retry-after": "5"} if isinstance(err, Overloaded) else None
             return error_response(str(err), err.field, STATUS[type(err)], headers=headers)
         svc.observe(parsed, result, time.perf_counter() - start)
-        if NPZ in request.headers.get("accept", ""):
-            return Response(encode_npz(result), media_type=NPZ)
+        if NPY in request.headers.get("accept", ""):
+            body, meta = encode_result(result)
+            return Response(body, media_type=NPY, headers={META_HEADER: meta})
         return Response(result.response().model_dump_json(), media_type="application/json")
 
     async def models(_request: Request) -> Response:

@@ -74,9 +74,10 @@ def openapi_document() -> dict[str, Any]:
                                                                     "query parameters"}}}},
                 "responses": {"200": {"description": "one prediction per input row", "content": {
                     "application/json": {"schema": ref("PredictResponse")},
-                    "application/x-npz": {"schema": {"type": "string", "format": "binary",
-                                                     "description": "with Accept: application/x-npz: one array per "
-                                                                    "column and meta.npy (JSON metadata)"}}}},
+                    "application/x-npy": {"schema": {"type": "string", "format": "binary",
+                                                     "description": "with Accept: application/x-npy: a structured "
+                                                                    ".npy array, one record per row, one field per "
+                                                                    "column; metadata as JSON in X-MCDrop-Meta"}}}},
                               **{c: errors[c] for c in ("400", "401", "403", "404", "408", "413", "415", "422", "503", "504")}},
             }},
             "/models": {"get": {"summary": "The served models' cards, the default model and the limits", "responses": {

@@ -1,4 +1,4 @@
-"""The routes in-process (no BentoML, no network): JSON and .npy in, JSON and .npz out, every status, strict and
+"""The routes in-process (no BentoML, no network): JSON and .npy in, JSON and .npy out, every status, strict and
 bounded validation, and schemathesis against the OpenAPI document."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mcdrop.service.app import create_app
 from mcdrop.serving.config import ServiceConfig
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
-from mcdrop.wire import NPY, NPZ, decode_npz, encode_npy
+from mcdrop.wire import META_HEADER, NPY, decode_result, encode_npy
 from tests.tiny_models import write_calibrated_model, write_tiny_models
 from tests.tolerances import assert_probabilities_close
 
@@ -82,12 +82,12 @@ def test_json_in_json_out_equals_the_predictor(client, state):
     assert body.seed == 9 and body.predictions[0].class_name in {"a", "b", "c"} and body.notes == []
 
 
-def test_npy_in_npz_out_equals_json(client):
+def test_npy_in_npy_out_equals_json(client):
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     r = client.post("/predict?n_samples=30&seed=4&return_samples=true", content=encode_npy(x),
-                    headers={"content-type": NPY, "accept": NPZ})
-    assert r.status_code == 200 and r.headers["content-type"] == NPZ
-    binary = decode_npz(r.content)
+                    headers={"content-type": NPY, "accept": NPY})
+    assert r.status_code == 200 and r.headers["content-type"] == NPY
+    binary = decode_result(r.content, r.headers[META_HEADER])
     plain = post(client, {"inputs": x.tolist(), "n_samples": 30, "seed": 4}).json()
     assert_probabilities_close(binary.probabilities, [p["probabilities"] for p in plain["predictions"]])
     assert binary.samples.shape == (30, 5, 3) and binary.seed == 4 and binary.class_names == ["a", "b", "c"]
@@ -212,8 +212,8 @@ def test_calibrated_model_answers_sets_scores_and_abstentions(client, mode):
         assert p.ood_score is not None and isinstance(p.prediction_set, list) and p.abstain is not None
         assert p.prediction_set_names == [["a", "b", "c", "d"][c] for c in p.prediction_set]
     binary = client.post("/predict?model=tiny-calibrated&coverage=0.9&seed=2&n_samples=20&mode=" + mode,
-                         content=encode_npy(np.asarray(rows, np.float32)), headers={"content-type": NPY, "accept": NPZ})
-    result = decode_npz(binary.content)
+                         content=encode_npy(np.asarray(rows, np.float32)), headers={"content-type": NPY, "accept": NPY})
+    result = decode_result(binary.content, binary.headers[META_HEADER])
     assert result.columns["prediction_set"].shape == (6, 4) and result.columns["abstain"].dtype == bool
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mcdrop.schemas import PredictResponse
-from mcdrop.wire import NPY, NPZ, decode_npz, encode_npy
+from mcdrop.wire import META_HEADER, NPY, decode_result, encode_npy
 from tests.server import free_port, running_server
 from tests.tiny_models import write_calibrated_model, write_tiny_models
 from tests.tolerances import assert_probabilities_close
@@ -103,9 +103,10 @@ def test_real_server_answers_json_and_binary(url):
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     plain = post(url, {"inputs": x.tolist(), "n_samples": 20, "seed": 5}).json()
     binary = httpx.post(f"{url}/predict?n_samples=20&seed=5", content=encode_npy(x),
-                        headers={"content-type": NPY, "accept": NPZ}, timeout=30)
-    assert binary.headers["content-type"] == NPZ
-    assert_probabilities_close(decode_npz(binary.content).probabilities, [p["probabilities"] for p in plain["predictions"]])
+                        headers={"content-type": NPY, "accept": NPY}, timeout=30)
+    assert binary.headers["content-type"] == NPY
+    answer = decode_result(binary.content, binary.headers[META_HEADER])
+    assert_probabilities_close(answer.probabilities, [p["probabilities"] for p in plain["predictions"]])
 
 
 @pytest.mark.integration

@@ -1,0 +1,1 @@
+"""Scoring beyond one process, on an existing distributed engine.  Needs Ray (``mcdrop[ray]``)."""
