@@ -18,7 +18,7 @@ import bentoml
 
 from mcdrop.request import Mode
 from mcdrop.schemas import PredictRequest, PredictResult
-from mcdrop.service import protocol
+from mcdrop.service import bentoml_fixes, protocol
 from mcdrop.service.app import create_app
 from mcdrop.service.guard import Guard
 from mcdrop.serving.config import ServiceConfig
@@ -28,6 +28,7 @@ from mcdrop.serving.scheduler import Scheduler
 __all__ = ["MCDrop", "Metrics"]
 
 protocol.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
+bentoml_fixes.install()
 
 BACKSTOP_TIMEOUT_S = 900
 """BentoML's own request timeout, behind MCDROP_REQUEST_TIMEOUT (which answers first, with mcdrop's 504)."""
