@@ -76,9 +76,12 @@ def test_wheel_outside_the_checkout_scores_serves_and_trains(wheel, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = subprocess.run([str(bin_ / "python"), "-c", "import mcdrop, mcdrop.core.artifacts as a; "
-                            "print(mcdrop.__file__); print(a.bundled_models_dir())"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout.split()
-    assert all(str(tmp_path / "venv") in w for w in where), where  # the wheel's package and its bundled models
+                            "import mcdrop.core.kernels as k; print(mcdrop.__file__); print(a.bundled_models_dir()); "
+                            "print(k.load() is not None or k.shutil.which('cc') is None)"], cwd=work,
+                           env={**env, "MCDROP_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert all(str(tmp_path / "venv") in w for w in where[:2]), where  # the wheel's package and its bundled models
+    assert where[2] == "True", "the wheel's kernel source did not build"
     np.save(work / "x.npy", np.random.default_rng(0).uniform(size=(5, 784)).astype(np.float32))
     run = lambda *args: subprocess.run([str(bin_ / "mcdrop"), *map(str, args)], cwd=work, env=env,  # noqa: E731
                                        capture_output=True, text=True, timeout=600)

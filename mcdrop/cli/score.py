@@ -80,6 +80,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--bad-rows", type=Path, metavar="FILE", help="side file of bad rows (default OUTPUT.bad-rows.csv)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors")
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request with --url (120)")
     p.set_defaults(run=run)
 
@@ -127,13 +129,18 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
     from mcdrop.cli.common import setup_torch
     from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.core.runtime import resolve_device
     from mcdrop.schemas import RequestOptions
     from mcdrop.serving.errors import PredictError
     from mcdrop.serving.predictor import Predictor
 
     setup_torch(args.threads)
     try:
-        predictor = Predictor([args.model] if args.model else None)
+        resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(f"--device: {err}", 2) from err
+    try:
+        predictor = Predictor([args.model] if args.model else None, device=args.device)
     except (ArtifactError, FileNotFoundError) as err:
         raise CLIError(f"--model: {err}", 2 if isinstance(err, ModelNotFoundError) else 1) from err
 
@@ -226,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
     stdout = str(args.output) == "-"
     if not stdout and args.output.resolve() == args.input.resolve():
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
+    if args.device != "cpu" and (args.engine == "ray" or args.url):
+        raise CLIError("--device applies to local scoring (a server picks its device with MCDROP_DEVICE)", 2)
     if args.engine == "ray":
         return _run_ray(args, options, say)
     for flag in ("address", "actors", "blocks"):

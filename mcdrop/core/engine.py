@@ -25,6 +25,10 @@ samples.  A model that combines activations from before and after a dropout laye
 around dropout) cannot share that prefix: the first call's probe detects it and replicates the input
 instead.  The ``S x B`` (sample, row) pairs run in chunks whose widest activation holds at most
 ``element_budget`` numbers.
+
+A :class:`~mcdrop.core.models.DropoutMLP` on the CPU takes a faster road to the same samples: the fused
+kernel of :mod:`mcdrop.core.mlp_plan`, which skips the units dropout and ReLU zero (``fast=False``, or
+``MCDROP_KERNELS=0``, keeps the generic path).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from mcdrop.core import functional as F
-from mcdrop.core import rng
+from mcdrop.core import kernels, rng
 from mcdrop.core.layers import MCDropoutLayer
+from mcdrop.core.mlp_plan import MLPPlan
 
 __all__ = [
     "DropoutConfigError",
@@ -234,14 +239,19 @@ class MCEngine:
         element_budget: the most numbers the widest activation of one chunk may hold.
         share_prefix: compute the layers before the first dropout once per input (True), replicate the
             input for every sample (False), or decide with the first call's probe (None).
+        fast: sample a :class:`~mcdrop.core.models.DropoutMLP` with the fused kernels
+            (:mod:`mcdrop.core.mlp_plan`) when they are available; False always takes the generic path.
     """
 
-    def __init__(self, model: nn.Module, *, element_budget: int = 1 << 24, share_prefix: bool | None = None) -> None:
+    def __init__(self, model: nn.Module, *, element_budget: int = 1 << 24, share_prefix: bool | None = None,
+                 fast: bool = True) -> None:
         if element_budget < 1:
             raise ValueError(f"element_budget has to be a positive number of elements, but got {element_budget}")
         self.model = model
         self.element_budget = int(element_budget)
         self.share_prefix = share_prefix
+        self.fast = fast
+        self._plan: MLPPlan | None = None
         self._lock = threading.Lock()  # guards (re)building the replica and the probe cache only
         self._signature: tuple[int, ...] = ()
         self._replica, self._layers = model, []  # built on first use
@@ -317,12 +327,17 @@ class MCEngine:
         probe = self._probe(replica, x)
         out: Tensor | None = None
         with torch.inference_mode():
+            plan = self._plan if x.device.type == "cpu" and x.dtype == torch.float32 else None
             for r0, r1, s0, s1 in self._chunks(b, n_samples, probe.row_cost):
                 if cancelled is not None and cancelled():
                     raise SamplingCancelled(f"sampling stopped after {s0} of {n_samples} passes of rows {r0}..{b - 1}")
                 samples = torch.arange(first_sample + s0, first_sample + s1, dtype=torch.int64, device=x.device)
                 chunk_key = key[r0:r1] if isinstance(key, Tensor) else key
-                y = self._mc_pass(replica, x[r0:r1], _Pass(chunk_key, rows[r0:r1], samples), probe.share_prefix)
+                flat = plan.sample(x[r0:r1], chunk_key, rows[r0:r1], samples) if plan is not None else None
+                if flat is not None:
+                    y = flat.view(s1 - s0, r1 - r0, *flat.shape[1:])
+                else:
+                    y = self._mc_pass(replica, x[r0:r1], _Pass(chunk_key, rows[r0:r1], samples), probe.share_prefix)
                 if out is None:
                     out = torch.empty((n_samples, b, *y.shape[2:]), dtype=y.dtype, device=y.device)
                 out[s0:s1, r0:r1] = y
@@ -353,6 +368,7 @@ class MCEngine:
                 if signature != self._signature:
                     self._replica, self._layers = _replica(self.model)
                     self._probes, self._hooked = {}, set()
+                    self._plan = MLPPlan.for_model(self.model, kernels.load()) if self.fast else None
                     self._signature = signature
         return self._replica, self._layers
 

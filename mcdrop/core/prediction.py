@@ -1,5 +1,8 @@
 """Predictions with uncertainty: an engine's outputs (deterministic, N passes, or adaptive N) summarised.
 
+The engine runs where the model and ``x`` are (CPU or CUDA); its outputs are summarised on the CPU, so a
+:class:`Prediction` always holds CPU tensors.
+
 Adaptive sampling draws rounds of passes, doubling N, until each row's Monte Carlo standard error of its
 main estimate (:func:`~mcdrop.core.uncertainty.main_stderr`) is at most ``tolerance`` or N reaches the cap;
 a row that stops keeps its first N samples, so its answer equals a fixed-N call with the same seed.  The
@@ -96,13 +99,13 @@ def predict(
     tau = tau if tau is not None else inferred_tau
     if mode is Mode.DETERMINISTIC:
         det, captured = engine.deterministic_features(x, features)
-        out = det.unsqueeze(0)
+        out, captured = det.cpu().unsqueeze(0), _cpu(captured)
         summary = U.summarize(out, task, tau=tau, level=level, sampled=False)
         return Prediction(mode, summary, None, out if return_samples else None, captured if features else None)
-    captured = engine.deterministic_features(x, features)[1] if features else None
+    captured = _cpu(engine.deterministic_features(x, features)[1]) if features else None
     seed = new_seed() if seed is None else seed
     if tolerance is None:
-        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled)
+        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled).cpu()
         return Prediction(mode, U.summarize(samples, task, tau=tau, level=level), seed,
                           samples if return_samples else None, captured)
     if not tolerance > 0:
@@ -125,9 +128,9 @@ def _sample_adaptive(
     task: Task, cancelled: Callable[[], bool] | None,
 ) -> tuple[Tensor, Tensor]:
     b = x.shape[0]
-    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows
-    first_out = engine.sample(x, first, seed=seed, rows=rows, cancelled=cancelled)
-    out = torch.full((cap, *first_out.shape[1:]), math.nan, dtype=first_out.dtype, device=first_out.device)
+    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
+    first_out = engine.sample(x, first, seed=seed, rows=rows, cancelled=cancelled).cpu()
+    out = torch.full((cap, *first_out.shape[1:]), math.nan, dtype=first_out.dtype)
     out[:first] = first_out
     used = torch.full((b,), first, dtype=torch.int64)
     active = torch.arange(b)
@@ -138,12 +141,17 @@ def _sample_adaptive(
         if not active.numel():
             break
         m = min(2 * n, cap)
+        index = active.to(x.device)
         row_seed = seed[active] if isinstance(seed, Tensor) else seed
-        out[n:m, active] = engine.sample(x[active], m - n, seed=row_seed, rows=rows[active], first_sample=n,
-                                         cancelled=cancelled)
+        out[n:m, active] = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n,
+                                         cancelled=cancelled).cpu()
         used[active] = m
         n = m
     return out, used
+
+
+def _cpu(features: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: value.cpu() for name, value in features.items()}
 
 
 def _merge(parts: list[tuple[Tensor, Any]], b: int) -> Any:

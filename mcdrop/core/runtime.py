@@ -1,4 +1,5 @@
-"""Process-level settings for fast CPU inference, called by mcdrop's entry points (service, CLI, bench).
+"""Process-level settings for inference, called by mcdrop's entry points (service, CLI, bench): the allocator
+and the device.
 
 Monte Carlo passes allocate activations of tens of MB.  glibc returns such blocks to the OS on free
 and the next allocation faults every page in again, which cost ~40% of an MC call in measurements
@@ -11,7 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-__all__ = ["tune_allocator"]
+import torch
+
+__all__ = ["DEVICES", "resolve_device", "tune_allocator"]
+
+DEVICES = "cpu, cuda, cuda:N or auto (cuda when one is available, else cpu)"
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -32,3 +37,28 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """The device named by ``spec`` (:data:`DEVICES`; None is cpu), checked against this machine.
+
+    On CUDA, float32 matrix products are kept in full float32 (no TF32), so answers agree with the CPU within
+    README "Reproducibility"'s tolerances.  Raises ValueError naming what was expected and what is available.
+    """
+    text = (spec or "cpu").strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device has to be one of {DEVICES}, but got {spec!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r}: no CUDA device is available here (torch.cuda.is_available() is False); "
+                         "use cpu or auto")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ValueError(f"device {spec!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device(text)

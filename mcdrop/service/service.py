@@ -111,7 +111,7 @@ class MCDrop:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         limits = self.config.limits
-        self.predictor = Predictor(self.config.models or None, limits=limits)
+        self.predictor = Predictor(self.config.models or None, limits=limits, device=self.config.device)
         self.scheduler = Scheduler(self.predictor, slice_cost=self.config.slice_cost, max_rows=limits.max_rows,
                                    batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0)
         self.metrics = metrics()
@@ -126,14 +126,22 @@ class MCDrop:
         a bad one stops the server with one line naming the variable or file, instead of workers restarting."""
         import sys
 
+        from mcdrop.core import kernels
         from mcdrop.core.artifacts import ArtifactError, load_artifact
+        from mcdrop.core.runtime import resolve_device
         from mcdrop.serving.config import SettingError
+
+        kernels.load()  # build the fused MC kernel into the cache once, before the workers open it
 
         try:  # relative paths in the settings are relative to the service's folder (a Bento's src/), as in workers
             with contextlib.chdir(MCDrop.working_dir):
                 config = ServiceConfig.from_env()
                 for ref in config.models or [None]:
                     load_artifact(ref)
+                try:
+                    resolve_device(config.device)
+                except ValueError as err:
+                    raise SettingError("MCDROP_DEVICE", str(err)) from None
         except (SettingError, ArtifactError) as err:
             print(f"mcdrop: cannot serve: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ SETTINGS: dict[str, str] = {
     "MCDROP_BATCH_WAIT_MS": "how long an idle server waits to batch concurrent requests (default 2)",
     "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default {DEFAULT_SLICE_COST:g})",
     "MCDROP_THREADS": "torch threads (default: torch's choice)",
+    "MCDROP_DEVICE": "cpu, cuda, cuda:N or auto (cuda when one is available) (default cpu)",
     "MCDROP_ALLOWED_HOSTS": "Host header values accepted, comma-separated, or * (default: loopback names)",
     "MCDROP_ALLOWED_ORIGINS": "browser origins allowed to call the API (CORS), comma-separated (default: none)",
     "MCDROP_API_KEY": "bearer token required on every endpoint but /livez and /readyz (default: none)",
@@ -84,6 +86,7 @@ class ServiceConfig:
     batch_wait_ms: float = 2.0
     slice_cost: float = DEFAULT_SLICE_COST
     threads: int | None = None
+    device: str = "cpu"
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allowed_origins: tuple[str, ...] = ()
     api_key: str | None = None
@@ -115,6 +118,9 @@ class ServiceConfig:
         if key is not None and len(key) < 16:
             raise SettingError("MCDROP_API_KEY_FILE" if key_file else "MCDROP_API_KEY",
                                "expected a token of at least 16 characters (e.g. `openssl rand -hex 32`)")
+        device = env.get("MCDROP_DEVICE", "").strip().lower() or "cpu"
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+            raise SettingError("MCDROP_DEVICE", f"expected cpu, cuda, cuda:N or auto, but got {device!r}")
         docs = env.get("MCDROP_DOCS", "0").strip().lower()
         if docs not in ("0", "1", "true", "false", ""):
             raise SettingError("MCDROP_DOCS", f"expected 0 or 1, but got {docs!r}")
@@ -124,6 +130,7 @@ class ServiceConfig:
             batch_wait_ms=_number(env, "MCDROP_BATCH_WAIT_MS", 2.0, allow_zero=True),
             slice_cost=_number(env, "MCDROP_SLICE_COST", DEFAULT_SLICE_COST, minimum=1.0),
             threads=int(_number(env, "MCDROP_THREADS", 0, integer=True, minimum=1)) if threads else None,
+            device=device,
             allowed_hosts=_names(env, "MCDROP_ALLOWED_HOSTS") or LOOPBACK_HOSTS,
             allowed_origins=_names(env, "MCDROP_ALLOWED_ORIGINS"),
             api_key=key,

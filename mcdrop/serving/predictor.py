@@ -24,6 +24,7 @@ from mcdrop.core.calibration import Calibration
 from mcdrop.core.engine import MCEngine, SamplingCancelled
 from mcdrop.core.models import DropoutMLP
 from mcdrop.core.prediction import predict
+from mcdrop.core.runtime import resolve_device
 from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
 from mcdrop.request import Mode, new_seed
 from mcdrop.schemas import (
@@ -71,19 +72,25 @@ class Predictor:
         models: names or paths; default: the default model.
         limits: the server's request limits.
         element_budget: the engine's chunk budget.
+        device: where the models run (:data:`mcdrop.core.runtime.DEVICES`); answers are computed on the CPU
+            from the samples. Raises ValueError for a device this machine lacks.
     """
 
     def __init__(self, models: Sequence[str] | None = None, *, limits: Limits | None = None,
-                 element_budget: int = 1 << 24) -> None:
+                 element_budget: int = 1 << 24, device: str | None = None) -> None:
         self.limits = limits or Limits()
+        self.device = resolve_device(device)
         self._served: dict[str, Served] = {}
         for ref in models or [DEFAULT_MODEL]:
             artifact = load_artifact(ref)
+            artifact.model.to(self.device)
             if artifact.card.name in self._served:
                 raise ArtifactError(f"two models are named {artifact.card.name!r}; model names must be unique")
             engine = MCEngine(artifact.model, element_budget=element_budget)
             self._served[artifact.card.name] = Served(artifact.model, artifact.card, engine, artifact.calibration)
         self.default = next(iter(self._served))
+        for served in self._served.values():  # the engine's one-time work (probe, kernel build) before any request
+            served.engine.sample(torch.zeros((1, served.card.input_size), device=self.device), 2, seed=0)
 
     @property
     def cards(self) -> list[ModelCard]:
@@ -196,7 +203,7 @@ class Predictor:
         seeds = [req.seed if req.seed is not None else new_seed() for req in group]
         sizes = [len(req.inputs) for req in group]
         inputs = np.concatenate([req.inputs for req in group]) if len(group) > 1 else first.inputs
-        x = torch.from_numpy(np.require(inputs, np.float32, ["C", "W"]))  # a decoded .npy body is read-only
+        x = torch.from_numpy(np.require(inputs, np.float32, ["C", "W"])).to(self.device)  # .npy bodies are read-only
         rows = torch.cat([torch.arange(req.row_offset, req.row_offset + n) for req, n in zip(group, sizes, strict=True)])
         seed: int | Tensor = seeds[0] if len(group) == 1 else torch.cat(
             [torch.full((n,), s, dtype=torch.int64) for s, n in zip(seeds, sizes, strict=True)])

@@ -166,6 +166,8 @@ def test_skip_bad_rows_scores_the_rest_and_lists_them(tmp_path, models, local):
         (["--scale", "x"], 2, "--scale 'x'"),
         (["--model", "no-such-model"], 2, "--model"),
         (["--output-format", "xml"], 2, "invalid choice"),
+        (["--device", "gpu"], 2, "--device: device has to be one of cpu, cuda, cuda:N or auto"),
+        (["--device", "cuda:0", "--url", "http://127.0.0.1:9"], 2, "--device applies to local scoring"),
     ],
 )
 def test_usage_and_model_errors(tmp_path, models, args, code, message, cli):

@@ -11,9 +11,10 @@ def test_defaults_and_values():
     assert default.limits.max_rows == 1024 and default.limits.max_cost == 2e12 and not default.docs
     config = ServiceConfig.from_env({"MCDROP_SERVE_MODELS": "a, b", "MCDROP_MAX_ROWS": "8", "MCDROP_MAX_COST": "0",
                                      "MCDROP_ALLOWED_HOSTS": "api.example.com,*", "MCDROP_API_KEY": "k" * 20,
-                                     "MCDROP_DOCS": "1", "MCDROP_THREADS": "2"})
+                                     "MCDROP_DOCS": "1", "MCDROP_THREADS": "2", "MCDROP_DEVICE": " CUDA:1 "})
     assert config.models == ("a", "b") and config.limits.max_rows == 8 and config.limits.max_cost is None
     assert config.allowed_hosts == ("api.example.com", "*") and config.docs and config.threads == 2
+    assert default.device == "cpu" and config.device == "cuda:1"
 
 
 def test_api_key_from_a_file(tmp_path):
@@ -33,6 +34,8 @@ def test_api_key_from_a_file(tmp_path):
         ({"MCDROP_MAX_COST": "nan"}, "MCDROP_MAX_COST"),
         ({"MCDROP_API_KEY": "short"}, "MCDROP_API_KEY"),
         ({"MCDROP_DOCS": "maybe"}, "MCDROP_DOCS"),
+        ({"MCDROP_DEVICE": "gpu"}, "MCDROP_DEVICE"),
+        ({"MCDROP_DEVICE": "cuda:x"}, "MCDROP_DEVICE"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):

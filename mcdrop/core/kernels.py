@@ -1,0 +1,117 @@
+"""The fused MC kernel (``kernels.c``), compiled at first use; without it the engine takes its torch path.
+
+:func:`load` builds ``kernels.c`` with the system C compiler (``cc -O3 -march=native -fopenmp``; IEEE arithmetic,
+no fast-math) into ``$MCDROP_CACHE/kernels`` (default ``~/.cache/mcdrop/kernels``), keyed by the source and the
+CPU, and opens it with ``ctypes`` (which releases the GIL). Built with OpenMP it runs on the OpenMP threads torch
+uses: the process loads one libgomp, so torch's threads, which spin for a while after each parallel operation,
+do the work instead of competing with other threads for the cores. With no compiler, a failed build, or
+``MCDROP_KERNELS=0``, :func:`load` returns None after one log line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+__all__ = ["Kernels", "load"]
+
+log = logging.getLogger(__name__)
+
+MIN_PAIRS_PER_THREAD = 16
+"""Pairs a thread must have before the work is split (below it, waking a thread costs more than it saves)."""
+
+
+class Kernels:
+    """The compiled library: ``mlp_sample`` (see ``kernels.c``) and whether it runs on OpenMP threads."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        i64, i32, u64, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_void_p
+        self.mlp_sample = library.mlp_sample
+        self.mlp_sample.argtypes = [i32, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
+                                    ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
+        self.mlp_sample.restype = None
+        self.openmp = bool(library.mcdrop_openmp())
+
+    def threads(self, pairs: int) -> int:
+        """Threads for ``pairs`` passes: torch's count (the same OpenMP pool), fewer for small calls, 1 without
+        OpenMP."""
+        if not self.openmp:
+            return 1
+        return max(1, min(torch.get_num_threads(), pairs // MIN_PAIRS_PER_THREAD))
+
+
+_loaded: dict[str, Kernels | None] = {}
+_load_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MCDROP_CACHE", Path.home() / ".cache" / "mcdrop")) / "kernels"
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = fh.read().splitlines()
+        flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+        model = next((line for line in lines if line.startswith(("model name", "CPU part"))), "")
+    except OSError:
+        flags, model = "", platform.processor()
+    return hashlib.sha256(f"{platform.machine()}|{model}|{flags}".encode()).hexdigest()[:12]
+
+
+def source() -> str:
+    """The C source shipped with the package."""
+    return resources.files("mcdrop.core").joinpath("kernels.c").read_text()
+
+
+def load() -> Kernels | None:
+    """The compiled kernels, or None (``MCDROP_KERNELS=0``, no compiler, a failed build): logged once."""
+    if os.environ.get("MCDROP_KERNELS", "1") == "0":
+        return None
+    with _load_lock:
+        if "kernels" not in _loaded:
+            kernels = None
+            try:
+                kernels = Kernels(ctypes.CDLL(str(_build())))
+            except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+                log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
+                            err)
+            _loaded["kernels"] = kernels
+        return _loaded["kernels"]
+
+
+def _build() -> Path:
+    code = source()
+    digest = hashlib.sha256(code.encode()).hexdigest()[:12]
+    target = _cache_dir() / f"mcdrop-{digest}-{_cpu_signature()}.so"
+    if target.is_file():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, out = Path(tmp) / "kernels.c", Path(tmp) / target.name
+        src.write_text(code)
+        errors = ""
+        # OpenMP: the kernel then shares torch's libgomp threads; -march=native: this CPU's vector units.
+        # Each is dropped in turn where the compiler lacks it.
+        for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
+            cmd = [compiler, "-O3", *extra, "-fno-math-errno", "-shared", "-fPIC", str(src), "-o", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if proc.returncode == 0:
+                os.replace(out, target)  # atomic: another process may be building the same file
+                return target
+            errors = proc.stderr.strip()[:300]
+        raise RuntimeError(f"{compiler} failed: {errors}")

@@ -1,0 +1,71 @@
+"""Device selection (the CPU-side logic of the CUDA path) and, where a GPU exists, CUDA answers against the CPU's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcdrop import MCEngine
+from mcdrop.core import functional as F
+from mcdrop.core import rng
+from mcdrop.core.artifacts import load_artifact
+from mcdrop.core.runtime import resolve_device, tune_allocator
+from tests.tolerances import assert_outputs_close
+
+
+def test_cpu_and_auto_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for spec in (None, "cpu", " CPU ", "auto"):
+        assert resolve_device(spec) == torch.device("cpu")
+
+
+def test_auto_and_cuda_with_gpus(monkeypatch):
+    """Mocked: no GPU here.  auto picks CUDA when there is one; an index must exist."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed
+    try:
+        assert resolve_device("auto") == torch.device("cuda")
+        assert torch.get_float32_matmul_precision() == "highest"  # full float32, to agree with the CPU
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"2 CUDA device\(s\), cuda:0..cuda:1"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("gpu", "device has to be one of cpu, cuda, cuda:N or auto"),
+    ("cuda:one", "device has to be one of"),
+    ("cuda", "no CUDA device is available here"),
+])
+def test_bad_or_missing_devices_are_named(monkeypatch, spec, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        resolve_device(spec)
+
+
+def test_tune_allocator_is_harmless():
+    assert tune_allocator() in (True, False)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_keyed_masks_are_the_same_bits_on_cuda():
+    keys = rng.stream_keys(rng.seed_key(7), (0, 0), torch.arange(64), torch.arange(100))
+    for p in (0.5, 0.25, 0.1, 0.3, 5 / 256):
+        cpu = F.keep_mask(keys, 1024, p)
+        assert torch.equal(F.keep_mask(keys.cuda(), 1024, p).cpu(), cpu)
+
+
+@cuda
+def test_cuda_engine_agrees_with_the_cpu_within_float32_rounding():
+    model = load_artifact("fashion-mnist").model
+    x = torch.rand(64, 784)
+    want = MCEngine(model).sample(x, 30, seed=3)
+    resolve_device("cuda")
+    got = MCEngine(model.cuda()).sample(x.cuda(), 30, seed=3).cpu()
+    assert_outputs_close(got, want)
