@@ -4,8 +4,9 @@
 no fast-math) into ``$MCDROP_CACHE/kernels`` (default ``~/.cache/mcdrop/kernels``), keyed by the source and the
 CPU, and opens it with ``ctypes`` (which releases the GIL). Built with OpenMP it runs on the OpenMP threads torch
 uses: the process loads one libgomp, so torch's threads, which spin for a while after each parallel operation,
-do the work instead of competing with other threads for the cores. With no compiler, a failed build, or
-``MCDROP_KERNELS=0``, :func:`load` returns None after one log line.
+do the work instead of competing with other threads for the cores. ``MCDROP_KERNEL_CFLAGS`` adds compiler
+flags (the tests build the AVX2 and SSE variants on an AVX-512 machine with ``-mno-avx512f`` and ``-mno-avx``).
+With no compiler, a failed build, or ``MCDROP_KERNELS=0``, :func:`load` returns None after one log line.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def load() -> Kernels | None:
 
 def _build() -> Path:
     code = source()
-    digest = hashlib.sha256(code.encode()).hexdigest()[:12]
+    user_flags = os.environ.get("MCDROP_KERNEL_CFLAGS", "").split()  # appended, e.g. -mno-avx512f
+    digest = hashlib.sha256("\0".join([code, *user_flags]).encode()).hexdigest()[:12]
     target = _cache_dir() / f"mcdrop-{digest}-{_cpu_signature()}.so"
     if target.is_file():
         return target
@@ -108,7 +110,8 @@ def _build() -> Path:
         # OpenMP: the kernel then shares torch's libgomp threads; -march=native: this CPU's vector units.
         # Each is dropped in turn where the compiler lacks it.
         for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
-            cmd = [compiler, "-O3", *extra, "-fno-math-errno", "-shared", "-fPIC", str(src), "-o", str(out)]
+            cmd = [compiler, "-O3", *extra, "-fno-math-errno", *user_flags, "-shared", "-fPIC", str(src), "-o",
+                   str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if proc.returncode == 0:
                 os.replace(out, target)  # atomic: another process may be building the same file

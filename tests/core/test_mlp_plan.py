@@ -4,6 +4,7 @@ rounding for every form it takes, the same distribution as a training-mode loop,
 from __future__ import annotations
 
 import logging
+import platform
 
 import pytest
 import torch
@@ -201,6 +202,21 @@ def test_no_compiler_means_the_generic_path_and_one_log_line(monkeypatch, tmp_pa
     assert engine._plan is None
     warnings = [r.message for r in caplog.records if "fused MC kernel unavailable" in r.message]
     assert len(warnings) == 1
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 vector-width variants")
+@pytest.mark.parametrize("flags", ["-mno-avx512f", "-mno-avx"])  # the AVX2 build (8-wide) and the SSE one (4-wide)
+def test_narrower_vector_builds_give_the_same_answers(monkeypatch, tmp_path, flags):
+    """Machines without AVX-512 run other code (8- or 4-wide vectors, the scalar list loop): built here with the
+    wider units switched off, on the shapes that exercise every tile and tail."""
+    monkeypatch.setenv("MCDROP_CACHE", str(tmp_path))
+    monkeypatch.setenv("MCDROP_KERNEL_CFLAGS", flags)
+    monkeypatch.setattr(kernels, "_loaded", {})
+    assert kernels.load() is not None
+    for m, width in ((model(input_dropout=0.1, dropout=(0.3, 5 / 256)), 30),
+                     (model(hidden=(300, 17), dropout=(0.5, 0.25), input_dropout=0.7, width=45), 45)):
+        got, want = both(m, torch.randn(6, width), 23, seed=2)
+        assert_outputs_close(got, want)
 
 
 def test_build_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
