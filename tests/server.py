@@ -26,12 +26,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(env: dict[str, str] | None = None, port: int | None = None, timeout: float = 90.0,
-                   target: str = "mcdrop.service.service:MCDrop") -> Iterator[str]:
-    """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group)."""
+                   target: str = "mcdrop.service.service:MCDrop", log_path: Path | None = None) -> Iterator[str]:
+    """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group).  The server's
+    log goes to ``log_path`` when given (kept), else to a temporary file (removed)."""
     port = port or free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     # The server's log goes to a file: an unread pipe fills up and blocks the server.
-    log = tempfile.NamedTemporaryFile(prefix="mcdrop-server-", suffix=".log", delete=False)  # noqa: SIM115
+    log = open(log_path, "wb") if log_path else tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix="mcdrop-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [str(bentoml), "serve", target, "--port", str(port)],
         cwd=tempfile.gettempdir(),  # the service is found as a package, wherever the command runs
@@ -58,7 +60,8 @@ def running_server(env: dict[str, str] | None = None, port: int | None = None, t
     finally:
         stop(proc)
         log.close()
-        Path(log.name).unlink(missing_ok=True)
+        if log_path is None:
+            Path(log.name).unlink(missing_ok=True)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

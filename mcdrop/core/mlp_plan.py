@@ -9,11 +9,11 @@ that are nonzero after its ReLU and dropout, and the first layer, whose input is
 
 ``p D H`` multiply-adds per pass instead of ``D H`` (for ``p > 1/2`` the sum over the kept inputs, ``(1 - p) D H``).
 
-A layer's cost is proportional to its input's density (the share of units that survive); the sparse sum is
-cheaper than a dense matrix product below :data:`SPARSE_MAX_DENSITY`.  The first layer's density is
-``min(p, 1 - p) <= 1/2``: at worst (p near 1/2) about as costly as the product.  A hidden layer's density depends
-on the data (ReLU zeros times ``1 - p``), so the plan counts it, and once it has seen :data:`DENSITY_PAIRS`
-passes with a denser layer it hands that engine back to the generic path (one log line).
+A layer's cost is proportional to its input's density (the share of units that survive).  The first layer's
+density is ``min(p, 1 - p) <= 1/2``; a hidden layer's depends on the data (ReLU zeros times ``1 - p``), so the
+plan counts it, and once it has seen :data:`DENSITY_PAIRS` passes of a model without input dropout whose hidden
+layers keep more than :data:`SPARSE_MAX_DENSITY` of their inputs, it hands that engine back to the generic path
+(one log line).
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ __all__ = ["DENSITY_PAIRS", "SPARSE_MAX_DENSITY", "MLPPlan"]
 
 log = logging.getLogger(__name__)
 
-SPARSE_MAX_DENSITY = 0.4
-"""Density above which a dense matrix product beats the sparse sum: measured on a 1024 -> 1024 layer
-(BENCHMARKS.md §1, "Sparse sum vs matrix product"), the sum costs as much as the product at a density of
-about 0.45 on an AVX-512 EPYC; 0.4 leaves a margin for machines whose matrix units are relatively faster."""
+SPARSE_MAX_DENSITY = 0.6
+"""Hidden-layer density above which the generic path (matrix products, masks in torch) is faster than this one,
+for a model without input dropout (whose first layer the generic path also runs once per input).  Measured
+(BENCHMARKS.md §1c): one sparse sum costs as much as a matrix product at a density of about 0.45, but the fused
+path as a whole, which also saves the masks' passes over memory, costs as much as the generic one at hidden
+densities of about 0.6-0.7 (two runs); with input dropout it is faster at any density (the generic path cannot
+share the first layer then)."""
 
 DENSITY_PAIRS = 4096
 """Passes (sample x row) counted before the density of the hidden layers is judged."""
@@ -188,11 +191,12 @@ class MLPPlan:
             self.pairs += pairs
             self.nnz = [a + b for a, b in zip(self.nnz, counts, strict=True)]
             if self.pairs >= DENSITY_PAIRS:
-                dense = [(i, d) for i, d in enumerate(self.densities()) if i > 0 and d > SPARSE_MAX_DENSITY]
+                dense = [(i, d) for i, d in enumerate(self.densities()) if i > 0 and d > SPARSE_MAX_DENSITY
+                         and self._dropouts[0] is None]
                 if dense:
                     self.disabled = True
-                    log.info("mcdrop: layer %d keeps %.0f%% of its inputs (> %.0f%%): the sparse MLP kernel would be "
-                             "slower than matrix products; using the generic path", dense[0][0] + 1,
+                    log.info("mcdrop: layer %d keeps %.0f%% of its inputs (> %.0f%%): the fused MLP kernel would be "
+                             "slower than the generic path; using the generic path", dense[0][0] + 1,
                              100 * dense[0][1], 100 * SPARSE_MAX_DENSITY)
 
     def _head(self, out: Tensor) -> Tensor:

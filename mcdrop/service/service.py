@@ -21,7 +21,7 @@ from mcdrop.schemas import PredictRequest, PredictResult
 from mcdrop.service import bentoml_fixes, protocol
 from mcdrop.service.app import create_app
 from mcdrop.service.guard import Guard
-from mcdrop.serving.config import ServiceConfig
+from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
 
@@ -112,8 +112,10 @@ class MCDrop:
             torch.set_num_threads(self.config.threads)
         limits = self.config.limits
         self.predictor = Predictor(self.config.models or None, limits=limits, device=self.config.device)
-        self.scheduler = Scheduler(self.predictor, slice_cost=self.config.slice_cost, max_rows=limits.max_rows,
-                                   batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0)
+        slice_cost = self.config.slice_cost or max(DEFAULT_SLICE_COST, SLICE_SECONDS * self.predictor.rate)
+        self.scheduler = Scheduler(self.predictor, slice_cost=slice_cost, max_rows=limits.max_rows,
+                                   batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0,
+                                   rate=self.predictor.rate)
         self.metrics = metrics()
         # Long-lived start-up objects (torch, models) leave the collector's view: full collections under load
         # then scan only per-request garbage (fewer multi-millisecond pauses in the tail).

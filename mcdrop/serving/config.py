@@ -22,11 +22,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 DEFAULT_MAX_COST = 2e12
 """Multiply-adds one request may cost (rows x passes x the model's multiply-adds per pass).  The shipped
-classifier does about 1.9e6 per pass, so this is 1,024 rows x 1,000 passes; measured at 25-40 s on the
-slowest machine we have (BENCHMARKS.md, "Work limits")."""
+classifier does about 1.9e6 per pass, so this is 1,024 rows x 1,000 passes: about 4 s with the fused kernel on
+a 2-core EPYC, 25-40 s on the generic path (BENCHMARKS.md §7, "Hardening")."""
 DEFAULT_SLICE_COST = 2e9
-"""Work done between two scheduling decisions: about 20-80 ms, so a small request waits at most that long per
-large request in flight."""
+"""The least work done between two scheduling decisions (multiply-adds).  Unless MCDROP_SLICE_COST is set, a slice
+is :data:`SLICE_SECONDS` of work at the throughput the predictor measures at start-up, and at least this."""
+SLICE_SECONDS = 0.05
+"""About how long a slice runs: a small request waits at most about that long per large request in flight."""
 
 SETTINGS: dict[str, str] = {
     "MCDROP_SERVE_MODELS": "comma-separated model names or folders; the first is the default (default fashion-mnist)",
@@ -39,7 +41,8 @@ SETTINGS: dict[str, str] = {
     "MCDROP_HEADER_TIMEOUT": "seconds a connection may take to send its request line and headers (default 10)",
     "MCDROP_BODY_TIMEOUT": "seconds a request body may stall between two pieces (default 30)",
     "MCDROP_BATCH_WAIT_MS": "how long an idle server waits to batch concurrent requests (default 2)",
-    "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default {DEFAULT_SLICE_COST:g})",
+    "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default: {SLICE_SECONDS * 1e3:g} ms "
+                         f"of work at the throughput measured at start-up, at least {DEFAULT_SLICE_COST:g})",
     "MCDROP_THREADS": "torch threads (default: torch's choice)",
     "MCDROP_DEVICE": "cpu, cuda, cuda:N or auto (cuda when one is available) (default cpu)",
     "MCDROP_ALLOWED_HOSTS": "Host header values accepted, comma-separated, or * (default: loopback names)",
@@ -84,7 +87,7 @@ class ServiceConfig:
     models: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     batch_wait_ms: float = 2.0
-    slice_cost: float = DEFAULT_SLICE_COST
+    slice_cost: float | None = None  # None: SLICE_SECONDS of work at the measured rate (Scheduler)
     threads: int | None = None
     device: str = "cpu"
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
@@ -128,7 +131,8 @@ class ServiceConfig:
             models=_names(env, "MCDROP_SERVE_MODELS"),
             limits=limits,
             batch_wait_ms=_number(env, "MCDROP_BATCH_WAIT_MS", 2.0, allow_zero=True),
-            slice_cost=_number(env, "MCDROP_SLICE_COST", DEFAULT_SLICE_COST, minimum=1.0),
+            slice_cost=_number(env, "MCDROP_SLICE_COST", 0, minimum=1.0) if env.get("MCDROP_SLICE_COST", "").strip()
+            else None,
             threads=int(_number(env, "MCDROP_THREADS", 0, integer=True, minimum=1)) if threads else None,
             device=device,
             allowed_hosts=_names(env, "MCDROP_ALLOWED_HOSTS") or LOOPBACK_HOSTS,

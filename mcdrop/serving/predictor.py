@@ -10,6 +10,7 @@ answer equals the one its request would get alone (within float32 rounding, READ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,8 +90,21 @@ class Predictor:
             engine = MCEngine(artifact.model, element_budget=element_budget)
             self._served[artifact.card.name] = Served(artifact.model, artifact.card, engine, artifact.calibration)
         self.default = next(iter(self._served))
-        for served in self._served.values():  # the engine's one-time work (probe, kernel build) before any request
-            served.engine.sample(torch.zeros((1, served.card.input_size), device=self.device), 2, seed=0)
+        self.rate = self._warm_up()
+
+    def _warm_up(self) -> float:
+        """Each engine's one-time work (probe, kernel build) before any request, then the throughput in
+        multiply-adds per second (the card's cost per pass) of 64 random rows x 16 passes: the scheduler's first
+        estimate, the slowest model's.  Random rows activate more units than typical inputs do, so it errs low."""
+        rates = []
+        gen = torch.Generator().manual_seed(0)
+        for served in self._served.values():
+            x = torch.rand((64, served.card.input_size), generator=gen).to(self.device)
+            served.engine.sample(x[:1], 2, seed=0)
+            start = time.perf_counter()
+            served.engine.sample(x, 16, seed=0)
+            rates.append(64 * 16 * served.cost / max(time.perf_counter() - start, 1e-6))
+        return min(rates)
 
     @property
     def cards(self) -> list[ModelCard]:

@@ -131,12 +131,17 @@ def test_follows_weights_and_rates_changed_after_the_first_call():
 
 
 def test_dense_hidden_layers_hand_back_to_the_generic_path(caplog):
-    """A layer that keeps more than SPARSE_MAX_DENSITY of its inputs (all ReLUs positive, p = 0.1) is faster as a
-    matrix product: after DENSITY_PAIRS passes the engine uses the generic path, with one log line."""
-    m = model(dropout=(0.1, 0.1), input_dropout=0.1)
+    """Without input dropout, hidden layers that keep more than SPARSE_MAX_DENSITY of their inputs (all ReLUs
+    positive, p = 0.1) are faster on the generic path: after DENSITY_PAIRS passes the engine takes it, with one
+    log line.  With input dropout the fused path stays (the generic one cannot share the first layer then)."""
+    with_input = model(dropout=(0.1, 0.1), input_dropout=0.1)
+    m = model(dropout=(0.1, 0.1))
     with torch.no_grad():
-        for layer in (m.net[1], m.net[4]):
+        for layer in (m.net[0], m.net[3], with_input.net[1], with_input.net[4]):
             layer.bias.fill_(50.0)
+    kept = MCEngine(with_input)
+    kept.sample(torch.randn(8, 30), mlp_plan.DENSITY_PAIRS // 8, seed=1)
+    assert not kept._plan.disabled and kept._plan.densities()[1] > mlp_plan.SPARSE_MAX_DENSITY
     engine, generic = MCEngine(m), MCEngine(m, fast=False)
     x = torch.randn(8, 30)
     with caplog.at_level(logging.INFO, logger="mcdrop.core.mlp_plan"):
