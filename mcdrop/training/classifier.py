@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from mcdrop.core.engine import MCEngine
 from mcdrop.core.models import DropoutMLP
 from mcdrop.training.configs import ClassifierConfig
 
-__all__ = ["ClassifierConfig", "fit_temperature", "split_indices", "train_classifier"]
+__all__ = ["ClassifierConfig", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]
 
 Log = Callable[[str], None]
 
@@ -64,8 +65,17 @@ def train_classifier(
     n_classes: int = 10,
     log: Log | None = None,
     progress: bool = False,
-) -> tuple[DropoutMLP, dict[str, Any]]:
-    """Train a :class:`DropoutMLP` classifier on features ``x`` ``(N, D)`` in [0, 1] and labels ``y``.
+    factory: Callable[[int, int], nn.Module] | None = None,
+    penalty: Callable[[nn.Module], Tensor] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a classifier on features ``x`` ``(N, D)`` in [0, 1] and labels ``y``.
+
+    The model is ``factory(in_features, n_classes)`` when given, else :func:`build_classifier`'s; either is
+    called under the config's seed.  It needs ``input_shift``, ``input_scale`` and ``temperature`` buffers, as
+    :class:`DropoutMLP` has.
+    The loss per step is the cross-entropy plus ``penalty(model)`` when given (e.g. Concrete dropout's
+    regulariser).  ``on_epoch(epoch, model)`` is called after each epoch (the model in train mode).
 
     Rows are split by :func:`split_indices`: the held-out rows measure validation accuracy each epoch, and
     the temperature is fitted on their temperature part only.  Returns the model (eval mode) and a history
@@ -78,7 +88,7 @@ def train_classifier(
         torch.randperm(x.shape[0])  # the split's draw: the training batches follow it, as they always have
         n_val = len(parts["validation"])
         xt, yt, xv, yv = x[parts["train"]], y[parts["train"]], x[parts["validation"]], y[parts["validation"]]
-        model = DropoutMLP(x.shape[1], config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
+        model = (factory or partial(build_classifier, config))(x.shape[1], n_classes)
         model.input_shift.fill_(float(xt.mean()))
         model.input_scale.fill_(float(xt.std()))
         opt = _optimizer(config, model.parameters())
@@ -96,11 +106,15 @@ def train_classifier(
             total, count = 0.0, 0
             for idx in torch.randperm(xt.shape[0]).split(config.batch_size):
                 loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                if penalty is not None:
+                    loss = loss + penalty(model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total, count = total + loss.item() * len(idx), count + len(idx)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
             acc = _accuracy(model, xv, yv) if n_val else float("nan")
             history["loss"].append(total / count)
             history["val_accuracy"].append(acc)
@@ -121,7 +135,12 @@ def train_classifier(
     return model.eval(), history
 
 
-def fit_temperature(model: DropoutMLP, x: Tensor, y: Tensor, n_samples: int, *, seed: int = 0) -> float:
+def build_classifier(config: ClassifierConfig, in_features: int, n_classes: int) -> nn.Module:
+    """The untrained :class:`DropoutMLP` the config describes (draws its initialisation from the global RNG)."""
+    return DropoutMLP(in_features, config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
+
+
+def fit_temperature(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, *, seed: int = 0) -> float:
     """The ``T`` minimising the NLL of the MC mean ``mean_s softmax(z_s / T)`` on ``(x, y)``."""
     model.temperature.fill_(1.0)
     logits = MCEngine(model).sample(x, n_samples, seed=seed).double()  # (S, N, C)
