@@ -7,12 +7,15 @@ One worker thread computes; the event loop only queues and waits.  Work is measu
   in one engine call (up to ``max_rows`` rows; an idle worker waits ``batch_wait_ms`` for company).
 * **Large requests are sliced by rows** (each slice is the same request on fewer rows, with the same seed
   and row positions, so the answer equals the unsliced one) and progress a slice at a time.
-* **Least attained service first.**  After every slice the worker picks the request that has received the
-  least work so far, so a one-row request arriving behind eight large ones waits for one slice, not for
-  them to finish.
+* **New work first, then earliest deadline.**  After every slice the worker picks, among the requests that have
+  received less than one slice of work, the one that has received the least; only when there is none, the
+  started request with the earliest deadline.  So a one-row request arriving behind eight large ones waits for
+  one slice, not for them to finish; and the large ones finish one after another, in deadline order, instead
+  of all sharing the worker until all of them miss their deadlines together.
 * **Deadlines and cancellation.**  Every request has a deadline; when it passes, or the client goes away,
   the request is cancelled: its remaining slices are dropped and a running engine call stops at its next
-  chunk.  No work is done for a request after its 504.
+  chunk.  No work is done for a request after its 504.  A started request whose remaining work would need
+  longer than its time left (at the measured rate) gets its 504 at once rather than at the deadline.
 * **Overload.**  Work is admitted only if the backlog (queued work / the measured rate) leaves it time to
   finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.
 """
@@ -61,6 +64,15 @@ class _Job:
     def remaining_cost(self) -> float:
         return max(self.cost - self.done_cost, 0.0)
 
+    def hopeless(self, rate: float, now: float) -> DeadlineExceeded | None:
+        """The 504 of a started request that cannot finish by its deadline at ``rate``, else None."""
+        need, left = self.remaining_cost / rate, self.deadline - now
+        if not self.started or need <= left:
+            return None
+        return DeadlineExceeded(f"the request would need about {need:.1f} s more but has {max(left, 0):.1f} s left "
+                                f"of its {self.timeout:g} s limit (MCDROP_REQUEST_TIMEOUT); it was cancelled early; "
+                                "send fewer rows or passes, or retry later")
+
     def late(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"the request took longer than {self.timeout:g} s (MCDROP_REQUEST_TIMEOUT) and was "
                                 "cancelled; send fewer rows or passes, or retry later")
@@ -101,6 +113,8 @@ class Scheduler:
         self.slice_cost, self.max_rows = float(slice_cost), max_rows
         self.batch_wait, self.timeout_s = batch_wait_ms / 1e3, timeout_s
         self.rate = float(rate)
+        self._measured = False  # whether self.rate has been measured yet (else it is the first guess)
+        self.slice_rate = 0.0  # multiply-adds per second of the slices of large requests (0: none run yet)
         self._jobs: list[_Job] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -176,15 +190,18 @@ class Scheduler:
         with self._cond:
             while not self._closed:
                 now = time.monotonic()
-                for job in [j for j in self._jobs if j.cancelled.is_set() or j.deadline < now]:
-                    self._jobs.remove(job)
-                    job.finish(job.reason or job.late())
+                for job in list(self._jobs):
+                    reason = self._expired(job, now)
+                    if reason is not None:
+                        job.stop(reason)
+                        self._jobs.remove(job)
+                        job.finish(reason)
                 if self._jobs:
                     break
                 self._cond.wait()
             if self._closed:
                 return [], None
-            first = min(self._jobs, key=lambda j: (j.done_cost, j.order))
+            first = min(self._jobs, key=self._priority)
             if len(first.slices) > 1 or first.started:
                 return [first], first.slices[0]
             small = self._small()
@@ -199,6 +216,20 @@ class Scheduler:
                 batch.append(job)
                 rows, cost = rows + n, cost + job.cost
             return batch, None
+
+    def _expired(self, job: _Job, now: float) -> PredictError | None:
+        """Why ``job`` must stop now (cancelled, past its deadline, or unable to meet it), else None."""
+        if job.cancelled.is_set():
+            return job.reason or job.late()
+        if job.deadline < now:
+            return job.late()
+        return job.hopeless(self.slice_rate, now) if self.slice_rate else None
+
+    def _priority(self, job: _Job) -> tuple[int, float, int]:
+        """New work (less than one slice received) by least work received, then the rest by deadline."""
+        if job.done_cost < self.slice_cost:
+            return 0, job.done_cost, job.order
+        return 1, job.deadline, job.order
 
     def _small(self) -> list[_Job]:
         return sorted((j for j in self._jobs if len(j.slices) == 1 and not j.started and not j.cancelled.is_set()),
@@ -216,8 +247,11 @@ class Scheduler:
             else:
                 cost = self._run_slice(jobs[0], part)
             elapsed = time.perf_counter() - start
-            if cost > 0 and elapsed > 1e-4:
-                self.rate = 0.8 * self.rate + 0.2 * cost / elapsed
+            if cost > 0 and elapsed > 1e-4:  # the first measurement replaces the guess, then a moving average
+                self.rate = 0.8 * self.rate + 0.2 * cost / elapsed if self._measured else cost / elapsed
+                self._measured = True
+                if part is not None:  # large requests' own rate (small batches run slower per multiply-add)
+                    self.slice_rate = 0.8 * self.slice_rate + 0.2 * cost / elapsed if self.slice_rate else cost / elapsed
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         with self._cond:
