@@ -13,6 +13,10 @@
    as a fraction of the machine's peak.
 3. Crossover: a 1024 -> 1024 layer under input dropout p, computed by the kernel's correction (p * 1024 rows of
    W^T per pass) against one matrix product per pass, for the density at which the sparse sum stops paying.
+4. The shipped CNN (fashion-cnn) at N = 50 on Fashion-MNIST test images: (a) a loop of N passes with the dropout
+   layers in training mode (BatchNorm in eval); (b) the batch replicated N times, one such pass; (c)
+   ``MCEngine.sample`` (the first conv block once per image, the rest on N*B); (c') ``MCEngine(share_prefix=False)``.
+   ``--sections 4`` runs this one alone.
 Peak: the best multiply-add rate of a large float32 matrix product (torch's BLAS, the same threads).
 """
 
@@ -192,6 +196,36 @@ def crossover(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def cnn(args: argparse.Namespace) -> list[str]:
+    from mcdrop.core.artifacts import load_artifact
+    from mcdrop.core.layers import MCDropoutLayer
+    from mcdrop.core.models import multiply_adds
+
+    n = 50
+    model = load_artifact("fashion-cnn").model
+    x_all = shipped_inputs("fashion-mnist", args.data)
+    if x_all is None:
+        return ["skipped: no Fashion-MNIST under the data root"]
+    loop_model = load_artifact("fashion-cnn").model.eval()
+    for m in loop_model.modules():
+        if isinstance(m, MCDropoutLayer):
+            m.train()
+    engine, replicated = MCEngine(model), MCEngine(model, share_prefix=False)
+    rows = [f"fashion-cnn: {multiply_adds(model, x_all[:1]):,} multiply-adds per pass; N = {n}.", "",
+            "| B | (a) loop ms | (b) replicated batch ms | (c) engine ms | (c') engine, no prefix sharing ms "
+            "| (a)/(c) | (b)/(c) | engine rows/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in args.batches[:3]:
+        x = x_all[:b]
+        t_loop = median_ms(lambda: torch.stack([loop_model(x) for _ in range(n)]), max(3, args.repeats // 3))
+        t_rep = median_ms(lambda: loop_model(x.repeat(n, 1)).view(n, b, -1), args.repeats)
+        t_eng = median_ms(lambda: engine.sample(x, n, seed=0), args.repeats)
+        t_nos = median_ms(lambda: replicated.sample(x, n, seed=0), args.repeats)
+        rows.append(f"| {b} | {t_loop:.1f} | {t_rep:.1f} | {t_eng:.1f} | {t_nos:.1f} | {t_loop / t_eng:.2f}x "
+                    f"| {t_rep / t_eng:.2f}x | {b / t_eng * 1e3:,.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -199,6 +233,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256, 1024])
     parser.add_argument("--data", help="data root (default: $MCDROP_DATA or ../shared/data)")
     parser.add_argument("--out", help="also write the markdown tables to this file")
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4], help="which sections to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tuned = tune_allocator()
@@ -208,8 +243,11 @@ def main() -> None:
                   f"{tuned}; medians of {args.repeats} runs, milliseconds. Peak: {peak:.1f} G multiply-adds/s "
                   "(4096^3 float32 matrix product).")
         print(header, flush=True)
-        sections = [("1. Reference MLP", reference(args)), ("2. Shipped models, N = 50", shipped(args, peak)),
-                    ("3. Sparse sum vs matrix product", crossover(args))]
+        parts = {1: ("1. Reference MLP", lambda: reference(args)),
+                 2: ("2. Shipped models, N = 50", lambda: shipped(args, peak)),
+                 3: ("3. Sparse sum vs matrix product", lambda: crossover(args)),
+                 4: ("4. The shipped CNN, N = 50", lambda: cnn(args))}
+        sections = [(parts[i][0], parts[i][1]()) for i in args.sections]
     text = "\n".join([header, ""] + [line for title, rows in sections for line in ("", f"### {title}", "", *rows)])
     print("\n" + text)
     if args.out:

@@ -1,6 +1,6 @@
 """``mcdrop train``: train a model and save it with its model card.
 
-``mcdrop train fashion-mnist``: a dropout MLP classifier (presets, a JSON config or flags).
+``mcdrop train fashion-mnist``: a dropout MLP or CNN classifier (presets, a JSON config or flags).
 ``mcdrop train uci NAME``: a UCI regressor by the published protocol: the grid search and test metrics
 over the dataset's splits (as ``mcdrop bench uci``), then one network on every row with the pair chosen
 on most splits.
@@ -20,6 +20,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},  # the textbook recipe: 784-256-256-10, dropout 0.2/0.5, SGD 0.1, batch 256, 10 epochs
     "tuned": {"hidden": [1024, 1024], "dropout": [0.3, 0.3], "input_dropout": 0.1, "optimizer": "sgd", "lr": 0.05,
               "momentum": 0.9, "schedule": "cosine", "epochs": 40, "batch_size": 128, "calibrate": True},
+    "cnn": {"architecture": "cnn", "channels": [32, 64, 128], "channel_dropout": [0.1, 0.1, 0.2], "hidden": [256],
+            "dropout": [0.5], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine", "epochs": 30,
+            "batch_size": 128, "weight_decay": 5e-4, "augment": True, "calibrate": True},
 }
 
 
@@ -30,7 +33,7 @@ def add_parser(sub: Any, name: str) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parent.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     _add_uci(which)
-    p = which.add_parser("fashion-mnist", help="the Fashion-MNIST dropout MLP classifier")
+    p = which.add_parser("fashion-mnist", help="a Fashion-MNIST classifier: dropout MLP or CNN")
     p.add_argument("--preset", choices=sorted(PRESETS), default="reference", help="starting configuration")
     p.add_argument("--config", type=Path, help="JSON file of config fields (override the preset)")
     for f in fields(ClassifierConfig):
@@ -188,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     parts = split_indices(len(train_y), config)
     card = save_model(model, args.output, {
         "name": name, "version": "1", "task": "classification",
-        "description": f"Fashion-MNIST dropout MLP classifier ({args.preset} preset).",
+        "description": f"Fashion-MNIST dropout {config.architecture.upper()} classifier ({args.preset} preset).",
         "input_shape": [28, 28], "input_size": 784,
         "normalisation": "pixels scaled to [0, 1] (value / 255), rows of 784 in row-major order; the model "
                          "standardises internally with the training mean and std",

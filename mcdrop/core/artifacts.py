@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mcdrop.core.calibration import Calibration
-from mcdrop.core.models import build_model, multiply_adds
+from mcdrop.core.models import build_model, describe_architecture, multiply_adds
 from mcdrop.schemas import ModelCard
 
 __all__ = [
@@ -232,8 +232,7 @@ def render_card(card: ModelCard) -> str:
         card.description,
         "",
         f"- task: {card.task.value}",
-        f"- architecture: DropoutMLP {arch.get('in_features')} -> {arch.get('hidden')} -> {arch.get('out_features')}, "
-        f"dropout {arch.get('dropout')}, input dropout {arch.get('input_dropout')}",
+        f"- architecture: {describe_architecture(arch)}",
         f"- input: shape {card.input_shape} ({card.input_size} features); {card.normalisation}",
     ]
     if card.class_names:

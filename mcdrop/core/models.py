@@ -1,4 +1,5 @@
-"""``DropoutMLP``: a multilayer perceptron with dropout, for classification or regression.
+"""The models: ``DropoutMLP`` (a multilayer perceptron with dropout, for classification or regression) and
+``DropoutCNN`` (a convolutional classifier with channel dropout).
 
 Layout: ``[Dropout(p_in)] -> (Linear -> ReLU -> Dropout(p_i)) * len(hidden) -> Linear``.
 Inputs are flattened and standardised by stored buffers ``(x - input_shift) / input_scale``.
@@ -21,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from mcdrop.core.functional import check_probability
-from mcdrop.core.layers import Dropout
+from mcdrop.core.layers import ChannelDropout, Dropout
 from mcdrop.request import Task
 
-__all__ = ["ARCHITECTURES", "DropoutMLP", "build_model", "multiply_adds"]
+__all__ = ["ARCHITECTURES", "DropoutCNN", "DropoutMLP", "build_model", "describe_architecture", "multiply_adds"]
 
 
 class DropoutMLP(nn.Module):
@@ -113,7 +114,121 @@ class DropoutMLP(nn.Module):
         return [f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU)]
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": DropoutMLP}
+class DropoutCNN(nn.Module):
+    """A convolutional classifier with channel dropout (the ``dropout2d`` semantics) and a dropout dense head.
+
+    Layout: per block ``i``, ``convs_per_block x (Conv 3x3 (padding 1) -> BatchNorm -> ReLU) -> MaxPool 2x2 ->
+    ChannelDropout(channel_dropout[i])`` (whole feature maps dropped), then ``Flatten -> (Linear -> ReLU ->
+    Dropout(p_i)) * len(hidden) -> Linear``.  Inputs ``(N, H*W)`` or ``(N, H, W)`` are reshaped to one channel
+    and standardised by the scalar buffers ``(x - input_shift) / input_scale``; logits are divided by the stored
+    ``temperature``.  MC mode shares everything before the first active dropout (the first block) between passes.
+
+    Args:
+        image_shape: ``(H, W)`` of the input images (each pooling halves them, rounding down).
+        out_features: classes.
+        channels: output channels of each block, e.g. ``(32, 64)``.
+        hidden: widths of the dense head's hidden layers.
+        channel_dropout: one rate for every block or one per block (0: no dropout layer there).
+        dropout: one rate for every dense hidden layer or one per layer.
+        convs_per_block: convolutions before each pooling.
+
+    Shape: input ``(N, H*W)`` or ``(N, H, W)`` -> ``(N, out_features)``.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (28, 28),
+        out_features: int = 10,
+        *,
+        channels: Sequence[int] = (32, 64),
+        hidden: Sequence[int] = (256,),
+        channel_dropout: float | Sequence[float] = 0.1,
+        dropout: float | Sequence[float] = 0.5,
+        convs_per_block: int = 1,
+        head: Task | str = Task.CLASSIFICATION,
+    ) -> None:
+        super().__init__()
+        self.head = Task(head)
+        if self.head is not Task.CLASSIFICATION:
+            raise ValueError(f"DropoutCNN is a classifier: head must be 'classification', but got {self.head.value!r}")
+        self.image_shape = [int(d) for d in image_shape]
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (height, width), but got {list(image_shape)}")
+        self.channels, self.hidden = [int(c) for c in channels], [int(h) for h in hidden]
+        self.channel_dropout = _rates(channel_dropout, len(self.channels), "channel_dropout", "block")
+        self.dropout_rates = _rates(dropout, len(self.hidden), "dropout", "hidden layer")
+        if convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be >= 1, but got {convs_per_block}")
+        self.out_features, self.convs_per_block = int(out_features), int(convs_per_block)
+        self.in_features = self.image_shape[0] * self.image_shape[1]
+
+        layers: list[nn.Module] = []
+        width, (h, w) = 1, self.image_shape
+        for c, q in zip(self.channels, self.channel_dropout, strict=True):
+            for _ in range(self.convs_per_block):
+                layers += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+                width = c
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+            if q > 0:
+                layers.append(ChannelDropout(q))
+        if h < 1 or w < 1:
+            raise ValueError(f"{len(self.channels)} blocks pool a {self.image_shape} image to nothing")
+        layers.append(nn.Flatten())
+        width = width * h * w
+        for size, r in zip(self.hidden, self.dropout_rates, strict=True):
+            layers += [nn.Linear(width, size), nn.ReLU(), Dropout(r)]
+            width = size
+        layers.append(nn.Linear(width, self.out_features))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("input_shift", torch.zeros(()))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("temperature", torch.ones(()))
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments and ``kind``, JSON-serialisable (the model card stores them)."""
+        return {
+            "kind": "cnn",
+            "image_shape": self.image_shape,
+            "out_features": self.out_features,
+            "channels": self.channels,
+            "hidden": self.hidden,
+            "channel_dropout": self.channel_dropout,
+            "dropout": self.dropout_rates,
+            "convs_per_block": self.convs_per_block,
+            "head": self.head.value,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], 1, *self.image_shape)
+        return self.net((x - self.input_shift) / self.input_scale) / self.temperature
+
+    def feature_layers(self) -> list[str]:
+        """Names of the modules whose outputs are the hidden features (the dense head's ReLUs)."""
+        flatten = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Flatten))
+        return [f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten]
+
+
+def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list[float]:
+    rates = [float(value)] * n if isinstance(value, (int, float)) else [float(r) for r in value]
+    if len(rates) != n:
+        raise ValueError(f"{name} needs one rate per {what} ({n}), but got {len(rates)}: {rates}")
+    for r in rates:
+        check_probability(r)
+    return rates
+
+
+def describe_architecture(arch: dict[str, object]) -> str:
+    """One line naming a card's architecture (for model cards and logs)."""
+    if arch.get("kind", "mlp") == "cnn":
+        return (f"DropoutCNN {arch.get('image_shape')}: blocks of {arch.get('convs_per_block')} conv(s) with channels "
+                f"{arch.get('channels')}, channel dropout {arch.get('channel_dropout')}, dense head "
+                f"{arch.get('hidden')} with dropout {arch.get('dropout')} -> {arch.get('out_features')}")
+    return (f"DropoutMLP {arch.get('in_features')} -> {arch.get('hidden')} -> {arch.get('out_features')}, "
+            f"dropout {arch.get('dropout')}, input dropout {arch.get('input_dropout')}")
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": DropoutMLP, "cnn": DropoutCNN}
 """Model classes by the ``kind`` of a card's ``architecture`` (its other keys are constructor arguments)."""
 
 

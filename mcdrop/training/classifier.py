@@ -18,10 +18,10 @@ from scipy import optimize
 from torch import Tensor, nn
 
 from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.core.models import DropoutCNN, DropoutMLP
 from mcdrop.training.configs import ClassifierConfig
 
-__all__ = ["ClassifierConfig", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]
+__all__ = ["ClassifierConfig", "augment", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]
 
 Log = Callable[[str], None]
 
@@ -105,7 +105,8 @@ def train_classifier(
             model.train()
             total, count = 0.0, 0
             for idx in torch.randperm(xt.shape[0]).split(config.batch_size):
-                loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                xb = augment(xt[idx]) if config.augment else xt[idx]
+                loss = nn.functional.cross_entropy(model(xb), yt[idx])
                 if penalty is not None:
                     loss = loss + penalty(model)
                 opt.zero_grad(set_to_none=True)
@@ -136,8 +137,33 @@ def train_classifier(
 
 
 def build_classifier(config: ClassifierConfig, in_features: int, n_classes: int) -> nn.Module:
-    """The untrained :class:`DropoutMLP` the config describes (draws its initialisation from the global RNG)."""
+    """The untrained :class:`DropoutMLP` or :class:`DropoutCNN` (square images of ``in_features`` pixels) the config
+    describes (draws its initialisation from the global RNG)."""
+    if config.architecture == "cnn":
+        return DropoutCNN(_square(in_features), n_classes, channels=config.channels, hidden=config.hidden,
+                          channel_dropout=config.channel_dropout, dropout=config.dropout)
     return DropoutMLP(in_features, config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
+
+
+def _square(pixels: int) -> tuple[int, int]:
+    side = math.isqrt(pixels)
+    if side * side != pixels:
+        raise ValueError(f"expected rows of square images, but a row has {pixels} values")
+    return side, side
+
+
+def augment(x: Tensor, max_shift: int = 2) -> Tensor:
+    """Rows of square images, each flipped left-right with probability 1/2 and shifted by up to ``max_shift``
+    pixels in each direction (zero fill); draws from the global RNG.  Shape: ``(B, H*W)`` -> ``(B, H*W)``."""
+    b, (h, w) = x.shape[0], _square(x.shape[1])
+    images = x.reshape(b, h, w)
+    flip = torch.rand(b) < 0.5
+    images = torch.where(flip.view(b, 1, 1), images.flip(-1), images)
+    padded = nn.functional.pad(images, (max_shift,) * 4)
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, b)))
+    rows = (dy.view(b, 1) + torch.arange(h)).view(b, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, w)
+    return padded[torch.arange(b).view(b, 1, 1), rows, cols].reshape(b, h * w)
 
 
 def fit_temperature(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, *, seed: int = 0) -> float:

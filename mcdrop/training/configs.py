@@ -20,9 +20,17 @@ class ClassifierConfig:
     Invalid values raise ``ValueError`` naming the field and what it accepts.
     """
 
+    architecture: str = field(default="mlp", metadata=_help("mlp (DropoutMLP) or cnn (DropoutCNN: conv blocks with "
+                                                           "channel dropout, then the dense hidden layers)"))
     hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=_help("hidden layer widths, e.g. 256 256"))
     dropout: list[float] = field(default_factory=lambda: [0.2, 0.5],
                                  metadata=_help("dropout rate after each hidden layer, in [0, 1)"))
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128],
+                                metadata=_help("cnn: output channels of each conv block, e.g. 32 64 128"))
+    channel_dropout: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2],
+                                         metadata=_help("cnn: channel dropout rate after each conv block, in [0, 1)"))
+    augment: bool = field(default=False, metadata=_help("random horizontal flips and shifts of up to 2 pixels of the "
+                                                        "28x28 training images"))
     input_dropout: float = field(default=0.0, metadata=_help("dropout rate on the input pixels, in [0, 1)"))
     optimizer: str = field(default="sgd", metadata=_help("sgd (with --momentum) or adam (AdamW)"))
     lr: float = field(default=0.1, metadata=_help("learning rate (> 0)"))
@@ -51,6 +59,15 @@ class ClassifierConfig:
             _check(_is_number(p) and 0 <= p < 1, "dropout", "a list of rates in [0, 1)", self.dropout)
         _check(_is_number(self.input_dropout) and 0 <= self.input_dropout < 1, "input_dropout", "a rate in [0, 1)",
                self.input_dropout)
+        _check(self.architecture in ("mlp", "cnn"), "architecture", "'mlp' or 'cnn'", self.architecture)
+        _check(isinstance(self.channels, list) and len(self.channels) > 0
+               and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in self.channels),
+               "channels", "a non-empty list of positive integers", self.channels)
+        _check(isinstance(self.channel_dropout, list) and len(self.channel_dropout) == len(self.channels)
+               and all(_is_number(p) and 0 <= p < 1 for p in self.channel_dropout),
+               "channel_dropout", f"one rate in [0, 1) per conv block ({len(self.channels)})", self.channel_dropout)
+        _check(self.architecture == "mlp" or self.input_dropout == 0, "input_dropout",
+               "0 for the cnn (its first dropout is the channel dropout after the first block)", self.input_dropout)
         _check(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'", self.optimizer)
         _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
         _check(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)

@@ -11,6 +11,7 @@ from torch import nn
 from mcdrop import DropConnectLinear, DropoutConfigError, DropoutMLP, GaussianDropout, MCEngine, SamplingCancelled
 from mcdrop.core import functional as F
 from mcdrop.core.engine import dropout_layers, keyed_function, register_dropout
+from mcdrop.core.layers import MCDropoutLayer
 from tests.conftest import ALPHA, z_bound
 from tests.tolerances import assert_outputs_close
 
@@ -361,3 +362,67 @@ def test_large_n_runs_in_bounded_chunks():
 def test_invalid_sample_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MCEngine(mlp()).sample(torch.randn(2, 20), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- CNN
+
+
+def cnn() -> nn.Module:
+    from mcdrop.core.models import DropoutCNN
+
+    torch.manual_seed(5)
+    model = DropoutCNN((12, 12), 3, channels=(6, 8), hidden=(16,), channel_dropout=(0.3, 0.2), dropout=0.4)
+    with torch.no_grad():  # running statistics that are not the identity, so eval-mode BatchNorm matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_cnn_channel_masks_are_constant_within_each_channel():
+    """Under MC, the first channel dropout's output is its input times 0 or 1/(1-p) per (sample, row, channel),
+    the same at every position of the map; the share of dropped maps is p (binomial test)."""
+    model = cnn()
+    captured = {}
+    layer = model.net[4]
+    hook = layer.register_forward_hook(lambda m, args, out: captured.update(x=args[0], y=out))
+    s, b = 200, 4
+    MCEngine(model).sample(torch.rand(b, 144), s, seed=3)
+    hook.remove()
+    x, y = captured["x"], captured["y"]  # the prefix ran once per row; the layer expanded to (S*B, C, H, W)
+    assert x.shape[0] == b and y.shape[0] == s * b
+    x = x.repeat(s, 1, 1, 1)
+    live = x != 0
+    ratio = torch.where(live, y / torch.where(live, x, 1.0), torch.nan).flatten(2)  # (S*B, C, H*W)
+    lo, hi = ratio.nan_to_num(nan=math.inf).amin(-1), ratio.nan_to_num(nan=-math.inf).amax(-1)
+    seen = live.flatten(2).any(-1)  # maps with at least one nonzero input
+    lo, hi = lo[seen], hi[seen]
+    assert torch.allclose(lo, hi, atol=1e-6)  # one factor per map
+    kept = lo != 0
+    assert torch.allclose(lo[kept], torch.full_like(lo[kept], 1 / 0.7))
+    dropped, trials = int((~kept).sum()), lo.numel()
+    assert stats.binomtest(dropped, trials, 0.3).pvalue > ALPHA
+
+
+def test_cnn_prefix_sharing_equals_replicated_input_and_a_plain_loop_in_distribution():
+    """The engine runs the first block once per row and expands at the first channel dropout: the samples equal
+    those of the replicated input, and match a plain loop of passes with the dropout layers in training mode and
+    BatchNorm in eval mode, on n copies of the rows (KS test per output)."""
+    model = cnn()
+    x = torch.rand(2, 144)
+    n = 3000
+    shared = MCEngine(model).sample(x, n, seed=1)
+    assert_outputs_close(shared, MCEngine(model, share_prefix=False).sample(x, n, seed=1))
+    loop = model.__class__(**{k: v for k, v in model.config().items() if k != "kind"})
+    loop.load_state_dict(model.state_dict())
+    loop.eval()
+    for m in loop.modules():
+        if isinstance(m, MCDropoutLayer):
+            m.train()
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(2)
+        looped = loop(x.repeat(n, 1)).view(n, 2, 3)  # every row of the batch draws its own masks
+    for row in range(2):
+        for c in range(3):
+            assert stats.ks_2samp(shared[:, row, c].numpy(), looped[:, row, c].numpy()).pvalue > ALPHA / 6

@@ -43,3 +43,38 @@ def test_target_scaling_applies_to_mean_and_variance():
 def test_invalid_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DropoutMLP(4, [8, 8], 1, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- DropoutCNN
+
+
+def test_cnn_shapes_config_round_trip_and_cost():
+    from mcdrop.core.layers import ChannelDropout
+    from mcdrop.core.models import DropoutCNN, build_model, multiply_adds
+
+    torch.manual_seed(0)
+    model = DropoutCNN((28, 28), 10, channels=(4, 8), hidden=(16,), channel_dropout=(0.1, 0.2), dropout=0.5).eval()
+    x = torch.rand(3, 784)
+    assert model(x).shape == (3, 10)
+    assert torch.equal(model(x), model(x.reshape(3, 28, 28)))  # flat rows or images
+    assert [m.p for m in model.modules() if isinstance(m, ChannelDropout)] == [0.1, 0.2]
+    rebuilt = build_model(model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.eval()(x), model(x))
+    # 3x3 convs: 28*28*4*1*9 + 14*14*8*4*9, then 8*7*7 -> 16 -> 10
+    assert multiply_adds(model, x[:1]) == 28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 392 * 16 + 16 * 10
+    assert model.feature_layers() == ["net.12"]  # the dense head's ReLU
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"channel_dropout": (0.1,)}, "one rate per block"),
+    ({"dropout": (0.1, 0.2)}, "one rate per hidden layer"),
+    ({"head": "homoscedastic"}, "is a classifier"),
+    ({"image_shape": (28,)}, "height, width"),
+    ({"channels": (4, 4, 4, 4, 4)}, "to nothing"),
+])
+def test_cnn_invalid_configs(kwargs, message):
+    from mcdrop.core.models import DropoutCNN
+
+    with pytest.raises(ValueError, match=message):
+        DropoutCNN(**{"image_shape": (28, 28), "channels": (4, 8), **kwargs})
