@@ -1,0 +1,234 @@
+"""Hardening figures against a real server (issue 15), each bounded in time:
+
+    python bench/bench_hardening.py errors     # 15.5 MB bodies of bad cells: time, reply size, memory, log, /livez
+    python bench/bench_hardening.py fairness   # 8 maximum-cost requests in flight; one-row latency; abandoned work
+    python bench/bench_hardening.py soak [--seconds 300]  # wrk at concurrency 32: the worker's memory over time
+    python bench/bench_hardening.py all
+
+Starts `bentoml serve` with the bundled model on a free loopback port (tests/server.py) for each part and prints
+a markdown table.  Memory is the resident set of the server's process tree (psutil); CPU time is the worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+
+from bench.bench_service import request_row
+from mcdrop import wire
+from tests.server import running_server
+
+
+def server_tree(url: str) -> list[psutil.Process]:
+    """The `bentoml serve` process listening on ``url``'s port and its descendants."""
+    port = url.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and port in cmd:
+            return [proc, *proc.children(recursive=True)]
+    raise RuntimeError(f"no server process for {url}")
+
+
+def rss_mb(procs: list[psutil.Process]) -> float:
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+def worker(procs: list[psutil.Process]) -> psutil.Process:
+    return max(procs, key=lambda p: p.memory_info().rss)  # the one holding torch and the models
+
+
+class LivezProbe:
+    """Polls /livez every 0.1 s in a thread; the worst latency (a timed-out probe counts as its timeout)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.latencies, self._stop = url, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                with contextlib.suppress(httpx.HTTPError):
+                    client.get("/livez")
+                self.latencies.append(time.perf_counter() - start)
+                time.sleep(0.1)
+
+    def __enter__(self) -> LivezProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def errors() -> list[str]:
+    rows = ["| bad body | size MB | status | seconds | reply bytes | server RSS before -> after MB | log lines "
+            "(bytes) | worst /livez ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def fill(cell: object) -> str:  # as many 784-cell rows as fit in 15.5 MB (the limit is 16 MiB)
+        row = json.dumps([cell] * 784)
+        return json.dumps({"inputs": [[cell] * 784] * int(15.5e6 // (len(row) + 2))})
+
+    bodies = {
+        "rows of 784 strings \"a\"": fill("a"),
+        "rows of 784 numbers 1e39 (beyond float32)": fill(1e39),
+        "rows of 784 booleans": fill(True),
+        "rows of 784 nulls": fill(None),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        with running_server(log_path=log) as url:
+            procs = server_tree(url)
+            with httpx.Client(base_url=url, timeout=120) as client:
+                client.post("/predict", json={"inputs": [request_row(None)[0]]})  # warm
+                for name, body in bodies.items():
+                    before, lines, size = rss_mb(procs), log.read_bytes().count(b"\n"), log.stat().st_size
+                    with LivezProbe(url) as probe:
+                        start = time.perf_counter()
+                        r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+                        elapsed = time.perf_counter() - start
+                        time.sleep(0.3)
+                    after = rss_mb(procs)
+                    new_lines = log.read_bytes().count(b"\n") - lines
+                    rows.append(f"| {name} | {len(body) / 1e6:.1f} | {r.status_code} | {elapsed:.2f} | {len(r.content):,} "
+                                f"| {before:.0f} -> {after:.0f} | {new_lines} ({log.stat().st_size - size:,}) "
+                                f"| {max(probe.latencies) * 1e3:.0f} |")
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def fairness(big: int = 8, rows_per_big: int = 1024, samples: int = 1000, give_up_s: float = 3.0) -> list[str]:
+    """Two phases on one server with the default settings.  (1) ``big`` requests of rows_per_big x samples passes
+    (the default cost limit's size) sent at once while a closed loop sends one-row MC requests: each big request's
+    answer and the one-row latencies.  (2) The same ``big`` requests from clients that give up after
+    ``give_up_s``: the worker's CPU time in the 5 s after the last one gave up (work nobody waits for)."""
+    x = np.random.default_rng(0).random((rows_per_big, 784), dtype=np.float32)
+    body = wire.encode_npy(x)
+    one = {"inputs": [request_row(None)[0]], "n_samples": 50, "seed": 1}
+    outcomes: list[tuple[int, float]] = []
+    small: list[float] = []
+    done = threading.Event()
+    with running_server() as url:
+        procs = server_tree(url)
+        work = worker(procs)
+
+        def send_big(i: int, timeout: float) -> None:
+            with httpx.Client(base_url=url, timeout=timeout) as client:
+                start = time.perf_counter()
+                try:
+                    r = client.post("/predict", content=body, params={"n_samples": samples, "seed": i},
+                                    headers={"content-type": wire.NPY})
+                    outcomes.append((r.status_code, time.perf_counter() - start))
+                except httpx.TimeoutException:
+                    outcomes.append((0, time.perf_counter() - start))
+
+        def send_small() -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    r = client.post("/predict", json=one)
+                    if r.status_code == 200:
+                        small.append(time.perf_counter() - start)
+
+        def burst(timeout: float) -> None:
+            threads = [threading.Thread(target=send_big, args=(i, timeout)) for i in range(big)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        loop = threading.Thread(target=send_small)
+        loop.start()
+        burst(300.0)
+        done.set()
+        loop.join()
+        answered = sorted(outcomes, key=lambda o: o[1])
+        outcomes.clear()
+        burst(give_up_s)
+        cpu_before = sum(work.cpu_times()[:2])
+        time.sleep(5.0)
+        idle_cpu = sum(work.cpu_times()[:2]) - cpu_before
+        with httpx.Client(base_url=url, timeout=30) as client:
+            start = time.perf_counter()
+            after = client.post("/predict", json=one).status_code, time.perf_counter() - start
+    p99 = float(np.percentile(small, 99)) if small else float("nan")
+    return [
+        f"{big} requests of {rows_per_big} rows x {samples} passes at once (default settings: 60 s deadline): "
+        + ", ".join(f"{s} after {t:.1f} s" for s, t in answered) + ".",
+        f"One-row MC N = 50 requests meanwhile (closed loop, one at a time): {len(small)} answered, median "
+        f"{statistics.median(small) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, max {max(small) * 1e3:.0f} ms.",
+        f"The same {big} requests from clients that give up after {give_up_s:g} s: worker CPU time in the next 5 s "
+        f"{idle_cpu:.2f} s; a one-row request then: {after[0]} in {after[1] * 1e3:.0f} ms.",
+    ]
+
+
+def soak(seconds: float, warmup: float = 30.0, concurrency: int = 32) -> list[str]:
+    body = {"inputs": [request_row(None)[0]], "mode": "mc", "n_samples": 50, "seed": 1}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f"wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                     f"wrk.body = [==[{json.dumps(body)}]==]\n")
+    samples: list[tuple[float, float]] = []
+    with running_server() as url:
+        procs = server_tree(url)
+
+        def wrk(duration: float) -> str:
+            return subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--latency", "-s", script.name,
+                                   f"{url}/predict"], capture_output=True, text=True, check=True).stdout
+
+        wrk(warmup)
+        start = time.monotonic()
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.monotonic() - start, rss_mb(procs)))
+                stop.wait(10.0)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        out = wrk(seconds)
+        stop.set()
+        sampler.join()
+        samples.append((time.monotonic() - start, rss_mb(procs)))
+    Path(script.name).unlink()
+    requests = int(out.split(" requests in ")[0].split()[-1])
+    p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
+    first, last, top = samples[0][1], samples[-1][1], max(m for _, m in samples)
+    trace = ", ".join(f"{t:.0f} s: {m:.0f}" for t, m in samples[:: max(1, len(samples) // 8)])
+    return [f"Soak: {seconds:g} s of MC N = 50 at concurrency {concurrency} after {warmup:g} s of warm-up; {requests:,} "
+            f"requests, p99 {p99}. Server RSS {first:.0f} MB at the start, {last:.0f} MB at the end ({last - first:+.0f} "
+            f"MB, {(last - first) * 2**20 / max(requests, 1):+.0f} bytes per request), highest {top:.0f} MB.",
+            f"RSS over time (MB): {trace}."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["errors", "fairness", "soak", "all"])
+    parser.add_argument("--seconds", type=float, default=300.0, help="soak duration")
+    args = parser.parse_args()
+    parts = ["errors", "fairness", "soak"] if args.part == "all" else [args.part]
+    out: list[str] = []
+    for part in parts:
+        lines = errors() if part == "errors" else fairness() if part == "fairness" else soak(args.seconds)
+        out += [f"### {part}", "", *lines, ""]
+        print("\n".join(out[-len(lines) - 3:]), flush=True)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
