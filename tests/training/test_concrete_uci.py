@@ -1,0 +1,110 @@
+"""The Concrete-dropout UCI protocol: the stacked trainer, unstacking, the mixture LL, the whole run, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mcdrop.core.concrete import ConcreteDropout, learned_rates, to_dropout
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.models import DropoutMLP
+from mcdrop.training import concrete_uci as CU
+from mcdrop.training.uci import UCIConfig
+from tests.training.test_uci import linear_dataset
+
+
+def _stack(seed: int = 0, epochs: int = 3) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(9))
+    y = x.sum(-1) + 0.1 * torch.randn(2, 64, generator=torch.Generator().manual_seed(10))
+    return CU._train_concrete_stack(x, y, hidden=8, epochs=epochs, batch_size=16, lr=1e-2, length_scale=1e-2,
+                                    generator=g), x, y
+
+
+def test_stack_shapes_and_determinism():
+    a, _, _ = _stack(0)
+    b, _, _ = _stack(0)
+    c, _, _ = _stack(1)
+    shapes = {k: tuple(v.shape) for k, v in a.items()}
+    assert shapes == {"w1": (2, 3, 8), "b1": (2, 8), "w2": (2, 8, 2), "b2": (2, 2), "p_in": (2,), "p_hidden": (2,)}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["w1"], c["w1"])
+    start = math.log(0.1 / 0.9)
+    assert (a["p_in"] != start).all() and (a["p_hidden"] != start).all()  # the rates are trained
+
+
+def test_unstacked_model_computes_the_stack():
+    weights, x, _ = _stack()
+    x_stats = (np.array([1.0, -2.0, 0.5]), np.array([2.0, 1.0, 3.0]))
+    y_stats = (4.0, 2.5)
+    raw = torch.tensor(x[1].numpy() * x_stats[1] + x_stats[0], dtype=torch.float32)
+    model = CU._unstack(weights, 1, x_stats, y_stats)
+    rates = learned_rates(model)
+    assert rates["net.0"] == pytest.approx(float(torch.sigmoid(weights["p_in"][1])))
+    assert rates["net.3"] == pytest.approx(float(torch.sigmoid(weights["p_hidden"][1])))
+    out = torch.baddbmm(weights["b2"][1:2, None], torch.relu(x[1:2] @ weights["w1"][1] + weights["b1"][1]),
+                        weights["w2"][1:2])[0]
+    want = torch.stack([out[:, 0] * 2.5 + 4.0, out[:, 1] + 2 * math.log(2.5)], -1)
+    torch.testing.assert_close(model(raw), want, rtol=1e-5, atol=1e-4)
+
+
+def test_mixture_ll_known_answers():
+    y = np.array([0.3, -1.0])
+    # one pass: the Gaussian log-density with that pass's variance
+    one = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]]])
+    want = np.mean([stats.norm.logpdf(0.3, 0.0, 2.0), stats.norm.logpdf(-1.0, 1.0, 1.0)])
+    assert CU.heteroscedastic_mixture_ll(one, y) == pytest.approx(want, rel=1e-12)
+    # two passes: the equal-weight mixture of their densities, each with its own variance
+    two = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]], [[0.5, math.log(0.25)], [-2.0, math.log(9.0)]]])
+    mix = [math.log(0.5 * stats.norm.pdf(0.3, 0.0, 2.0) + 0.5 * stats.norm.pdf(0.3, 0.5, 0.5)),
+           math.log(0.5 * stats.norm.pdf(-1.0, 1.0, 1.0) + 0.5 * stats.norm.pdf(-1.0, -2.0, 3.0))]
+    assert CU.heteroscedastic_mixture_ll(two, y) == pytest.approx(np.mean(mix), rel=1e-12)
+
+
+def test_run_concrete_on_generated_data_serves_as_dropout_mlp():
+    ds = linear_dataset(n=300)
+    config = UCIConfig(epochs_multiplier=2.0, samples=200, seed=3)
+    result = CU.run_concrete(ds, config)
+    again = CU.run_concrete(ds, config)
+    assert len(result.splits) == 2 and result.epochs == 80
+    assert [(s.rmse, s.ll, s.p_input, s.p_hidden) for s in result.splits] == \
+        [(s.rmse, s.ll, s.p_input, s.p_hidden) for s in again.splits]
+    for s in result.splits:
+        assert 0 < s.p_input < 1 and 0 < s.p_hidden < 1 and s.p_input != pytest.approx(0.1)
+        assert np.isfinite([s.rmse, s.rmse_deterministic, s.ll]).all()
+    # a network that learned nothing would score about the target's std (1.6)
+    assert result.mean_se("rmse")[0] < 0.5 * float(ds.y.std())
+    table = CU.summarize_concrete([result])
+    assert "learned p (input)" in table and "| synthetic | 300 | 3 | 2 | 80 | 200 |" in table
+
+    model = CU.fit_concrete(ds, config, rows=ds.splits[0][0])
+    assert any(isinstance(m, ConcreteDropout) for m in model.modules())
+    served = to_dropout(model)
+    assert type(served) is DropoutMLP and served.head.value == "heteroscedastic"
+    x = torch.tensor(ds.x[ds.splits[0][1]], dtype=torch.float32)
+    assert torch.equal(served(x), model(x))
+    samples = MCEngine(served).sample(x, 50, seed=0)
+    assert samples.shape == (50, len(x), 2)
+    torch.testing.assert_close(samples, MCEngine(model).sample(x, 50, seed=0), rtol=1e-5, atol=1e-5)
+    scored = CU.score_heteroscedastic(served, ds.x[ds.splits[0][1]], ds.y[ds.splits[0][1]], 50, seed=0)
+    assert scored["ll"] == pytest.approx(CU.heteroscedastic_mixture_ll(samples, ds.y[ds.splits[0][1]]), rel=1e-9)
+
+
+def test_cli_concrete_switch(cli, tmp_path, monkeypatch):
+    ds = linear_dataset(n=200)
+    monkeypatch.setattr("mcdrop.training.data.UCI_DATASETS", {"synthetic": None})
+    monkeypatch.setattr("mcdrop.training.data.load_uci", lambda name, root=None: ds)
+    out = tmp_path / "c.md"
+    run = cli("bench", "uci", "--concrete", "--datasets", "synthetic", "--epochs-multiplier", "0.25", "--samples", "50",
+              "--threads", "1", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "Concrete dropout" in out.read_text() and "learned p (hidden)" in out.read_text()
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows[0]["dataset"] == "synthetic" and len(rows[0]["splits"]) == 2 and "train_seconds" in rows[0]
+    bad = cli("bench", "uci", "--concrete", "--val-samples", "10", "--datasets", "synthetic", "-o", out)
+    assert bad.returncode == 2 and "--val-samples" in bad.stderr
