@@ -36,15 +36,24 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
     u.add_argument("--output", "-o", type=Path, default=Path("uci-benchmark.md"), help="markdown file to write")
     u.add_argument("--threads", type=int, help="torch threads")
+    u.add_argument("--concrete", action="store_true",
+                   help="learn the dropout rates (Concrete dropout, heteroscedastic head) instead of the grid search")
     u.set_defaults(run=run_uci)
 
 
 def run_uci(args: argparse.Namespace) -> int:
+    import torch
+
+    from mcdrop.training.concrete_uci import run_concrete, summarize_concrete
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
     from mcdrop.training.uci import UCIConfig, run_protocol, summarize
 
+    summary: Any = summarize_concrete if args.concrete else summarize
+
     setup_torch(args.threads)
+    if args.concrete and args.val_samples is not None:
+        raise CLIError("--val-samples: not used with --concrete (there is no grid to search); leave it out", 2)
     given = {k: v for k, v in vars(args).items() if v is not None}
     settings = {**FULL, **(QUICK if args.quick else {}), **given}
     datasets = settings.get("datasets") or list(UCI_DATASETS)
@@ -62,13 +71,18 @@ def run_uci(args: argparse.Namespace) -> int:
             dataset = load_uci(name, args.data_root)
         except DataNotFoundError as err:
             raise CLIError(str(err)) from err
-        result = run_protocol(dataset, config, log=log)
-        log(summarize([result]).splitlines()[-1])
+        result = run_concrete(dataset, config, log=log) if args.concrete else run_protocol(dataset, config, log=log)
+        log(summary([result]).splitlines()[-1])
         results.append(result)
-    table = summarize(results)
+    table = summary(results)
     print(table)
-    header = (f"UCI benchmark: epochs x{config.epochs_multiplier:g}, T = "
-              f"{config.samples} (grid search T = {config.val_samples or config.samples}), seed {config.seed}.\n\n")
+    if args.concrete:
+        header = (f"UCI benchmark, Concrete dropout (learned rates, heteroscedastic head): epochs "
+                  f"x{config.epochs_multiplier:g}, T = {config.samples}, seed {config.seed}, "
+                  f"{torch.get_num_threads()} threads.\n\n")
+    else:
+        header = (f"UCI benchmark: epochs x{config.epochs_multiplier:g}, T = "
+                  f"{config.samples} (grid search T = {config.val_samples or config.samples}), seed {config.seed}.\n\n")
     _write(args.output, header + table + "\n")
     _write(args.output.with_suffix(".json"), json.dumps(
         [{**asdict(r), "config": r.config.as_dict()} for r in results], indent=1) + "\n")
