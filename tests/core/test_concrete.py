@@ -54,7 +54,7 @@ def test_entropy_term_derivative_known_answer(p):
     value = layer.regulariser(weight, weight_reg=5.0, dropout_reg=1.0)
     (grad,) = torch.autograd.grad(value, layer.p_logit)
     q = layer.p
-    assert float(value) == pytest.approx(k * (q * math.log(q) + (1 - q) * math.log(1 - q)), rel=1e-12)
+    assert float(value.detach()) == pytest.approx(k * (q * math.log(q) + (1 - q) * math.log(1 - q)), rel=1e-12)
     assert float(grad) == pytest.approx(k * math.log(q / (1 - q)) * q * (1 - q), rel=1e-12)
 
 
@@ -63,7 +63,7 @@ def test_regulariser_value_known_answer():
     weight = torch.full((2, 4), 0.5, dtype=torch.float64)  # |W|^2 = 2, K = 4
     q = layer.p
     want = 0.1 * 2.0 / (1 - q) + 0.01 * 4 * (q * math.log(q) + (1 - q) * math.log(1 - q))
-    assert float(layer.regulariser(weight, 0.1, 0.01)) == pytest.approx(want, rel=1e-12)
+    assert float(layer.regulariser(weight, 0.1, 0.01).detach()) == pytest.approx(want, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- (b) hard limit
