@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},  # the textbook recipe: 784-256-256-10, dropout 0.2/0.5, SGD 0.1, batch 256, 10 epochs
     "tuned": {"hidden": [1024, 1024], "dropout": [0.3, 0.3], "input_dropout": 0.1, "optimizer": "sgd", "lr": 0.05,
               "momentum": 0.9, "schedule": "cosine", "epochs": 40, "batch_size": 128, "calibrate": True},
-    "cnn": {"architecture": "cnn", "channels": [32, 64, 128], "channel_dropout": [0.1, 0.1, 0.2], "hidden": [256],
+    "cnn": {"architecture": "cnn", "channels": [32, 64], "convs_per_block": 2, "channel_dropout": [0.1, 0.2], "hidden": [256],
             "dropout": [0.5], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine", "epochs": 30,
             "batch_size": 128, "weight_decay": 5e-4, "augment": True, "calibrate": True},
 }

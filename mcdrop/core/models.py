@@ -204,9 +204,10 @@ class DropoutCNN(nn.Module):
         return self.net((x - self.input_shift) / self.input_scale) / self.temperature
 
     def feature_layers(self) -> list[str]:
-        """Names of the modules whose outputs are the hidden features (the dense head's ReLUs)."""
+        """Names of the modules whose outputs are the hidden features: the flattened last conv block (it sees far
+        shift such as noise) and the dense head's ReLUs (near shift)."""
         flatten = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Flatten))
-        return [f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten]
+        return [f"net.{flatten}", *(f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten)]
 
 
 def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list[float]:

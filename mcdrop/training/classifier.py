@@ -141,7 +141,8 @@ def build_classifier(config: ClassifierConfig, in_features: int, n_classes: int)
     describes (draws its initialisation from the global RNG)."""
     if config.architecture == "cnn":
         return DropoutCNN(_square(in_features), n_classes, channels=config.channels, hidden=config.hidden,
-                          channel_dropout=config.channel_dropout, dropout=config.dropout)
+                          channel_dropout=config.channel_dropout, dropout=config.dropout,
+                          convs_per_block=config.convs_per_block)
     return DropoutMLP(in_features, config.hidden, n_classes, dropout=config.dropout, input_dropout=config.input_dropout)
 
 

@@ -29,6 +29,8 @@ class ClassifierConfig:
                                 metadata=_help("cnn: output channels of each conv block, e.g. 32 64 128"))
     channel_dropout: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2],
                                          metadata=_help("cnn: channel dropout rate after each conv block, in [0, 1)"))
+    convs_per_block: int = field(default=1, metadata=_help("cnn: 3x3 convolutions (each with BatchNorm and ReLU) "
+                                                           "before each pooling (>= 1)"))
     augment: bool = field(default=False, metadata=_help("random horizontal flips and shifts of up to 2 pixels of the "
                                                         "28x28 training images"))
     input_dropout: float = field(default=0.0, metadata=_help("dropout rate on the input pixels, in [0, 1)"))
@@ -72,7 +74,7 @@ class ClassifierConfig:
         _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
         _check(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
         _check(self.schedule in ("constant", "cosine"), "schedule", "'constant' or 'cosine'", self.schedule)
-        for name in ("epochs", "batch_size", "calibration_samples"):
+        for name in ("epochs", "batch_size", "calibration_samples", "convs_per_block"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "an integer >= 1", value)
         _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0",
