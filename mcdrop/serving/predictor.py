@@ -94,16 +94,17 @@ class Predictor:
 
     def _warm_up(self) -> float:
         """Each engine's one-time work (probe, kernel build) before any request, then the throughput in
-        multiply-adds per second (the card's cost per pass) of 64 random rows x 16 passes: the scheduler's first
-        estimate, the slowest model's.  Random rows activate more units than typical inputs do, so it errs low."""
+        multiply-adds per second (the card's cost per pass) of 256 random rows x 16 passes: the scheduler's first
+        estimate, the slowest model's (large requests run in slices of about this size, so it is their rate;
+        random rows activate more units than typical inputs do, so it errs low)."""
         rates = []
         gen = torch.Generator().manual_seed(0)
         for served in self._served.values():
-            x = torch.rand((64, served.card.input_size), generator=gen).to(self.device)
+            x = torch.rand((256, served.card.input_size), generator=gen).to(self.device)
             served.engine.sample(x[:1], 2, seed=0)
             start = time.perf_counter()
             served.engine.sample(x, 16, seed=0)
-            rates.append(64 * 16 * served.cost / max(time.perf_counter() - start, 1e-6))
+            rates.append(256 * 16 * served.cost / max(time.perf_counter() - start, 1e-6))
         return min(rates)
 
     @property
