@@ -206,6 +206,8 @@ def to_dropout(model: DropoutMLP) -> DropoutMLP:
     ``dropout`` are the hidden layers' rates, ``input_dropout`` the input's (0 without one); weights and
     buffers are copied, so its deterministic output is the Concrete model's eval output and its MC passes are
     the Concrete model's (the same keyed masks), now by the fused kernel and savable by ``save_model``.
+    Keyed masks resolve rates to ``2^-17``: a learned rate below that drops nothing, and if every rate is
+    that small the engine refuses MC mode (the model has no epistemic spread left to sample).
     """
     net = list(model.net)
     if not any(isinstance(m, ConcreteDropout) for m in net):

@@ -17,6 +17,11 @@ initial rate 0.1.  The trained network is served as ordinary keyed dropout at th
 * LL ``= mean_i [logsumexp_t(-(y_i - mu_ti)^2 / (2 sigma_ti^2) - log sigma_ti) - log T - log(2 pi)/2]``,
   the mixture over passes, each with its own variance.
 
+A learned rate can collapse towards 0 (Adam moves ``p_logit`` by about ``lr`` a step whatever the size of its
+gradient, and the entropy term's pull, ``~ K a p (1 - p) 2/N``, vanishes with ``p``); rates below ``2^-17`` are
+0 in keyed masks, and a split whose rates are all that small is scored by its deterministic pass (``MC off``
+in the table).
+
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
 shape ``(G,)``), as :func:`mcdrop.training.uci._train_stack` does for the grid.
 """
@@ -33,6 +38,7 @@ import torch
 from scipy import special
 from torch import Tensor
 
+from mcdrop.core import functional as F
 from mcdrop.core import metrics as M
 from mcdrop.core.concrete import (
     concrete_dropout,
@@ -43,6 +49,7 @@ from mcdrop.core.concrete import (
     to_dropout,
 )
 from mcdrop.core.engine import MCEngine
+from mcdrop.core.layers import MCDropoutLayer
 from mcdrop.core.models import DropoutMLP
 from mcdrop.request import Task
 from mcdrop.training.configs import UCIConfig
@@ -50,7 +57,7 @@ from mcdrop.training.data import UCIDataset
 from mcdrop.training.uci import _standardise
 
 __all__ = ["ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
-           "run_concrete", "score_heteroscedastic", "summarize_concrete"]
+           "keyed_dropout_off", "run_concrete", "score_heteroscedastic", "summarize_concrete"]
 
 Log = Callable[[str], None]
 INIT_P = 0.1
@@ -65,6 +72,7 @@ class ConcreteSplitResult:
     rmse: float  # of the MC mean
     rmse_deterministic: float
     ll: float
+    mc_off: bool = False  # every learned rate < 2^-17: the MC passes are the deterministic pass
 
 
 @dataclass
@@ -197,12 +205,25 @@ def heteroscedastic_mixture_ll(samples: Tensor | np.ndarray, target: np.ndarray)
     return float(ll.mean())
 
 
+def keyed_dropout_off(model: DropoutMLP) -> bool:
+    """True when every dropout rate of ``model`` rounds to 0 in keyed masks (``p < 2^-17``): its MC passes are
+    all the deterministic pass (the engine then refuses MC mode)."""
+    return all(F.quantized_rate(m.p)[2] == 0.0 for m in model.modules() if isinstance(m, MCDropoutLayer))
+
+
 def score_heteroscedastic(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed: int
                           ) -> dict[str, float]:
-    """RMSE of the MC mean, the dropout-off RMSE and the mixture LL, from ``n_samples`` batched passes."""
+    """RMSE of the MC mean, the dropout-off RMSE and the mixture LL, from ``n_samples`` batched passes.
+
+    When the learned rates are all below the keyed masks' resolution (:func:`keyed_dropout_off`) the ``T``
+    passes are the deterministic one, and the mixture is that one Gaussian.
+    """
     engine = MCEngine(model)
     xt = torch.as_tensor(x, dtype=torch.float32)
-    samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
+    if keyed_dropout_off(model):
+        samples = engine.deterministic(xt).double()[None]  # (1, N, 2): T identical passes
+    else:
+        samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
     return {
         "rmse": M.rmse(samples[..., 0].mean(0), y),
         "rmse_deterministic": M.rmse(engine.deterministic(xt)[:, 0].double(), y),
@@ -225,7 +246,7 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         served = to_dropout(model)
         s = score_heteroscedastic(served, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
         results.append(ConcreteSplitResult(k, rates["net.0"], rates["net.3"], s["rmse"], s["rmse_deterministic"],
-                                           s["ll"]))
+                                           s["ll"], keyed_dropout_off(served)))
     return ConcreteUCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], config.epochs(dataset), config,
                              results, time.perf_counter() - start, train_seconds)
 
@@ -234,14 +255,18 @@ def summarize_concrete(results: Sequence[ConcreteUCIResult]) -> str:
     """A markdown table: mean +- standard error over splits, per dataset, with the learned rates."""
     lines = [
         "| dataset | N | D | splits | epochs | T | RMSE (MC mean) | RMSE (dropout off) | test LL | learned p (input) "
-        "| learned p (hidden) | train time | time |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|",
+        "| learned p (hidden) | MC off | train time | time |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|",
     ]
     for r in results:
         cells = []
-        for name, digits in (("rmse", 3), ("rmse_deterministic", 3), ("ll", 3), ("p_input", 4), ("p_hidden", 4)):
+        for name in ("rmse", "rmse_deterministic", "ll"):
             mean, se = r.mean_se(name)
-            cells.append(f"{mean:.{digits}f} ± {se:.{digits}f}")
+            cells.append(f"{mean:.3f} ± {se:.3f}")
+        for name in ("p_input", "p_hidden"):
+            mean, se = r.mean_se(name)
+            cells.append(f"{mean:.2g} ± {se:.1g}")
+        off = sum(s.mc_off for s in r.splits)
         lines.append(f"| {r.dataset} | {r.n_rows} | {r.n_features} | {len(r.splits)} | {r.epochs} | "
-                     f"{r.config.samples} | {' | '.join(cells)} | {r.train_seconds:.0f} s | {r.seconds:.0f} s |")
+                     f"{r.config.samples} | {' | '.join(cells)} | {off} | {r.train_seconds:.0f} s | {r.seconds:.0f} s |")
     return "\n".join(lines)

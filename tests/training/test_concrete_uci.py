@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mcdrop.core.concrete import ConcreteDropout, learned_rates, to_dropout
+from mcdrop.core.concrete import ConcreteDropout, concrete_mlp, learned_rates, to_dropout
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.models import DropoutMLP
 from mcdrop.training import concrete_uci as CU
@@ -108,3 +108,20 @@ def test_cli_concrete_switch(cli, tmp_path, monkeypatch):
     assert rows[0]["dataset"] == "synthetic" and len(rows[0]["splits"]) == 2 and "train_seconds" in rows[0]
     bad = cli("bench", "uci", "--concrete", "--val-samples", "10", "--datasets", "synthetic", "-o", out)
     assert bad.returncode == 2 and "--val-samples" in bad.stderr
+
+
+def test_collapsed_rates_are_scored_by_the_deterministic_pass():
+    """Rates below 2^-17 are 0 in keyed masks: the T passes are the deterministic one, the mixture one Gaussian."""
+    torch.manual_seed(0)
+    model = concrete_mlp(3, [8], 1, head="heteroscedastic")
+    with torch.no_grad():
+        model.net[0].p_logit.fill_(-30.0)
+        model.net[3].p_logit.fill_(-25.0)
+    served = to_dropout(model)
+    assert CU.keyed_dropout_off(served)
+    assert not CU.keyed_dropout_off(to_dropout(concrete_mlp(3, [8], 1, head="heteroscedastic")))
+    x, y = np.random.default_rng(0).normal(size=(6, 3)), np.linspace(-1, 1, 6)
+    out = served(torch.tensor(x, dtype=torch.float32)).double().detach().numpy()
+    got = CU.score_heteroscedastic(served, x, y, 100, seed=0)
+    assert got["ll"] == pytest.approx(stats.norm.logpdf(y, out[:, 0], np.exp(out[:, 1] / 2)).mean(), rel=1e-9)
+    assert got["rmse"] == got["rmse_deterministic"]
