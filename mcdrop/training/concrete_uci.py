@@ -48,7 +48,7 @@ from mcdrop.core.concrete import (
     logistic_noise,
     to_dropout,
 )
-from mcdrop.core.engine import MCEngine
+from mcdrop.core.engine import DropoutConfigError, MCEngine
 from mcdrop.core.layers import MCDropoutLayer
 from mcdrop.core.models import DropoutMLP
 from mcdrop.request import Task
@@ -72,7 +72,7 @@ class ConcreteSplitResult:
     rmse: float  # of the MC mean
     rmse_deterministic: float
     ll: float
-    mc_off: bool = False  # every learned rate < 2^-17: the MC passes are the deterministic pass
+    mc_off: bool = False  # learned rates ~0 (< 2^-17, or the engine saw identical passes): scored deterministically
 
 
 @dataclass
@@ -215,19 +215,25 @@ def score_heteroscedastic(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_sam
                           ) -> dict[str, float]:
     """RMSE of the MC mean, the dropout-off RMSE and the mixture LL, from ``n_samples`` batched passes.
 
-    When the learned rates are all below the keyed masks' resolution (:func:`keyed_dropout_off`) the ``T``
-    passes are the deterministic one, and the mixture is that one Gaussian.
+    When the learned rates are all below the keyed masks' resolution (:func:`keyed_dropout_off`), or so small
+    that the engine's probe sees identical passes and refuses MC mode, the ``T`` passes are taken to be the
+    deterministic one and the mixture is that one Gaussian (``mc_off`` = 1).
     """
     engine = MCEngine(model)
     xt = torch.as_tensor(x, dtype=torch.float32)
-    if keyed_dropout_off(model):
+    mc_off = keyed_dropout_off(model)
+    if not mc_off:
+        try:
+            samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
+        except DropoutConfigError:  # the engine's probe saw 32 identical passes: rates of ~1e-5 drop ~nothing
+            mc_off = True
+    if mc_off:
         samples = engine.deterministic(xt).double()[None]  # (1, N, 2): T identical passes
-    else:
-        samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
     return {
         "rmse": M.rmse(samples[..., 0].mean(0), y),
         "rmse_deterministic": M.rmse(engine.deterministic(xt)[:, 0].double(), y),
         "ll": heteroscedastic_mixture_ll(samples, y),
+        "mc_off": float(mc_off),
     }
 
 
@@ -246,7 +252,7 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         served = to_dropout(model)
         s = score_heteroscedastic(served, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
         results.append(ConcreteSplitResult(k, rates["net.0"], rates["net.3"], s["rmse"], s["rmse_deterministic"],
-                                           s["ll"], keyed_dropout_off(served)))
+                                           s["ll"], s["mc_off"] > 0))
     return ConcreteUCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], config.epochs(dataset), config,
                              results, time.perf_counter() - start, train_seconds)
 
