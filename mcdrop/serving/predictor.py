@@ -48,6 +48,7 @@ class Served:
     card: ModelCard
     engine: MCEngine
     calibration: Calibration | None
+    rate: float = 0.0  # multiply-adds (the card's count) per second measured at start-up
 
     @property
     def cost(self) -> float:
@@ -104,7 +105,8 @@ class Predictor:
             served.engine.sample(x[:1], 2, seed=0)
             start = time.perf_counter()
             served.engine.sample(x, 16, seed=0)
-            rates.append(256 * 16 * served.cost / max(time.perf_counter() - start, 1e-6))
+            served.rate = 256 * 16 * served.cost / max(time.perf_counter() - start, 1e-6)
+            rates.append(served.rate)
         return min(rates)
 
     @property
@@ -152,6 +154,13 @@ class Predictor:
                 raise InvalidRequest(f"{name}: model {served.card.name!r} has no calibration for it in "
                                      f"{options.mode.value} mode (see its card's calibration section)", name)
         return served
+
+    def work(self, request: PredictRequest) -> float:
+        """The request's cost in multiply-adds of the slowest served model (:attr:`rate`): :meth:`cost` scaled by
+        how much faster its own model ran at start-up (the fused MLP kernel does a dense multiply-add's work in
+        a fraction of the time a convolution does), so one rate times the queued work of every model."""
+        served = self.served(request.model)
+        return self.cost(request) * (self.rate / served.rate if served.rate > 0 else 1.0)
 
     def check(self, request: PredictRequest) -> Served:
         """Check a valid request against its model and this server's limits; raise a :class:`PredictError`."""

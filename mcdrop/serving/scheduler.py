@@ -1,7 +1,8 @@
 """Fair, bounded scheduling of prediction work (no HTTP here).
 
-One worker thread computes; the event loop only queues and waits.  Work is measured in multiply-adds
-(rows x passes x the model's cost, :meth:`Predictor.cost`) and cut into slices of about ``slice_cost``:
+One worker thread computes; the event loop only queues and waits.  Work is measured in multiply-adds (rows x
+passes x the model's cost, scaled to the slowest model's speed: :meth:`Predictor.work`) and cut into slices of
+about ``slice_cost``:
 
 * **Small requests are batched.**  Requests that fit in one slice and have not started are answered together
   in one engine call (up to ``max_rows`` rows; an idle worker waits ``batch_wait_ms`` for company).
@@ -141,7 +142,7 @@ class Scheduler:
         if request.mode is Mode.MC and request.seed is None:
             request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        cost = self.predictor.cost(request)
+        cost = self.predictor.work(request)
         backlog = self.backlog_seconds()
         if backlog + cost / self.rate > timeout:
             raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "

@@ -137,3 +137,16 @@ def test_an_unseeded_request_gets_a_seed_that_reproduces_it(predictor):
     again = predictor.predict(request(seed=first.seed))
     assert isinstance(first.seed, int)
     assert_probabilities_close(first.probabilities, again.probabilities)
+
+
+def test_work_puts_every_model_on_the_slowest_ones_scale(predictor):
+    """Each model's rate is measured at start-up; a request's work is its multiply-adds at the slowest model's
+    speed, so seconds = work / predictor.rate for every model."""
+    rates = {card.name: predictor.served(card.name).rate for card in predictor.cards}
+    assert all(r > 0 for r in rates.values()) and predictor.rate == min(rates.values())
+    for name in rates:
+        req = PredictRequest.model_validate({"inputs": [[0.0] * predictor.card(name).input_size] * 3, "model": name,
+                                             "n_samples": 10, "seed": 0}, strict=False)
+        seconds_alone = predictor.cost(req) / rates[name]
+        assert predictor.work(req) / predictor.rate == pytest.approx(seconds_alone, rel=1e-12)
+        assert predictor.work(req) <= predictor.cost(req) * (1 + 1e-12)
