@@ -146,7 +146,7 @@ def run(ctx: Context) -> StudyResult:
             ax.set_ylabel("mean per-unit variance over 1,000 inputs")
             ax.set_title(f"hidden layer {k + 1} (ReLU output, p = {MODELS['dropout'][k]} with dropout)")
             ax.set_yscale("log")
-        np.atleast_1d(axes)[0].legend(loc="upper left")
+        np.atleast_1d(axes)[-1].legend(loc="lower right")
         fig.suptitle(f"Activation variance during training: mean and 95% band over {len(ctx.seeds)} seeds", fontsize=9)
         save(fig, path)
 

@@ -341,18 +341,17 @@ def comparison_plot(path: Path, summary: dict[str, Any], diff: dict[str, Any], l
             for k, m in enumerate(group):
                 cis = [summary[m][mode][metric] if row == 0 else diff[m][mode][metric] for mode in modes]
                 x = np.arange(2) + (k - (len(group) - 1) / 2) * width
-                label = labels[m] if row == 0 else f"{labels[m]} − {labels[methods[0]]}"
+                label = labels[m] if row == 0 else None
                 ax.errorbar(x, [c.mean for c in cis], yerr=[[c.mean - c.low for c in cis], [c.high - c.mean for c in cis]],
                             fmt="o", color=colors[m], capsize=3, label=label)
             if row == 1:
                 ax.axhline(0.0, color="black", lw=0.8)
-                ax.set_ylabel(f"Δ {names[metric]} (paired)")
+                ax.set_ylabel(f"Δ {names[metric]}: method − {labels[methods[0]].split(' (')[0]}")
             else:
                 ax.set_ylabel(names[metric])
             ax.set_xticks(range(2), ticks)
             ax.set_xlim(-0.5, 1.5)
         axes[0, col].set_title(names[metric])
     axes[0, 0].legend(loc="best", fontsize=7)
-    axes[1, 0].legend(loc="best", fontsize=7)
     fig.suptitle(title, fontsize=9)
     save(fig, path)

@@ -102,15 +102,20 @@ def run(ctx: Context) -> StudyResult:
     summary["mc_se_top_probability"] = {n: t_interval(mc("mc_se_top_probability", n)) for n in ns[1:]}
     d, b = summary["deterministic"], diff[top]
 
-    def when(metric: str) -> str:
-        n = first_better[metric]
-        return f"N ≥ {n}" if n is not None else f"no N up to {top}"
+    better = [m for m in METRICS if first_better[m] is not None]
+    worse = [m for m in METRICS if first_better[m] is None]
+    verdict = " The MC mean is"
+    if better:
+        verdict += (" better than dropout off (95% CI over seeds wholly on the better side) in "
+                    + ", ".join(f"{m} from N = {first_better[m]}" for m in better) + (";" if worse else "."))
+    if worse:
+        verdict += f" {'' if not better else 'it is '}not better than dropout off in {' or '.join(worse)} at any N up to {top}."
 
     answer = (
-        f"One dropout pass (N=1) is worse than dropout off: accuracy {first_worse_n1['accuracy'].fmt(2, 100)} points, "
-        f"NLL {first_worse_n1['nll'].fmt(3)}, which is why dropout is off at test time. The MC mean beats the "
-        f"deterministic net (95% CI over seeds) in NLL from {when('nll')}, in accuracy from {when('accuracy')} and "
-        f"in ECE from {when('ece')}; at N={top}: accuracy {b['accuracy'].fmt(2, 100)} points, NLL {b['nll'].fmt(4)}, "
+        f"One dropout pass (N=1) − dropout off: accuracy {first_worse_n1['accuracy'].fmt(2, 100)} points, "
+        f"NLL {first_worse_n1['nll'].fmt(3)} (one pass is one random subnetwork; dropout off approximates the average "
+        f"of all of them in a single pass).{verdict} MC − dropout off at "
+        f"N={top}: accuracy {b['accuracy'].fmt(2, 100)} points, NLL {b['nll'].fmt(4)}, "
         f"ECE {b['ece'].fmt(4)} (deterministic: accuracy {d['accuracy'].mean:.4f}, NLL {d['nll'].mean:.4f}, "
         f"ECE {d['ece'].mean:.4f}). The MC standard error of the top-class probability falls as 1/√N, from "
         f"{summary['mc_se_top_probability'][ns[1]].mean:.4f} at N={ns[1]} to {summary['mc_se_top_probability'][top].mean:.5f} "
@@ -144,21 +149,20 @@ def run(ctx: Context) -> StudyResult:
         fig, axes = plt.subplots(2, 2, figsize=(9.5, 7.0))
         labels = {"accuracy": "test accuracy", "nll": "test NLL (nats)", "ece": "test ECE (15 bins)"}
         for ax, metric in zip(axes.flat[:3], METRICS, strict=True):
-            per_seed = np.array([[r["mc"][n][metric] for n in ns] for r in runs])
-            band(ax, ns, per_seed, label="MC mean of N passes", color=COLORS["dropout"], style="o-")
-            band(ax, ns, np.repeat(np.array(det(metric))[:, None], len(ns), 1), label="deterministic (dropout off)",
-                 color=COLORS["none"], style="--")
+            per_seed = np.array([[r["mc"][n][metric] - r["deterministic"][metric] for n in ns] for r in runs])
+            band(ax, ns, per_seed, label="MC mean of N passes − dropout off (paired by seed)",
+                 color=COLORS["dropout"], style="o-")
+            ax.axhline(0.0, color=COLORS["none"], ls="--", label="dropout off (0)")
             ax.set_xscale("log")
             ax.set_xlabel("MC passes N")
-            ax.set_ylabel(labels[metric])
-            ax.set_title(labels[metric])
+            ax.set_ylabel(f"Δ {labels[metric]}")
+            d0 = summary["deterministic"][metric]
+            ax.set_title(f"{labels[metric]}: MC − dropout off\n(dropout off: {d0.mean:.4f})")
             if metric == "nll" and len(ns) > 2:  # N=1 and 2 are far off the scale of the rest
-                lo = min(per_seed[:, 2:].min(), min(det(metric)))
-                hi = max(per_seed[:, 2:].max(), max(det(metric)))
-                ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.6 * (hi - lo))
-                ax.text(0.02, 0.97, f"N=1: {summary['mc'][ns[0]]['nll'].mean:.3f}, N=2: "
-                        f"{summary['mc'][ns[1]]['nll'].mean:.3f} (off scale)", transform=ax.transAxes, fontsize=7,
-                        va="top")
+                lo, hi = min(per_seed[:, 2:].min(), 0.0), max(per_seed[:, 2:].max(), 0.0)
+                ax.set_ylim(lo - 0.3 * (hi - lo), hi + 0.6 * (hi - lo))
+                ax.text(0.98, 0.97, f"N=1: +{diff[ns[0]]['nll'].mean:.3f}, N=2: +{diff[ns[1]]['nll'].mean:.3f} "
+                        "(off scale)", transform=ax.transAxes, fontsize=7, va="top", ha="right")
         axes[0, 0].legend(loc="lower right")
         ax = axes[1, 1]
         ax.plot(list(cost), list(cost.values()), "o-", color=COLORS["dropout"], label="MC, engine.sample")
@@ -169,7 +173,8 @@ def run(ctx: Context) -> StudyResult:
         ax.set_ylabel("seconds per 10,000 images")
         ax.set_title(f"engine cost (median of {repeats}; {torch.get_num_threads()} torch threads)")
         ax.legend(loc="upper left")
-        fig.suptitle(f"Reference model, {len(x):,} test images: mean and 95% band over {len(runs)} seeds", fontsize=9)
+        fig.suptitle(f"Reference model, {len(x):,} test images: paired difference MC − dropout off, mean and 95% band "
+                     f"over {len(runs)} seeds", fontsize=9)
         save(fig, path)
 
     return StudyResult(
