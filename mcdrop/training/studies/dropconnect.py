@@ -86,7 +86,7 @@ def run(ctx: Context) -> StudyResult:
         f"{diff['mc']['nll'].fmt(4)}, ECE {diff['mc']['ece'].fmt(4)}; dropout off: accuracy "
         f"{diff['deterministic']['accuracy'].fmt(2, 100)} pp, NLL {diff['deterministic']['nll'].fmt(4)} "
         f"(DropConnect MC accuracy {dc['mc']['accuracy'].mean:.4f} vs {do['mc']['accuracy'].mean:.4f}). "
-        f"Training took {time_ratio.fmt(2)}× as long (timings.md)."
+        "Training times: timings.md."
     )
     rows = [[LABELS[name], *(summary[name][mode][m].fmt(4) for mode in ("deterministic", "mc") for m in METRICS)]
             for name in runs]

@@ -132,7 +132,7 @@ def run(ctx: Context) -> StudyResult:
         timing_rows.append([f"grid of study 1 ({grid_cells} dropout runs)", f"{seconds['dropout'].mean * grid_cells:.1f}",
                             f"Concrete / grid: {grid_ratio.fmt(3)}"])
         answer += (" Concrete learned rates " + ", ".join(f"{v.fmt(3)} (layer {k[-1]})" for k, v in learned.items())
-                   + f" from {P0}, in one training run that costs {grid_ratio.fmt(3)} of the {grid_cells}-run grid of study 1.")
+                   + f" from {P0}, in one training run instead of the {grid_cells}-run grid of study 1 (time: timings.md).")
     else:
         answer += " (Concrete dropout: mcdrop.core.concrete is not available in this checkout.)"
     rows = [[LABELS[m], *(summary[m][mode][k].fmt(4) for mode in ("deterministic", "mc") for k in METRICS)] for m in methods]
