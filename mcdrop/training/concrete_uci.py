@@ -54,7 +54,7 @@ from mcdrop.core.models import DropoutMLP
 from mcdrop.request import Task
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
-from mcdrop.training.uci import _standardise
+from mcdrop.training.uci import _standardise, mean_se
 
 __all__ = ["ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
            "keyed_dropout_off", "run_concrete", "score_heteroscedastic", "summarize_concrete"]
@@ -87,10 +87,8 @@ class ConcreteUCIResult:
     train_seconds: float
 
     def mean_se(self, name: str) -> tuple[float, float]:
-        """Mean and standard error (std with ddof=1 over sqrt(K); 0 for one split) over splits."""
-        v = np.array([getattr(s, name) for s in self.splits], dtype=np.float64)
-        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-        return float(v.mean()), se
+        """Mean and standard error of a split metric over splits (:func:`mcdrop.training.uci.mean_se`)."""
+        return mean_se([getattr(s, name) for s in self.splits])
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -63,14 +63,19 @@ class UCIResult:
     seconds: float
 
     def mean_se(self, name: str) -> tuple[float, float]:
-        """Mean and standard error (std with ddof=1 over sqrt(K); 0 for one split) over splits."""
-        v = np.array([getattr(s, name) for s in self.splits], dtype=np.float64)
-        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-        return float(v.mean()), se
+        """Mean and standard error of a split metric over splits (:func:`mean_se`)."""
+        return mean_se([getattr(s, name) for s in self.splits])
 
     def chosen(self) -> tuple[float, float]:
         """The (p, tau) pair chosen on most splits (ties: the first chosen)."""
         return Counter((s.dropout, s.tau) for s in self.splits).most_common(1)[0][0]
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (std with ddof=1 over sqrt(K); 0 for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), se
 
 
 # ---------------------------------------------------------------------------------------------- training
