@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,15 @@ def running_server(env: dict[str, str] | None = None, port: int | None = None, t
                    target: str = "mcdrop.service.service:MCDrop", log_path: Path | None = None) -> Iterator[str]:
     """Start the service, wait for /readyz, yield its URL, always stop it (the whole process group).  The server's
     log goes to ``log_path`` when given (kept), else to a temporary file (removed)."""
+    with server_process(env, port, timeout, target, log_path) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def server_process(env: dict[str, str] | None = None, port: int | None = None, timeout: float = 90.0,
+                   target: str = "mcdrop.service.service:MCDrop", log_path: Path | None = None
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`running_server` that also yields the server's main process (its process group holds the workers)."""
     port = port or free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     # The server's log goes to a file: an unread pipe fills up and blocks the server.
@@ -56,12 +65,24 @@ def running_server(env: dict[str, str] | None = None, port: int | None = None, t
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not become ready within {timeout} s")
             time.sleep(0.3)
-        yield url
+        yield url, proc
     finally:
         stop(proc)
         log.close()
         if log_path is None:
             Path(log.name).unlink(missing_ok=True)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``: a server's main process and its workers."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter(["pid", "status"]):
+        with suppress(psutil.Error, OSError):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.info["pid"]) == pgid:
+                alive.append(p.info["pid"])
+    return alive
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -72,3 +93,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    if group_alive(proc.pid):  # a worker that outlived its main process
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

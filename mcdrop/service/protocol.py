@@ -6,6 +6,10 @@ opens a connection and sends its headers a byte at a time, or nothing, keeps it 
 ``HEADER_TIMEOUT_S`` of its opening (or of the previous response).  :func:`install` makes it uvicorn's
 default protocol in this process: BentoML's worker builds its ``uvicorn.Config`` after importing the
 service module, which calls it.  Slow *bodies* are timed out by :class:`mcdrop.service.guard.Guard`.
+
+:func:`install` also bounds uvicorn's graceful shutdown (BentoML passes none, so SIGTERM waited for every
+request task however long it took): requests in flight get their own deadline (``MCDROP_REQUEST_TIMEOUT``) plus
+:data:`SHUTDOWN_GRACE_S` to finish, then uvicorn cancels what is left and the worker exits.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["HEADER_TIMEOUT_S", "HeaderDeadlineProtocol", "install"]
+__all__ = ["HEADER_TIMEOUT_S", "SHUTDOWN_GRACE_S", "HeaderDeadlineProtocol", "graceful_shutdown_s", "install"]
 
 HEADER_TIMEOUT_S = 10.0
+SHUTDOWN_GRACE_S = 10.0
+"""Seconds beyond a request's own deadline that a graceful shutdown waits for requests in flight."""
 
 
 class HeaderDeadlineProtocol(H11Protocol):
@@ -63,8 +69,20 @@ class HeaderDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+def graceful_shutdown_s() -> float:
+    """How long uvicorn's graceful shutdown waits for requests in flight: their deadline plus the grace."""
+    from mcdrop.serving.config import ServiceConfig, SettingError
+
+    try:
+        deadline = ServiceConfig.from_env().limits.timeout_s or 60.0
+    except SettingError:  # reported by the service's start-up check; the bound must not fail here
+        deadline = 60.0
+    return deadline + SHUTDOWN_GRACE_S
+
+
 def install() -> None:
-    """Make :class:`HeaderDeadlineProtocol` the default ``http`` protocol of ``uvicorn.Config`` (idempotent)."""
+    """Make :class:`HeaderDeadlineProtocol` the default ``http`` protocol of ``uvicorn.Config`` and bound its
+    graceful shutdown (:func:`graceful_shutdown_s`) when none is given (idempotent)."""
     init = uvicorn.Config.__init__
     if getattr(init, "_mcdrop", False):
         return
@@ -72,6 +90,8 @@ def install() -> None:
     @functools.wraps(init)
     def patched(self: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("http", HeaderDeadlineProtocol)
+        if kwargs.get("timeout_graceful_shutdown") is None:
+            kwargs["timeout_graceful_shutdown"] = graceful_shutdown_s()
         init(self, *args, **kwargs)
 
     patched._mcdrop = True  # type: ignore[attr-defined]

@@ -1,10 +1,12 @@
-"""The BentoML TimeoutMiddleware fix: no live timer per finished request, and the backstop 504 still works."""
+"""The BentoML TimeoutMiddleware fixes: no live timer per finished request, a request that ends without an answer
+ends at once, and the backstop 504 still works."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from mcdrop.service import bentoml_fixes
@@ -49,3 +51,51 @@ def test_backstop_timeout_still_answers_504():
     sent, _ = _serve(_slow, timeout=0.05, requests=1)
     assert sent[0]["status"] == 504
     assert "0.05 seconds" in json.loads(sent[1]["body"])["error"]
+
+
+async def _silent(scope, receive, send) -> None:
+    """An application that returns without answering (the client has gone: ASGI allows it)."""
+
+
+async def _broken(scope, receive, send) -> None:
+    raise RuntimeError("broken before any answer")
+
+
+def test_a_request_that_ends_without_an_answer_ends_at_once():
+    """Unfixed BentoML waited for the backstop (900 s) here, and uvicorn's shutdown waited for that task."""
+
+    async def main() -> None:
+        await asyncio.wait_for(TimeoutMiddleware(_silent, timeout=900)({"type": "http"}, None, None), 10)
+
+    asyncio.run(main())  # raises TimeoutError (after 10 s) if the middleware still waits
+
+
+def test_an_application_error_before_the_answer_propagates():
+    async def main() -> None:
+        await asyncio.wait_for(TimeoutMiddleware(_broken, timeout=900)({"type": "http"}, None, None), 10)
+
+    with pytest.raises(RuntimeError, match="broken before any answer"):
+        asyncio.run(main())
+
+
+def test_cancelling_the_request_cancels_the_application():
+    started, cancelled = asyncio.Event(), []
+
+    async def waiting(scope, receive, send) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(TimeoutMiddleware(waiting, timeout=900)({"type": "http"}, None, None))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert cancelled == [True]  # unfixed: the application ran on after its request was cancelled
+
+    asyncio.run(main())

@@ -1,0 +1,77 @@
+"""A real `bentoml serve` against what the reliability run of issue 21 threw at it: abandoned uploads and
+bursts before SIGTERM, maximum-size requests under one-row traffic, slow bodies, HTTP conformance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.server import group_alive, server_process
+from tests.tiny_models import write_tiny_models
+
+EXIT_BOUND_S = 15.0
+"""How long SIGTERM may take to stop the main process and every worker once no request is in flight (an
+orchestrator's grace period is typically 30 s)."""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM to the main process only (as an orchestrator sends it); whether it and all its workers were gone
+    within :data:`EXIT_BOUND_S`."""
+    os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_BOUND_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not group_alive(proc.pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def request_bytes(port: int, body: bytes, length: int | None = None) -> bytes:
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_stops_the_server_after_an_abandoned_upload(tiny):
+    """Headers and part of a body, then the client closes: before the fix the request's task waited for the
+    900 s backstop and the server for the task, for ever to an orchestrator."""
+    with server_process({"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"])}) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(request_bytes(port, b'{"inputs": [[0.1, ', length=1000))
+                time.sleep(0.3)
+        time.sleep(0.5)
+        assert terminate(proc), f"still running {EXIT_BOUND_S:g} s after SIGTERM: {group_alive(proc.pid)}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_stops_the_server_after_a_burst_of_closed_connections(tiny):
+    """Whole requests from clients that close at once (a load generator ending its run): uvicorn reports the
+    disconnect before the guard reads the body, and the guard returns without answering."""
+    with server_process({"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"])}) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        body = b'{"inputs": [[0.5, -1.0, 2.0, 0.1]], "n_samples": 200}'
+
+        def hit_and_run(_: int) -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+                s.sendall(request_bytes(port, body))
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(hit_and_run, range(200)))
+        time.sleep(0.5)
+        assert terminate(proc), f"still running {EXIT_BOUND_S:g} s after SIGTERM: {group_alive(proc.pid)}"
