@@ -17,8 +17,15 @@ about ``slice_cost``:
   the request is cancelled: its remaining slices are dropped and a running engine call stops at its next
   chunk.  No work is done for a request after its 504.  A started request whose remaining work would need
   longer than its time left (at the measured rate) gets its 504 at once rather than at the deadline.
-* **Overload.**  Work is admitted only if the backlog (queued work / the measured rate) leaves it time to
+* **Overload.**  Work is admitted only if the backlog (queued work / the rate of large work) leaves it time to
   finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.
+* **Pricing.**  A request's seconds are its multiply-adds over the rate of *large* work: the predictor's
+  start-up measurement on a large slice, then a moving average over engine calls of at least half a slice.
+  One-row batches run far fewer multiply-adds per second (the per-call overhead dominates), so a rate averaged
+  over all calls priced a maximum-size request 16-45x too high under one-row traffic and refused it on an
+  empty queue (issue 21).  Small requests priced at the large rate are priced low, but they are batched and
+  the large work behind them dominates any backlog that matters; a request admitted on a low estimate still
+  gets its 504 as soon as its remaining work cannot fit (:meth:`_Job.hopeless`).
 """
 
 from __future__ import annotations
@@ -105,17 +112,19 @@ class Scheduler:
         max_rows: rows of one batch of small requests.
         batch_wait_ms: how long an idle worker waits for more small requests.
         timeout_s: the default deadline of a request, in seconds.
-        rate: the first guess of the throughput in multiply-adds per second (then measured).
+        rate: the first estimate of the throughput of large work in multiply-adds per second (then measured).
     """
+
+    LARGE_WORK = 0.5
+    """Engine calls of at least this fraction of a slice measure the rate of large work."""
 
     def __init__(self, predictor: Predictor, *, slice_cost: float = 2e9, max_rows: int = 1024,
                  batch_wait_ms: float = 2.0, timeout_s: float = 60.0, rate: float = 2e10) -> None:
         self.predictor = predictor
         self.slice_cost, self.max_rows = float(slice_cost), max_rows
         self.batch_wait, self.timeout_s = batch_wait_ms / 1e3, timeout_s
-        self.rate = float(rate)
-        self._measured = False  # whether self.rate has been measured yet (else it is the first guess)
-        self.slice_rate = 0.0  # multiply-adds per second of the slices of large requests (0: none run yet)
+        self.rate = float(rate)  # multiply-adds per second of large work: the admission price (see the module docs)
+        self.slice_rate = 0.0  # the same, measured here only (0: no large work has run yet)
         self._jobs: list[_Job] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -128,6 +137,10 @@ class Scheduler:
         """Estimated seconds to finish the queued work."""
         with self._cond:
             return sum(j.remaining_cost for j in self._jobs) / self.rate
+
+    def seconds(self, request: PredictRequest) -> float:
+        """The request's price: its work (:meth:`Predictor.work`) over the rate of large work."""
+        return self.predictor.work(request) / self.rate
 
     def overloaded(self) -> bool:
         """Whether the queued work alone would not finish within a request's timeout."""
@@ -142,11 +155,11 @@ class Scheduler:
         if request.mode is Mode.MC and request.seed is None:
             request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        cost = self.predictor.work(request)
+        cost, need = self.predictor.work(request), self.seconds(request)
         backlog = self.backlog_seconds()
-        if backlog + cost / self.rate > timeout:
+        if backlog + need > timeout:
             raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
-                             f"{cost / self.rate:.1f} s more, beyond the {timeout:g} s limit; retry later")
+                             f"{need:.1f} s more, beyond the {timeout:g} s limit; retry later")
         loop = asyncio.get_running_loop()
         job = _Job(request, cost, self._slices(request, cost), loop.create_future(), loop, time.monotonic() + timeout,
                    timeout)
@@ -247,12 +260,16 @@ class Scheduler:
                 cost = sum(j.cost for j in jobs)
             else:
                 cost = self._run_slice(jobs[0], part)
-            elapsed = time.perf_counter() - start
-            if cost > 0 and elapsed > 1e-4:  # the first measurement replaces the guess, then a moving average
-                self.rate = 0.8 * self.rate + 0.2 * cost / elapsed if self._measured else cost / elapsed
-                self._measured = True
-                if part is not None:  # large requests' own rate (small batches run slower per multiply-add)
-                    self.slice_rate = 0.8 * self.slice_rate + 0.2 * cost / elapsed if self.slice_rate else cost / elapsed
+            self._measure(cost, time.perf_counter() - start)
+
+    def _measure(self, cost: float, elapsed: float) -> None:
+        """Update the rate of large work with an engine call of ``cost`` multiply-adds that took ``elapsed`` s;
+        smaller calls (one-row batches, a request's last short slice) say nothing about it."""
+        if cost < self.LARGE_WORK * self.slice_cost or elapsed <= 1e-4:
+            return
+        rate = cost / elapsed  # the first measurement replaces the start-up estimate, then a moving average
+        self.slice_rate = 0.8 * self.slice_rate + 0.2 * rate if self.slice_rate else rate
+        self.rate = self.slice_rate
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         with self._cond:

@@ -7,12 +7,16 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import numpy as np
 import pytest
 
-from tests.server import group_alive, server_process
+from mcdrop.wire import NPY, encode_npy
+from tests.server import group_alive, running_server, server_process
 from tests.tiny_models import write_tiny_models
 
 EXIT_BOUND_S = 15.0
@@ -75,3 +79,35 @@ def test_sigterm_stops_the_server_after_a_burst_of_closed_connections(tiny):
             list(pool.map(hit_and_run, range(200)))
         time.sleep(0.5)
         assert terminate(proc), f"still running {EXIT_BOUND_S:g} s after SIGTERM: {group_alive(proc.pid)}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_maximum_size_requests_are_admitted_while_one_row_requests_flow(tiny):
+    """Rows and passes at the limits /models advertises, on an otherwise empty queue, are admitted and answered
+    while one-row requests flow (before: 503, "this request needs about 100 s", priced at one-row batches' rate)."""
+    with running_server({"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"])}) as url:
+        limits = httpx.get(f"{url}/models").json()["limits"]
+        rows, passes = limits["max_rows"], limits["max_samples"]
+        stop, small = threading.Event(), []
+
+        def one_row() -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while not stop.is_set():
+                    small.append(client.post("/predict", json={"inputs": [[0.5, -1.0, 2.0, 0.1]], "n_samples": 20}
+                                             ).status_code)
+
+        flow = threading.Thread(target=one_row)
+        flow.start()
+        try:
+            time.sleep(1.0)
+            x = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
+            with httpx.Client(base_url=url, timeout=120) as client:
+                answers = [client.post("/predict", params={"n_samples": passes, "seed": i}, content=encode_npy(x),
+                                       headers={"content-type": NPY}) for i in range(3)]
+        finally:
+            stop.set()
+            flow.join()
+    assert [r.status_code for r in answers] == [200] * 3, answers[0].text
+    assert all(len(r.json()["predictions"]) == rows for r in answers)
+    assert len(small) > 10 and set(small) == {200}

@@ -169,3 +169,22 @@ def test_checks_happen_before_queueing(predictor):
 
     asyncio.run(main())
     assert scheduler._thread is None  # refused without starting any work
+
+
+def test_one_row_traffic_does_not_raise_the_price_of_large_work(predictor):
+    """One-row batches run far fewer multiply-adds per second than large work; a price averaged over them refused
+    requests within the advertised limit on an empty queue (issue 21).  The price stays the rate of large work:
+    a request that needs about a tenth of its timeout at that rate is admitted after one-row traffic."""
+    scheduler = Scheduler(predictor, rate=predictor.rate, slice_cost=512 * 200 * PASS_COST)  # 8 slices
+    big = req(4096, n=200)
+    price = scheduler.seconds(big)
+    assert price == pytest.approx(predictor.work(big) / predictor.rate)
+
+    async def main():
+        for i in range(20):
+            await scheduler.submit(req(1, seed=i))
+        assert scheduler.seconds(big) == price  # small calls do not measure the rate of large work
+        return await scheduler.submit(big, timeout_s=max(10 * price, 1.0))
+
+    assert len(asyncio.run(main())) == 4096
+    assert scheduler.slice_rate > 0 and scheduler.rate == scheduler.slice_rate  # large work did measure it
