@@ -14,8 +14,9 @@ In order, for every ``http`` request:
    form would let a page on another site send requests without a CORS preflight, and BentoML would
    unpickle ``application/vnd.bentoml+pickle`` in some set-ups.
 6. The body is read here, at most ``max_body_bytes`` (413 as soon as it is exceeded, with or without a
-   ``Content-Length``), with ``body_timeout_s`` between chunks (408 for a stalled or lying client), then
-   replayed to the application.
+   ``Content-Length``), with ``body_timeout_s`` between chunks (408 for a stalled or lying client) and
+   ``body_deadline_s`` for the whole body (408 for a client that trickles it: a byte a second never stalls),
+   then replayed to the application.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -61,17 +63,19 @@ class Guard:
         api_key: the bearer token, or None.
         max_body_bytes: the largest body accepted.
         body_timeout_s: the longest wait for the next piece of a body.
+        body_deadline_s: the longest time to receive a whole body (from the end of the headers).
         docs: whether mcdrop's OpenAPI page (``/docs``) is served.
     """
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], allowed_origins: Iterable[str] = (),
                  api_key: str | None = None, max_body_bytes: int = 16 << 20, body_timeout_s: float = 30.0,
-                 docs: bool = False) -> None:
+                 docs: bool = False, body_deadline_s: float = 60.0) -> None:
         self.app = app
         self.hosts = frozenset(h.lower() for h in allowed_hosts)
         self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.api_key = api_key.encode() if api_key else None
         self.max_body, self.body_timeout, self.docs = max_body_bytes, body_timeout_s, docs
+        self.body_deadline = body_deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,12 +129,19 @@ class Guard:
     async def _read(self, receive: Receive, send: Send, cors: list[tuple[bytes, bytes]]) -> bytes | None:
         """The whole body, or None after answering 413/408 (or when the client left)."""
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_deadline
         while True:
+            left = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), min(self.body_timeout, max(left, 0.0)))
             except TimeoutError:
-                await respond(send, 408, f"the request body stalled for {self.body_timeout:g} s (a Content-Length larger "
-                              "than the body, or a slow connection)", "body", [(b"connection", b"close"), *cors])
+                if left <= self.body_timeout:
+                    text = (f"the request body was not complete after {self.body_deadline:g} s "
+                            f"(MCDROP_BODY_DEADLINE; {size} bytes received): send it faster, or send less")
+                else:
+                    text = (f"the request body stalled for {self.body_timeout:g} s (MCDROP_BODY_TIMEOUT; a "
+                            "Content-Length larger than the body, or a slow connection)")
+                await respond(send, 408, text, "body", [(b"connection", b"close"), *cors])
                 return None
             if message["type"] == "http.disconnect":
                 return None

@@ -92,7 +92,7 @@ class _Guard(Guard):
         config = ServiceConfig.from_env()
         super().__init__(app, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins,
                          api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs,
-                         body_timeout_s=config.body_timeout_s)
+                         body_timeout_s=config.body_timeout_s, body_deadline_s=config.body_deadline_s)
 
 
 @bentoml.service(name="mcdrop", workers=1, http={"host": "127.0.0.1", "port": 3000},

@@ -40,6 +40,7 @@ SETTINGS: dict[str, str] = {
     "MCDROP_REQUEST_TIMEOUT": "seconds before a request is cancelled with 504 (default 60)",
     "MCDROP_HEADER_TIMEOUT": "seconds a connection may take to send its request line and headers (default 10)",
     "MCDROP_BODY_TIMEOUT": "seconds a request body may stall between two pieces (default 30)",
+    "MCDROP_BODY_DEADLINE": "seconds a whole request body may take to arrive, however steadily it trickles (default 60)",
     "MCDROP_BATCH_WAIT_MS": "how long an idle server waits to batch concurrent requests (default 2)",
     "MCDROP_SLICE_COST": f"multiply-adds computed between two scheduling decisions (default: {SLICE_SECONDS * 1e3:g} ms "
                          f"of work at the throughput measured at start-up, at least {DEFAULT_SLICE_COST:g})",
@@ -96,6 +97,7 @@ class ServiceConfig:
     docs: bool = False
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    body_deadline_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -141,4 +143,5 @@ class ServiceConfig:
             docs=docs in ("1", "true"),
             header_timeout_s=_number(env, "MCDROP_HEADER_TIMEOUT", 10.0, minimum=0.001),
             body_timeout_s=_number(env, "MCDROP_BODY_TIMEOUT", 30.0, minimum=0.001),
+            body_deadline_s=_number(env, "MCDROP_BODY_DEADLINE", 60.0, minimum=0.001),
         )

@@ -120,3 +120,22 @@ def test_bentoml_docs_page_is_never_served():
     for path in ("/", "/docs.json", "/static_content/swagger-ui.css"):
         assert client().get(path).status_code == 404
     assert client(docs=True).get("/static_content/swagger-ui.css").status_code == 404  # reaches the app (none here)
+
+
+def test_a_trickling_body_gets_408_at_the_overall_deadline():
+    """A byte every 50 ms never stalls for body_timeout_s, but the whole body has body_deadline_s."""
+    guard = Guard(INNER, allowed_hosts=("*",), max_body_bytes=1000, body_timeout_s=1.0, body_deadline_s=0.3)
+    sent: list[dict] = []
+
+    async def receive():
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", b"999")]}
+    asyncio.run(asyncio.wait_for(guard(scope, receive, send), 5))
+    error = json.loads(sent[1]["body"])
+    assert sent[0]["status"] == 408 and error["field"] == "body" and "MCDROP_BODY_DEADLINE" in error["error"]

@@ -111,3 +111,30 @@ def test_maximum_size_requests_are_admitted_while_one_row_requests_flow(tiny):
     assert [r.status_code for r in answers] == [200] * 3, answers[0].text
     assert all(len(r.json()["predictions"]) == rows for r in answers)
     assert len(small) > 10 and set(small) == {200}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_trickling_body_is_closed_at_the_overall_deadline(tiny):
+    """A byte every 0.2 s never stalls for MCDROP_BODY_TIMEOUT (2 s), but the whole body has MCDROP_BODY_DEADLINE
+    (3 s): 408 and the connection closed, where before the connection lasted as long as the trickle."""
+    import select
+
+    env = {"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"]), "MCDROP_BODY_TIMEOUT": "2", "MCDROP_BODY_DEADLINE": "3"}
+    with running_server(env) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(request_bytes(port, b"", length=1000))
+            start, reply = time.monotonic(), b""
+            for _ in range(100):  # 20 s of trickle at most
+                if select.select([s], [], [], 0.2)[0]:
+                    reply = s.recv(4096)
+                    break
+                s.sendall(b" ")
+            elapsed = time.monotonic() - start
+            s.settimeout(5)
+            rest = s.recv(4096) if reply else b"?"
+            while rest:  # the server closes the connection after its answer
+                rest = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"MCDROP_BODY_DEADLINE" in reply and elapsed < 10
