@@ -184,7 +184,8 @@ class RequestOptions(BaseModel):
         None, gt=0, allow_inf_nan=False,
         description=f"adaptive sampling: add passes until the MC standard error is below this (at least "
                     f"{MIN_ADAPTIVE_SAMPLES} passes)")
-    max_samples: int | None = Field(None, ge=1, le=1_000_000, description="adaptive sampling cap")
+    max_samples: int | None = Field(None, ge=1, le=1_000_000, description=f"adaptive sampling cap; at least n_samples "
+                                    f"(with tolerance: at least max(n_samples, {MIN_ADAPTIVE_SAMPLES})), else 400")
     level: float = Field(DEFAULT_LEVEL, gt=0, lt=1, description="central prediction-interval level (regression)")
     coverage: float | None = Field(None, gt=0, lt=1, description="conformal prediction sets (classification) or "
                                                                  "intervals (regression) with this coverage")

@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResult
+from mcdrop.service.json_keys import duplicate_key
 from mcdrop.service.openapi import openapi_document
 from mcdrop.serving.config import ServiceConfig
 from mcdrop.serving.errors import (
@@ -107,7 +108,10 @@ def _decode(body: bytes, options: dict[str, Any] | None) -> PredictRequest:
         return PredictRequest.model_validate({"inputs": decode_npy(body), **options}, strict=False)
     if not body.strip():
         raise InvalidRequest("the request body is empty; expected a JSON object with inputs", "body")
-    return PredictRequest.model_validate_json(body)
+    request = PredictRequest.model_validate_json(body)  # the last of repeated keys wins here: refuse repeats
+    if (key := duplicate_key(body)) is not None:
+        raise InvalidRequest(f"the JSON body gives {key[:50]!r} more than once; give each field once", key[:50])
+    return request
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -176,19 +180,23 @@ def create_app(state: Callable[[], State]) -> Starlette:
         return error_response(f"no route {request.url.path[:100]!r}: POST /predict, GET /models, /openapi.json, "
                               "/livez, /readyz, /metrics", None, 404)
 
-    async def not_allowed(request: Request, _exc: Exception) -> JSONResponse:
-        return error_response(f"{request.method} is not allowed on {request.url.path[:100]}", None, 405)
+    async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        return error_response(f"{request.method} is not allowed on {request.url.path[:100]}; allowed: {allow}", None, 405,
+                              headers={"allow": allow})
 
     routes = [Route("/predict", predict, methods=["POST"]), Route("/models", models, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 
-# The page loads Swagger UI from BentoML's own static files on this server: nothing from third parties.
+# The page loads Swagger UI from BentoML's own static files on this server: nothing from third parties (and no
+# validator badge: Swagger UI's default validatorUrl sends the document to validator.swagger.io).
 _DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>mcdrop API</title>
 <link rel="stylesheet" href="/static_content/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div><script src="/static_content/swagger-ui-bundle.js"></script>
-<script>window.onload = () => { window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"}); };</script>
+<script>window.onload = () => {
+  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null}); };</script>
 </body></html>
 """

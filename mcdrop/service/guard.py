@@ -10,9 +10,10 @@ In order, for every ``http`` request:
    (401, compared in constant time).
 4. BentoML's own documentation page (it loads a third-party tag manager) is never served; mcdrop's OpenAPI
    page replaces it when enabled.
-5. A ``POST`` must have a content type the service reads (JSON or ``.npy``), else 415: ``text/plain`` or a
-   form would let a page on another site send requests without a CORS preflight, and BentoML would
-   unpickle ``application/vnd.bentoml+pickle`` in some set-ups.
+5. A ``POST`` to a route that reads a body (``/predict``) must have a content type the service reads (JSON or
+   ``.npy``), else 415: ``text/plain`` or a form would let a page on another site send requests without a CORS
+   preflight, and BentoML would unpickle ``application/vnd.bentoml+pickle`` in some set-ups.  A ``POST``
+   elsewhere goes, unread, to the router, whose answer (404, or 405 with ``Allow``) says what is wrong.
 6. The body is read here, at most ``max_body_bytes`` (413 as soon as it is exceeded, with or without a
    ``Content-Length``), with ``body_timeout_s`` between chunks (408 for a stalled or lying client) and
    ``body_deadline_s`` for the whole body (408 for a client that trickles it: a byte a second never stalls),
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -46,11 +48,14 @@ async def respond(send: Send, status: int, error: str, field: str | None, header
     await send({"type": "http.response.body", "body": body})
 
 
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:3000
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+_HOST = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a ``Host`` header (``name[:port]`` or ``[ipv6][:port]``), or None when it is not of that form:
+    ``localhost:1@evil.example`` is not localhost (a URL parser would take ``evil.example`` from it)."""
+    match = _HOST.fullmatch(host.strip().lower())
+    return None if match is None else match["ip6"] or match["name"]
 
 
 class Guard:
@@ -64,18 +69,19 @@ class Guard:
         max_body_bytes: the largest body accepted.
         body_timeout_s: the longest wait for the next piece of a body.
         body_deadline_s: the longest time to receive a whole body (from the end of the headers).
+        body_paths: the routes that read a ``POST`` body (content type, size and pace are checked there only).
         docs: whether mcdrop's OpenAPI page (``/docs``) is served.
     """
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], allowed_origins: Iterable[str] = (),
                  api_key: str | None = None, max_body_bytes: int = 16 << 20, body_timeout_s: float = 30.0,
-                 docs: bool = False, body_deadline_s: float = 60.0) -> None:
+                 docs: bool = False, body_deadline_s: float = 60.0, body_paths: Iterable[str] = ("/predict",)) -> None:
         self.app = app
         self.hosts = frozenset(h.lower() for h in allowed_hosts)
         self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.api_key = api_key.encode() if api_key else None
         self.max_body, self.body_timeout, self.docs = max_body_bytes, body_timeout_s, docs
-        self.body_deadline = body_deadline_s
+        self.body_deadline, self.body_paths = body_deadline_s, frozenset(body_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,13 +89,13 @@ class Guard:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         path, method = scope.get("path", ""), scope.get("method", "GET")
         host = headers.get(b"host", b"").decode("latin-1")
-        if "*" not in self.hosts and _host_name(host) not in self.hosts:
+        if "*" not in self.hosts and (_host_name(host) or "") not in self.hosts:
             return await respond(send, 400, f"Host {host[:100]!r} is not served here; allowed: "
                                  f"{', '.join(sorted(self.hosts))} (MCDROP_ALLOWED_HOSTS)", "host")
         origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
         cors: list[tuple[bytes, bytes]] = []
         if origin:
-            same = origin.split("://", 1)[-1] == host.lower()
+            same = origin == f"{scope.get('scheme', 'http')}://{host.strip().lower()}"  # scheme, host and port
             if not same and "*" not in self.origins and origin not in self.origins:
                 return await respond(send, 403, f"Origin {origin[:100]!r} may not call this API "
                                      "(MCDROP_ALLOWED_ORIGINS)", "origin")
@@ -111,7 +117,7 @@ class Guard:
             return await respond(send, 404, "not found" + ("" if self.docs else "; the API is described at /openapi.json"),
                                  None, cors)
         send_with_cors = send if not cors else _with_headers(send, cors)
-        if method != "POST":
+        if method != "POST" or path not in self.body_paths:  # a POST elsewhere gets the router's 404 or 405
             return await self.app(scope, receive, send_with_cors)
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
         if media not in READABLE_TYPES:

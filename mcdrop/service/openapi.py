@@ -46,6 +46,15 @@ def _nullable_30(node: Any) -> Any:
     return node
 
 
+_PREDICT = (
+    "A JSON body (application/json) carries every field, as PredictRequest describes.  An .npy body "
+    "(application/x-npy) carries only the inputs; its other fields are query parameters, listed under that body's "
+    "`x-query-parameters` (OpenAPI 3.0 cannot tie parameters to one body type, so they are not operation "
+    "parameters): a JSON body with query parameters is refused (400), since two places for one field would "
+    "leave it unclear which one counts.  One rule a schema cannot state: max_samples is at least n_samples (at "
+    "least max(n_samples, 8) with tolerance); a request that breaks it gets 400 naming max_samples.")
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0.3 description of every route, its bodies, and every error status."""
@@ -66,12 +75,14 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/predict": {"post": {
                 "summary": "Predictions with uncertainty for a batch of inputs",
-                "parameters": [{**p, "description": "with an application/x-npy body: " + p["description"]} for p in npy_params],
+                "description": _PREDICT,
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": ref("PredictRequest")},
                     "application/x-npy": {"schema": {"type": "string", "format": "binary",
-                                                     "description": "an .npy array (rows, features); other fields as "
-                                                                    "query parameters"}}}},
+                                                     "description": "an .npy array (rows, features); the other fields "
+                                                                    "as query parameters: " + ", ".join(
+                                                                        p["name"] for p in npy_params)},
+                                          "x-query-parameters": npy_params}}},
                 "responses": {"200": {"description": "one prediction per input row", "content": {
                     "application/json": {"schema": ref("PredictResponse")},
                     "application/x-npy": {"schema": {"type": "string", "format": "binary",

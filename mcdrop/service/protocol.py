@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http
+import json
 from typing import Any
 
 import h11
 import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["HEADER_TIMEOUT_S", "SHUTDOWN_GRACE_S", "HeaderDeadlineProtocol", "graceful_shutdown_s", "install"]
+__all__ = ["HEADER_TIMEOUT_S", "LINGER_S", "SHUTDOWN_GRACE_S", "HeaderDeadlineProtocol", "graceful_shutdown_s", "install"]
 
 HEADER_TIMEOUT_S = 10.0
+LINGER_S = 2.0
+"""How long a connection refused for an unreadable request keeps reading (and dropping) what the client still
+sends, so that the answer reaches it instead of a TCP reset."""
 SHUTDOWN_GRACE_S = 10.0
 """Seconds beyond a request's own deadline that a graceful shutdown waits for requests in flight."""
 
@@ -66,7 +72,40 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
+
+    # ------------------------------------------------------------------ requests h11 cannot read
+
+    _linger: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger is None:
+            super().data_received(data)  # else: refused, and the rest of the request is dropped
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request h11 refused (uvicorn: a plain 400, then a close that resets the connection while the
+        client is still sending, so it never sees the answer): 414 for a request line, 431 for headers beyond
+        h11's buffer, else 400; JSON in the service's error shape; then a lingering close."""
+        data, _ = self.conn.trailing_data
+        limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        if len(data) > limit:
+            line = data.find(b"\n")
+            if line < 0 or line > limit:
+                status, text = 414, f"the request line (method and URL) is longer than {limit} bytes"
+            else:
+                status, text = 431, f"the request headers are larger than {limit} bytes in all"
+        else:
+            status, text = 400, "the request is not valid HTTP/1.1"
+        body = json.dumps({"error": text, "field": "headers" if status == 431 else "url" if status == 414 else None})
+        self.transport.write(f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+                             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}".encode())
+        self._disarm()
+        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the answer is complete; keep reading so the client is not reset
+        self.transport.resume_reading()
 
 
 def graceful_shutdown_s() -> float:

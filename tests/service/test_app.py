@@ -254,3 +254,44 @@ def test_openapi_document_matches_the_answers(app):
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def test_405_names_the_allowed_methods(client):
+    r = client.post("/models")
+    assert r.status_code == 405 and "GET" in r.headers["allow"] and "GET" in r.json()["error"]
+    assert client.get("/predict").headers["allow"] == "POST"
+
+
+def test_openapi_ties_query_parameters_to_npy_bodies(client):
+    """Query parameters apply to .npy bodies only (a JSON body with one is 400), and OpenAPI 3.0 parameters apply
+    to every body type, so they are listed under the .npy body, not as the operation's parameters."""
+    operation = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+    assert "parameters" not in operation
+    query = {p["name"] for p in operation["requestBody"]["content"][NPY]["x-query-parameters"]}
+    assert {"n_samples", "seed", "max_samples", "model"} <= query and "inputs" not in query
+    assert all(p["in"] == "query" for p in operation["requestBody"]["content"][NPY]["x-query-parameters"])
+
+
+def test_the_max_samples_rule_is_described_and_named(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+    assert "max(n_samples, 8)" in schema["properties"]["max_samples"]["description"]
+    r = post(client, {"inputs": [ROW], "n_samples": 20, "tolerance": 0.1, "max_samples": 10})
+    assert r.status_code == 400 and r.json()["field"] == "max_samples" and "max(n_samples, 8)" in r.json()["error"]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('{"inputs": [[0.5, -1, 2, 0.1]], "seed": 1, "seed": 2}', "seed"),
+    ('{"inputs": [[9, 9, 9, 9]], "n_samples": 5, "inputs": [[0.5, -1, 2, 0.1]]}', "inputs"),
+    ('{"inputs": [[0.5, -1, 2, 0.1]], "mode": "mc", "\\u006dode": "deterministic"}', "mode"),
+])
+def test_repeated_json_keys_are_refused(client, text, key):
+    """JSON parsers keep the last of repeated keys; a request that says two things is refused instead."""
+    r = post(client, text)
+    assert r.status_code == 400 and r.json()["field"] == key and "more than once" in r.json()["error"]
+    quoted = post(client, '{"inputs": [[0.5, -1, 2, 0.1]], "model": "x\\": 1, \\"model\\": 2"}').json()  # one key
+    assert quoted["field"] == "model" and "more than once" not in quoted["error"]  # an unknown model, not a repeat
+
+
+def test_docs_page_has_no_third_party_validator(models):
+    page = TestClient(create_app(lambda: SimpleNamespace(config=ServiceConfig(docs=True)))).get("/docs")
+    assert page.status_code == 200 and "validatorUrl: null" in page.text

@@ -139,3 +139,23 @@ def test_a_trickling_body_gets_408_at_the_overall_deadline():
     asyncio.run(asyncio.wait_for(guard(scope, receive, send), 5))
     error = json.loads(sent[1]["body"])
     assert sent[0]["status"] == 408 and error["field"] == "body" and "MCDROP_BODY_DEADLINE" in error["error"]
+
+
+@pytest.mark.parametrize("host", ["localhost:1@evil.example", "localhost@evil.example", "127.0.0.1:3000/x",
+                                  "localhost:3000:1", "[::1]evil", ""])
+def test_hosts_that_only_start_like_loopback_are_refused(host):
+    r = client().get("/models", headers={"host": host})
+    assert r.status_code == 400 and r.json()["field"] == "host"
+
+
+def test_an_origin_with_another_scheme_is_another_origin():
+    """https://127.0.0.1:3000 is not the same origin as the http server on 127.0.0.1:3000."""
+    r = client().get("/models", headers={"origin": "https://127.0.0.1:3000"})
+    assert r.status_code == 403 and r.json()["field"] == "origin"
+    assert client().get("/models", headers={"origin": "HTTP://127.0.0.1:3000"}).status_code == 200
+
+
+def test_a_post_to_a_route_without_a_body_reaches_the_router():
+    """The content-type check is for routes that read a body: a POST to a GET route is the router's 405, not 415."""
+    r = client().post("/models", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
