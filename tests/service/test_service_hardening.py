@@ -138,3 +138,38 @@ def test_a_trickling_body_is_closed_at_the_overall_deadline(tiny):
                 rest = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"MCDROP_BODY_DEADLINE" in reply and elapsed < 10
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` whole (however large), then read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(20)
+        s.sendall(request)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_http_conformance_on_a_real_server(tiny):
+    """Oversized request lines and headers get 414 / 431 (before: a TCP reset, the answer lost), a POST to a GET
+    route 405 with Allow (before: 415, no Allow), a repeated JSON key 400 naming it (before: the last one won)."""
+    with running_server({"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"])}) as url:
+        port = int(url.rsplit(":", 1)[1])
+        host = f"Host: 127.0.0.1:{port}\r\n".encode()
+        long_url = b"GET /models?x=" + b"a" * (1 << 20) + b" HTTP/1.1\r\n" + host + b"\r\n"
+        big_header = b"GET /models HTTP/1.1\r\n" + host + b"X-Big: " + b"b" * (1 << 20) + b"\r\n\r\n"
+        many_headers = b"GET /models HTTP/1.1\r\n" + host + b"".join(b"X-H%d: 1\r\n" % i for i in range(20_000)) + b"\r\n"
+        for request, status in ((long_url, b"414"), (big_header, b"431"), (many_headers, b"431")):
+            reply = raw_exchange(port, request)
+            assert reply.split(b"\r\n", 1)[0].split()[1] == status, reply[:200]
+            assert b'"error"' in reply
+        r = httpx.post(f"{url}/models", content=b"x", headers={"content-type": "text/plain"})
+        assert r.status_code == 405 and "GET" in r.headers["allow"]
+        r = httpx.post(f"{url}/predict", content=b'{"inputs": [[1, 2, 3, 4]], "seed": 1, "seed": 2}',
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["field"] == "seed"
+        assert httpx.get(f"{url}/models", headers={"host": "localhost:1@evil.example"}).status_code == 400
+        assert httpx.get(f"{url}/livez").status_code == 200
