@@ -14,6 +14,9 @@ from typing import Any
 
 from mcdrop.cli.common import CLIError, log
 
+ANNOUNCE = "MCDROP_ANNOUNCE_URL"
+"""Set by ``mcdrop serve`` for the service: the URL it prints once it is ready (a failed start prints no URL)."""
+
 _FLAGS = {"models": "MCDROP_SERVE_MODELS", "max_rows": "MCDROP_MAX_ROWS", "max_samples": "MCDROP_MAX_SAMPLES",
           "threads": "MCDROP_THREADS", "allowed_hosts": "MCDROP_ALLOWED_HOSTS"}
 
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{flag}: {str(err).split(': ', 1)[1]}", 2) from err
     if importlib.util.find_spec("bentoml") is None:
         raise CLIError("BentoML is not installed in this environment: pip install 'mcdrop[serve]'")
-    log(f"serving on http://{args.host}:{args.port} (POST /predict, GET /models, /openapi.json, /readyz, /metrics)")
+    log(f"starting the server on http://{args.host}:{args.port} (it says when it is serving)")
+    env[ANNOUNCE] = f"http://{args.host}:{args.port}"  # the service prints "serving on" once its models are loaded
     os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "mcdrop.service.service:MCDrop", "--host",
                                args.host, "--port", str(args.port)], env)
     return 0  # pragma: no cover - exec does not return

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import os
+import sys
 from typing import Any
 
 import bentoml
@@ -121,6 +123,9 @@ class MCDrop:
         # then scan only per-request garbage (fewer multi-millisecond pauses in the tail).
         gc.collect()
         gc.freeze()
+        if url := os.environ.get("MCDROP_ANNOUNCE_URL"):  # started by `mcdrop serve`: say so only now it can answer
+            print(f"mcdrop: serving on {url} (POST /predict, GET /models, /openapi.json, /readyz, /metrics)",
+                  file=sys.stderr, flush=True)
 
     @bentoml.on_deployment
     def check() -> None:

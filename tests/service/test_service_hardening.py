@@ -173,3 +173,31 @@ def test_http_conformance_on_a_real_server(tiny):
         assert r.status_code == 400 and r.json()["field"] == "seed"
         assert httpx.get(f"{url}/models", headers={"host": "localhost:1@evil.example"}).status_code == 400
         assert httpx.get(f"{url}/livez").status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_mcdrop_serve_says_serving_only_when_it_serves(tiny, tmp_path):
+    """A failed start printed "serving on http://..." first; now the URL comes from the service once it is up."""
+    import sys
+
+    from tests.server import free_port, stop
+
+    def serve(models: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "mcdrop.cli.main", "serve", "--port", str(free_port()),
+                                 "--models", models], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"}, start_new_session=True)
+
+    failed = serve(str(tmp_path / "no-such-model"))
+    out, _ = failed.communicate(timeout=120)
+    assert failed.returncode != 0 and "cannot serve" in out and "serving on" not in out, out[-2000:]
+    good = serve(str(tiny["tiny-cls"]))
+    try:
+        deadline, line = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and "serving on" not in line:
+            line = good.stdout.readline()
+            assert line or good.poll() is None, "the server exited"
+        url = line.split("serving on ", 1)[1].split()[0]
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+    finally:
+        stop(good)
