@@ -4,7 +4,8 @@ and the device.
 Monte Carlo passes allocate activations of tens of MB.  glibc returns such blocks to the OS on free
 and the next allocation faults every page in again, which cost ~40% of an MC call in measurements
 (BENCHMARKS.md).  :func:`tune_allocator` keeps them in the heap instead.  The library never calls it on
-import: it changes the whole process, so programs opt in.
+import: it changes the whole process, so programs opt in.  :func:`release_free_memory` gives the free heap back
+after a rare large transient (a 16 MB request body parsed into Python objects) that would otherwise stay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ctypes.util
 
 import torch
 
-__all__ = ["DEVICES", "resolve_device", "tune_allocator"]
+__all__ = ["DEVICES", "release_free_memory", "resolve_device", "tune_allocator"]
 
 DEVICES = "cpu, cuda, cuda:N or auto (cuda when one is available, else cpu)"
 
@@ -37,6 +38,15 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_free_memory() -> bool:
+    """Return the free memory of every glibc heap to the OS (``malloc_trim(0)``); False where there is none."""
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False
 
 
 def resolve_device(spec: str | None) -> torch.device:

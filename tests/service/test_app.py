@@ -295,3 +295,4 @@ def test_repeated_json_keys_are_refused(client, text, key):
 def test_docs_page_has_no_third_party_validator(models):
     page = TestClient(create_app(lambda: SimpleNamespace(config=ServiceConfig(docs=True)))).get("/docs")
     assert page.status_code == 200 and "validatorUrl: null" in page.text
+

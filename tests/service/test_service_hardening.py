@@ -201,3 +201,26 @@ def test_mcdrop_serve_says_serving_only_when_it_serves(tiny, tmp_path):
         assert httpx.get(f"{url}/models", timeout=10).status_code == 200
     finally:
         stop(good)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_large_bad_bodies_do_not_grow_the_worker_without_bound(tiny):
+    """Each 15 MB body of bad cells left the worker ~80 MB larger, body after body (parsed in a pool's threads, each
+    keeping its freed memory in its own heap): 6 bodies, +350 MB after the first.  Now they reuse one heap."""
+    import json
+
+    import psutil
+
+    row = json.dumps([1e39] * 784)
+    bodies = [json.dumps({"inputs": [[cell] * 784] * int(15e6 // (len(row) + 2))}) for cell in ("a", 1e39, True)]
+    with server_process({"MCDROP_SERVE_MODELS": str(tiny["tiny-cls"])}) as (url, proc):
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        rss = lambda: sum(p.memory_info().rss for p in tree)  # noqa: E731
+        sizes = []
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(6):
+                r = client.post("/predict", content=bodies[i % 3], headers={"content-type": "application/json"})
+                assert r.status_code == 400
+                sizes.append(rss())
+    assert sorted(sizes[-3:])[1] - sizes[0] < 100 << 20, [s >> 20 for s in sizes]  # before: +141 MB, and growing
