@@ -4,6 +4,9 @@
     python bench/bench_hardening.py fairness   # 8 maximum-cost requests in flight; one-row latency; abandoned work
     python bench/bench_hardening.py soak [--seconds 300]  # wrk at concurrency 32: the worker's memory over time
     python bench/bench_hardening.py all
+    python bench/bench_hardening.py shutdown --trials 20 --after upload|load   # SIGTERM to exit (issue 21)
+    python bench/bench_hardening.py admission  # maximum-size requests under one-row traffic (issue 21)
+    python bench/bench_hardening.py deadline   # a body trickled at 1 byte/s against the overall deadline (issue 21)
 
 Starts `bentoml serve` with the bundled model on a free loopback port (tests/server.py) for each part and prints
 a markdown table.  Memory is the resident set of the server's process tree (psutil); CPU time is the worker's.
@@ -13,6 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import select
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +40,11 @@ import contextlib
 from bench.bench_service import request_row
 from mcdrop import wire
 from tests.server import running_server
+
+
+def torch_threads() -> None:
+    """The server's threads: 2 (the rules' benchmark setting) unless MCDROP_THREADS says otherwise."""
+    os.environ.setdefault("MCDROP_THREADS", "2")
 
 
 def server_tree(url: str) -> list[psutil.Process]:
@@ -216,15 +229,150 @@ def soak(seconds: float, warmup: float = 30.0, concurrency: int = 32) -> list[st
             f"RSS over time (MB): {trace}."]
 
 
+def _one_row_request(port: int) -> bytes:
+    body = json.dumps({"inputs": [request_row(None)[0]], "n_samples": 50}).encode()
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _abandon_uploads(port: int, count: int = 3) -> None:
+    """Headers and part of a body, then close (issue 21's first finding)."""
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(_one_row_request(port).replace(b"Content-Length: ", b"Content-Length: 9")[:-20])
+            time.sleep(0.2)
+
+
+def _load_then_close(port: int, seconds: float = 3.0, connections: int = 32) -> int:
+    """Keep-alive one-row MC requests on ``connections`` sockets for ``seconds``, then each sends one more request
+    and closes at once with a reset (as a load generator ends its run).  Returns the requests answered."""
+    request, stop, answered = _one_row_request(port), time.monotonic() + seconds, [0]
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(30)
+            while time.monotonic() < stop:
+                s.sendall(request)
+                reply = s.recv(65536)
+                while b"\r\n\r\n" not in reply:
+                    reply += s.recv(65536)
+                head, _, rest = reply.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
+                    b"content-length")))
+                while len(rest) < length:
+                    rest += s.recv(65536)
+                answered[0] += 1
+            s.sendall(request)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answered[0]
+
+
+def shutdown(trials: int, after: str, bound: float = 60.0) -> list[str]:
+    """Per trial: a fresh server, abandoned uploads or a burst of load ending in resets, then SIGTERM to the main
+    process; the time until it and every worker are gone (at most ``bound`` s, then SIGKILL)."""
+    from tests.server import group_alive, server_process
+
+    times: list[float] = []
+    for trial in range(trials):
+        with server_process() as (url, proc):
+            port = int(url.rsplit(":", 1)[1])
+            if after == "upload":
+                _abandon_uploads(port)
+            else:
+                _load_then_close(port)
+            time.sleep(0.3)
+            start = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            while time.monotonic() - start < bound and (proc.poll() is None or group_alive(proc.pid)):
+                time.sleep(0.05)
+            times.append(time.monotonic() - start if proc.poll() is not None and not group_alive(proc.pid) else math.inf)
+        print(f"trial {trial + 1}: {times[-1]:.2f} s", flush=True)
+    done = [t for t in times if math.isfinite(t)]
+    what = "abandoned uploads (3 per trial)" if after == "upload" else "3 s of load at 32 connections ending in resets"
+    return [f"SIGTERM after {what}: {trials} trials, {len(done)} stopped within {bound:g} s"
+            + (f"; median {statistics.median(done):.2f} s, max {max(done):.2f} s" if done else "")
+            + f"; target < 15 s in every trial: {'met' if len(done) == trials and max(done) < 15 else 'NOT met'}."]
+
+
+def admission(big: int = 8, rows: int = 1024, passes: int = 1000) -> list[str]:
+    """``big`` maximum-size requests (rows x passes, the default cost limit), one at a time, while a closed loop
+    sends one-row MC requests: how many were admitted and answered, and the one-row latencies."""
+    x = np.random.default_rng(0).random((rows, 784), dtype=np.float32)
+    body = wire.encode_npy(x)
+    one = {"inputs": [request_row(None)[0]], "n_samples": 50, "seed": 1}
+    small: list[float] = []
+    outcomes: list[tuple[int, float, str]] = []
+    done = threading.Event()
+    with running_server() as url:
+        def send_small() -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    if client.post("/predict", json=one).status_code == 200:
+                        small.append(time.perf_counter() - start)
+
+        loop = threading.Thread(target=send_small)
+        loop.start()
+        time.sleep(2.0)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for i in range(big):
+                start = time.perf_counter()
+                r = client.post("/predict", content=body, params={"n_samples": passes, "seed": i},
+                                headers={"content-type": wire.NPY})
+                outcomes.append((r.status_code, time.perf_counter() - start, r.text[:160] if r.status_code != 200 else ""))
+        done.set()
+        loop.join()
+    ok = [t for s, t, _ in outcomes if s == 200]
+    refusal = next((m for s, _, m in outcomes if s != 200), "")
+    p99 = float(np.percentile(small, 99)) if small else float("nan")
+    return [f"{big} requests of {rows} rows x {passes} passes (cost 2.0e12, the limit /models advertises), one at a "
+            f"time, while one-row MC N = 50 requests flow: {len(ok)} of {big} admitted and answered"
+            + (f" (median {statistics.median(ok):.1f} s, max {max(ok):.1f} s)" if ok else "")
+            + (f"; first refusal: {refusal}" if refusal else "") + ".",
+            f"One-row requests meanwhile: {len(small)} answered, median {statistics.median(small) * 1e3:.0f} ms, p99 "
+            f"{p99 * 1e3:.0f} ms, max {max(small) * 1e3:.0f} ms; target p99 < 1 s: {'met' if p99 < 1 else 'NOT met'}."]
+
+
+def deadline(seconds: float = 120.0) -> list[str]:
+    """A body announced as 1,000 bytes, sent at 1 byte per second: when the server answers and closes."""
+    with running_server() as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 1000\r\n\r\n".encode())
+            start, reply = time.monotonic(), b""
+            while time.monotonic() - start < seconds:
+                if select.select([s], [], [], 1.0)[0]:
+                    reply = s.recv(4096)
+                    break
+                s.sendall(b" ")
+            elapsed = time.monotonic() - start
+    status = reply.split(b"\r\n", 1)[0].decode() if reply else f"no answer within {seconds:g} s"
+    return [f"A body trickled at 1 byte/s (default settings: MCDROP_BODY_TIMEOUT 30 s between pieces, "
+            f"MCDROP_BODY_DEADLINE 60 s in all): {status} after {elapsed:.1f} s."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["errors", "fairness", "soak", "all"])
+    parser.add_argument("part", choices=["errors", "fairness", "soak", "shutdown", "admission", "deadline", "all"])
     parser.add_argument("--seconds", type=float, default=300.0, help="soak duration")
+    parser.add_argument("--trials", type=int, default=20, help="shutdown trials")
+    parser.add_argument("--after", choices=["upload", "load"], default="upload", help="what precedes SIGTERM (shutdown)")
+    parser.add_argument("--bound", type=float, default=60.0, help="seconds a shutdown trial waits before SIGKILL")
     args = parser.parse_args()
+    torch_threads()
     parts = ["errors", "fairness", "soak"] if args.part == "all" else [args.part]
+    runs = {"errors": errors, "fairness": fairness, "soak": lambda: soak(args.seconds), "admission": admission,
+            "deadline": deadline, "shutdown": lambda: shutdown(args.trials, args.after, args.bound)}
     out: list[str] = []
     for part in parts:
-        lines = errors() if part == "errors" else fairness() if part == "fairness" else soak(args.seconds)
+        lines = runs[part]()
         out += [f"### {part}", "", *lines, ""]
         print("\n".join(out[-len(lines) - 3:]), flush=True)
     print("\n".join(out))

@@ -19,7 +19,7 @@ _ERRORS = {
     "401": "the API key is missing or wrong (`authorization`; only when MCDROP_API_KEY is set)",
     "403": "a browser Origin that may not call the API (`origin`)",
     "404": "an unknown model (`model`) or route",
-    "408": "the body stalled (`body`)",
+    "408": "the body stalled, or was not complete within MCDROP_BODY_DEADLINE (`body`)",
     "413": "too many rows (`inputs`), too much work (`n_samples`/`max_samples`), or a body over the size limit (`body`)",
     "415": "a body that is neither application/json nor application/x-npy (`content-type`)",
     "422": "an input so far out of range that the model's output overflowed (`inputs`)",
