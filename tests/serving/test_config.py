@@ -15,6 +15,7 @@ def test_defaults_and_values():
     assert config.models == ("a", "b") and config.limits.max_rows == 8 and config.limits.max_cost is None
     assert config.allowed_hosts == ("api.example.com", "*") and config.docs and config.threads == 2
     assert default.device == "cpu" and config.device == "cuda:1"
+    assert default.body_deadline_s == 60 and ServiceConfig.from_env({"MCDROP_BODY_DEADLINE": "5"}).body_deadline_s == 5
 
 
 def test_api_key_from_a_file(tmp_path):
@@ -36,6 +37,7 @@ def test_api_key_from_a_file(tmp_path):
         ({"MCDROP_DOCS": "maybe"}, "MCDROP_DOCS"),
         ({"MCDROP_DEVICE": "gpu"}, "MCDROP_DEVICE"),
         ({"MCDROP_DEVICE": "cuda:x"}, "MCDROP_DEVICE"),
+        ({"MCDROP_BODY_DEADLINE": "0"}, "MCDROP_BODY_DEADLINE"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):
