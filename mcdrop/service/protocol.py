@@ -80,6 +80,12 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     _linger: asyncio.TimerHandle | None = None
 
+    def shutdown(self) -> None:
+        if self._linger is not None:  # answered and lingering: h11 has no state to close cleanly from
+            self.transport.close()
+            return
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         if self._linger is None:
             super().data_received(data)  # else: refused, and the rest of the request is dropped
