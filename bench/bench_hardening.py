@@ -365,11 +365,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="shutdown trials")
     parser.add_argument("--after", choices=["upload", "load"], default="upload", help="what precedes SIGTERM (shutdown)")
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a shutdown trial waits before SIGKILL")
+    parser.add_argument("--trickle-seconds", type=float, default=120.0, help="longest trickle (deadline)")
     args = parser.parse_args()
     torch_threads()
     parts = ["errors", "fairness", "soak"] if args.part == "all" else [args.part]
     runs = {"errors": errors, "fairness": fairness, "soak": lambda: soak(args.seconds), "admission": admission,
-            "deadline": deadline, "shutdown": lambda: shutdown(args.trials, args.after, args.bound)}
+            "deadline": lambda: deadline(args.trickle_seconds), "shutdown": lambda: shutdown(args.trials, args.after, args.bound)}
     out: list[str] = []
     for part in parts:
         lines = runs[part]()
