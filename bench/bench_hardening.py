@@ -229,8 +229,8 @@ def soak(seconds: float, warmup: float = 30.0, concurrency: int = 32) -> list[st
             f"RSS over time (MB): {trace}."]
 
 
-def _one_row_request(port: int) -> bytes:
-    body = json.dumps({"inputs": [request_row(None)[0]], "n_samples": 50}).encode()
+def _one_row_request(port: int, width: int = 784) -> bytes:
+    body = json.dumps({"inputs": [[0.5] * width], "n_samples": 50}).encode()
     return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
@@ -243,10 +243,10 @@ def _abandon_uploads(port: int, count: int = 3) -> None:
             time.sleep(0.2)
 
 
-def _load_then_close(port: int, seconds: float = 3.0, connections: int = 32) -> int:
+def _load_then_close(port: int, width: int, seconds: float = 3.0, connections: int = 32) -> int:
     """Keep-alive one-row MC requests on ``connections`` sockets for ``seconds``, then each sends one more request
     and closes at once with a reset (as a load generator ends its run).  Returns the requests answered."""
-    request, stop, answered = _one_row_request(port), time.monotonic() + seconds, [0]
+    request, stop, answered = _one_row_request(port, width), time.monotonic() + seconds, [0]
 
     def client() -> None:
         with socket.create_connection(("127.0.0.1", port)) as s:
@@ -273,28 +273,36 @@ def _load_then_close(port: int, seconds: float = 3.0, connections: int = 32) -> 
     return answered[0]
 
 
-def shutdown(trials: int, after: str, bound: float = 60.0) -> list[str]:
+def shutdown(trials: int, after: str, bound: float = 60.0, tiny: bool = False) -> list[str]:
     """Per trial: a fresh server, abandoned uploads or a burst of load ending in resets, then SIGTERM to the main
-    process; the time until it and every worker are gone (at most ``bound`` s, then SIGKILL)."""
+    process; the time until it and every worker are gone (at most ``bound`` s, then SIGKILL).  ``tiny`` serves a
+    4-feature model (the HTTP layer is the same; a server starts in a few seconds instead of tens on a busy
+    machine)."""
     from tests.server import group_alive, server_process
+    from tests.tiny_models import write_tiny_models
 
     times: list[float] = []
-    for trial in range(trials):
-        with server_process() as (url, proc):
-            port = int(url.rsplit(":", 1)[1])
-            if after == "upload":
-                _abandon_uploads(port)
-            else:
-                _load_then_close(port)
-            time.sleep(0.3)
-            start = time.monotonic()
-            os.kill(proc.pid, signal.SIGTERM)
-            while time.monotonic() - start < bound and (proc.poll() is None or group_alive(proc.pid)):
-                time.sleep(0.05)
-            times.append(time.monotonic() - start if proc.poll() is not None and not group_alive(proc.pid) else math.inf)
-        print(f"trial {trial + 1}: {times[-1]:.2f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"MCDROP_SERVE_MODELS": str(write_tiny_models(Path(tmp))["tiny-cls"])} if tiny else {}
+        for trial in range(trials):
+            with server_process(env) as (url, proc):
+                port = int(url.rsplit(":", 1)[1])
+                width = httpx.get(f"{url}/models").json()["models"][0]["input_size"]
+                if after == "upload":
+                    _abandon_uploads(port)
+                else:
+                    _load_then_close(port, width)
+                time.sleep(0.3)
+                start = time.monotonic()
+                os.kill(proc.pid, signal.SIGTERM)
+                while time.monotonic() - start < bound and (proc.poll() is None or group_alive(proc.pid)):
+                    time.sleep(0.05)
+                gone = proc.poll() is not None and not group_alive(proc.pid)
+                times.append(time.monotonic() - start if gone else math.inf)
+            print(f"trial {trial + 1}: {times[-1]:.2f} s", flush=True)
     done = [t for t in times if math.isfinite(t)]
     what = "abandoned uploads (3 per trial)" if after == "upload" else "3 s of load at 32 connections ending in resets"
+    what += " (tiny model)" if tiny else " (bundled model)"
     return [f"SIGTERM after {what}: {trials} trials, {len(done)} stopped within {bound:g} s"
             + (f"; median {statistics.median(done):.2f} s, max {max(done):.2f} s" if done else "")
             + f"; target < 15 s in every trial: {'met' if len(done) == trials and max(done) < 15 else 'NOT met'}."]
@@ -365,12 +373,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="shutdown trials")
     parser.add_argument("--after", choices=["upload", "load"], default="upload", help="what precedes SIGTERM (shutdown)")
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a shutdown trial waits before SIGKILL")
+    parser.add_argument("--tiny", action="store_true", help="shutdown: serve a tiny model (faster start)")
     parser.add_argument("--trickle-seconds", type=float, default=120.0, help="longest trickle (deadline)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops the run: its servers are stopped too
     torch_threads()
     parts = ["errors", "fairness", "soak"] if args.part == "all" else [args.part]
     runs = {"errors": errors, "fairness": fairness, "soak": lambda: soak(args.seconds), "admission": admission,
-            "deadline": lambda: deadline(args.trickle_seconds), "shutdown": lambda: shutdown(args.trials, args.after, args.bound)}
+            "deadline": lambda: deadline(args.trickle_seconds),
+            "shutdown": lambda: shutdown(args.trials, args.after, args.bound, args.tiny)}
     out: list[str] = []
     for part in parts:
         lines = runs[part]()
