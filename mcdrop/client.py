@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from mcdrop import wire
+from mcdrop.inputs import to_model_range
 from mcdrop.request import Mode, new_seed
 from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse, PredictResult
 
@@ -71,11 +72,12 @@ class RequestTimeout(ClientError):
 
 
 def _as_array(inputs: Any) -> tuple[Any, bool]:
-    """``inputs`` as an array or lists, and whether it came as an array (tensor or ndarray)."""
+    """``inputs`` as an array or lists, and whether it came as an array (tensor or ndarray); uint8 pixels are
+    divided by 255 (:func:`mcdrop.inputs.to_model_range`, as the server and the CLI do)."""
     if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):  # a torch tensor, read without importing torch
-        return inputs.detach().cpu().numpy(), True
+        return to_model_range(inputs.detach().cpu().numpy()), True
     if isinstance(inputs, np.ndarray):
-        return inputs, True
+        return to_model_range(inputs), True
     return (list(inputs) if isinstance(inputs, tuple) else inputs), False
 
 

@@ -78,7 +78,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="score the good rows and list the bad ones (row, reason) in --bad-rows")
     p.add_argument("--bad-rows", type=Path, metavar="FILE", help="side file of bad rows (default OUTPUT.bad-rows.csv)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors and warnings")
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
@@ -116,7 +116,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _scale(spec: str, dtype: np.dtype[Any]) -> float:
     if spec == "auto":
-        return 1 / 255 if dtype == np.uint8 else 1.0
+        from mcdrop.inputs import scale_for
+
+        return scale_for(dtype)
     try:
         value = float(spec)
     except ValueError as err:
@@ -266,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(err), 2 if err.usage else 1) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1)
+            n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1, card=card)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -310,6 +312,12 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
     _, card = _local(args, options)  # checks the model and the options against it before Ray starts
     if first.width != card.input_size:
         raise CLIError(f"{files[0]}: rows have {first.width} features, but model {card.name!r} expects {card.input_size}")
+    try:
+        sample = next(first.chunks, None)  # the first rows, for the 0-255 warning
+    except InputError as err:
+        raise CLIError(str(err)) from err
+    if sample is not None:
+        _warn_range(sample.x * np.float32(_scale(args.scale, first.dtype)), card)
     try:
         model = str(resolve_model(args.model).resolve())
     except (ArtifactError, ModelNotFoundError) as err:
@@ -396,15 +404,25 @@ def _write_bad_rows(path: Path | None, bad_rows: list[tuple[int, str]]) -> None:
         raise CLIError(f"--bad-rows: {err}", 2) from err
 
 
+def _warn_range(x: np.ndarray, card: Any) -> bool:
+    """One stderr line (even with --quiet) if ``x`` looks like 0-255 pixels for a model expecting [0, 1]."""
+    from mcdrop.inputs import range_note
+
+    note = range_note(x, card)
+    if note:
+        log(f"mcdrop score: warning: {note} (--scale {1 / 255!r} divides by 255)")
+    return note is not None
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any,
-               bad_path: Path | None, *, in_flight: int = 1) -> int:
+               bad_path: Path | None, *, in_flight: int = 1, card: Any = None) -> int:
     """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
     going at once, so the client encodes the next chunk while the server computes this one; answers are
-    written in input order."""
+    written in input order.  Warns once if the inputs look like 0-255 pixels for a model expecting [0, 1]."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from mcdrop.io.readers import InputError
@@ -435,6 +453,8 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
                     raise CLIError(f"{args.input}: row {row} {reason} (pass --skip-bad-rows to score the others)")
                 bad_rows += chunk.bad
             x = chunk.x * np.float32(scale) if scale != 1.0 else chunk.x
+            if card is not None and _warn_range(x, card):
+                card = None  # once
             for a, b in _segments(chunk.rows):
                 ids = chunk.ids[a:b] if chunk.ids is not None else None
                 pending.append((chunk.rows[a:b], ids, submit(x[a:b], int(chunk.rows[a]))))

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     card = save_model(model, args.output, {
         "name": name, "version": "1", "task": "classification",
         "description": f"Fashion-MNIST dropout {config.architecture.upper()} classifier ({args.preset} preset).",
-        "input_shape": [28, 28], "input_size": 784,
+        "input_shape": [28, 28], "input_size": 784, "input_range": [0.0, 1.0],
         "normalisation": "pixels scaled to [0, 1] (value / 255), rows of 784 in row-major order; the model "
                          "standardises internally with the training mean and std",
         "class_names": list(FASHION_MNIST_CLASSES), "temperature": float(model.temperature),
