@@ -72,6 +72,9 @@ def add_parser(sub: Any, name: str) -> None:
                                                      "a:b, comma-separated (default: all but --id-column)")
     p.add_argument("--id-column", metavar="NAME|INDEX", help="CSV/Parquet column copied to the output as 'id'")
     p.add_argument("--header", choices=["auto", "yes", "no"], default="auto", help="CSV header line (default auto)")
+    p.add_argument("--max-line-length", type=int, metavar="CHARS",
+                   help="CSV: the longest line accepted (default: 16 MiB for the first line, then 64 characters "
+                        "per column + 64 KiB, so a file without line breaks is refused without reading it whole)")
     p.add_argument("--key", help=".npz array holding the inputs (default: the only one, or inputs/x/images)")
     p.add_argument("--scale", default="auto", metavar="auto|FLOAT",
                    help="multiply inputs by this (auto: 1/255 for uint8 inputs, else 1)")
@@ -244,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag} applies to --engine ray", 2)
     try:
         source = open_input(args.input, format=args.input_format, columns=args.columns, id_column=args.id_column,
-                            header=args.header, key=args.key, chunk_rows=args.batch_size)
+                            header=args.header, key=args.key, chunk_rows=args.batch_size,
+                            max_line=args.max_line_length)
     except InputError as err:
         raise CLIError(str(err), 2 if err.usage else 1) from err
     for note in source.notes:

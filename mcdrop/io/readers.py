@@ -5,7 +5,8 @@ Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory s
 the file: ``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record
 batch at a time (pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted
 fields may hold commas, quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are
-fine).  Rows are numbered from 0 in file order, header excluded.  A bad row (wrong width, non-numeric, NaN or
+fine; no line may be longer than :class:`LineBound` allows, so a file without line breaks is refused
+after a bounded read instead of being read whole).  Rows are numbered from 0 in file order, header excluded.  A bad row (wrong width, non-numeric, NaN or
 infinite) is reported in ``Chunk.bad`` with its reason.  ``InputFile.notes`` says what was decided for the
 user (e.g. whether the first CSV line is a header), so the CLI can log it.
 """
@@ -24,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["Chunk", "InputError", "InputFile", "open_input"]
+__all__ = ["Chunk", "InputError", "InputFile", "LineBound", "open_input"]
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _NPZ_KEYS = ("inputs", "x", "images", "features", "X")
@@ -177,6 +178,44 @@ def _open_idx(path: Path, chunk_rows: int) -> InputFile:
 
 # ------------------------------------------------------------------------------------------------ CSV
 
+FIRST_LINE_MAX = 1 << 24
+"""Characters the first CSV line may hold (its width is not known before it is read)."""
+CHARS_PER_CELL = 64
+"""Characters a CSV line may spend per column (a float32 takes at most 16; ids and text need slack)."""
+LINE_SLACK = 1 << 16
+
+
+class LineBound:
+    """The longest CSV line accepted: ``FIRST_LINE_MAX`` for the first line, then ``max(64 x columns, 8 x the
+    first line) + 64 KiB``, or ``fixed`` (``--max-line-length``) for every line.  Lines are read with
+    ``readline(bound + 1)``, so memory stays within the bound whatever the file."""
+
+    def __init__(self, fixed: int | None = None) -> None:
+        if fixed is not None and fixed < 1:
+            raise InputError(f"--max-line-length {fixed}: expected a positive number of characters", usage=True)
+        self.fixed = fixed
+        self.limit = fixed or FIRST_LINE_MAX
+        self.why = "the limit given" if fixed else "the limit for the first line"
+
+    def set_width(self, n_cols: int, first_line: int) -> None:
+        if self.fixed is None:
+            self.limit = max(CHARS_PER_CELL * n_cols, 8 * first_line) + LINE_SLACK
+            self.why = f"the limit for rows of {n_cols} columns"
+
+    def lines(self, fh: IO[str], name: str) -> Iterator[str]:
+        """``fh``'s lines (line breaks kept), refusing one longer than the bound with an :class:`InputError`."""
+        number = 0
+        while True:
+            line = fh.readline(self.limit + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > self.limit and line[-1] not in "\r\n":
+                raise InputError(f"{name}: line {number} is longer than {self.limit:,} characters ({self.why}); "
+                                 "expected CSV rows separated by line breaks (--max-line-length allows longer lines)")
+            yield line
+
+
 
 def _is_number(text: str) -> bool:
     try:
@@ -210,18 +249,24 @@ def _select(spec: str | None, names: list[str], exclude: int | None) -> list[int
     return out
 
 
-def _open_csv(path: Path, columns: str | None, id_column: str | None, header: str, chunk_rows: int) -> InputFile:
+def _open_csv(path: Path, columns: str | None, id_column: str | None, header: str, chunk_rows: int,
+              max_line: int | None = None) -> InputFile:
+    bound = LineBound(max_line)
     fh = path.open("r", newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first cell
-    records = csv.reader(fh)
+    records = csv.reader(bound.lines(fh, str(path)))
     try:
         first = next((r for r in records if any(c.strip() for c in r)), None)
     except csv.Error as err:
         fh.close()
         raise InputError(f"{path}: line {records.line_num}: not CSV ({err})") from err
+    except InputError:
+        fh.close()
+        raise
     if first is None:
         fh.close()
         raise InputError(f"{path}: the file is empty; expected CSV rows of numbers")
     cells = [c.strip() for c in first]
+    bound.set_width(len(cells), sum(len(c) + 1 for c in first))
     numeric = all(_is_number(c) for c in cells)
     has_header = header == "yes" or (header == "auto" and not numeric)
     notes = []
@@ -378,11 +423,11 @@ def detect_format(path: Path) -> str:
 def open_input(path: str | Path, *, format: str | None = None, columns: str | None = None,
                id_column: str | None = None, header: str = "auto", key: str | None = None,
                chunk_rows: int = 4096, rows: tuple[int, int] | None = None,
-               row_groups: list[int] | None = None) -> InputFile:
+               row_groups: list[int] | None = None, max_line: int | None = None) -> InputFile:
     """Open ``path`` for chunked reading (format from the name unless given).
 
     ``rows`` (``.npy``) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep the rows'
-    numbers in the whole file.
+    numbers in the whole file.  ``max_line`` (CSV): the longest line accepted (default: :class:`LineBound`).
     """
     path = Path(path)
     if not path.is_file():
@@ -395,7 +440,7 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
         if fmt == "csv":
             if path.name.lower().endswith(".gz"):
                 raise InputError(f"{path}: gzipped CSV is not supported; decompress it first")
-            return _open_csv(path, columns, id_column, header, chunk_rows)
+            return _open_csv(path, columns, id_column, header, chunk_rows, max_line)
         if fmt == "parquet":
             return _open_parquet(path, columns, id_column, chunk_rows, row_groups)
         if fmt == "npy":
