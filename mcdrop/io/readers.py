@@ -1,14 +1,14 @@
 """Chunked readers of input files for bulk scoring: CSV, Parquet, NumPy ``.npy``/``.npz`` and IDX (optionally
 gzipped).
 
-Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large
-the file: ``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record
-batch at a time (pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted
-fields may hold commas, quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are
-fine; no line may be longer than :class:`LineBound` allows, so a file without line breaks is refused
-after a bounded read instead of being read whole).  Rows are numbered from 0 in file order, header
-excluded.  A bad row (wrong width, non-numeric, NaN or infinite) is reported in ``Chunk.bad`` with its reason.  ``InputFile.notes`` says what was decided for the
-user (e.g. whether the first CSV line is a header), so the CLI can log it.
+Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large the file:
+``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record batch at a time
+(pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted fields may hold commas,
+quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are fine; no line may be longer
+than :class:`LineBound` allows, so a file without line breaks is refused after a bounded read instead of being
+read whole). Rows are numbered from 0 in file order, header excluded. A bad row (wrong width, non-numeric, NaN or
+infinite) is reported in ``Chunk.bad`` with its reason. ``InputFile.notes`` says what was decided for the user
+(e.g. whether the first CSV line is a header), so the CLI can log it.
 """
 
 from __future__ import annotations
