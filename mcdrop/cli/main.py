@@ -1,11 +1,13 @@
 """``mcdrop``: score files, train, evaluate and report on models, run benchmarks, serve the HTTP API.
 
-Exit codes: 0 success, 1 data or runtime error, 2 usage error.
+Exit codes: 0 success, 1 data or runtime error, 2 usage error, 130 interrupted, 141 standard output closed
+by its reader (``mcdrop score ... -o - | head``: stops quietly, like a Unix tool killed by SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS = {"torch": "torch", "scipy": "torch", "safetensors": "torch", "bentoml": "serve", "torchvision": "train",
+          "matplotlib": "train", "sklearn": "train", "pyarrow": "parquet", "ray": "ray", "pandas": "ray"}
+"""The extra that installs each optional dependency (pyproject.toml), named when a command needs a missing one."""
+SIGPIPE_EXIT = 141
+"""128 + SIGPIPE: what a shell reports for a Unix tool whose reader closed the pipe."""
+
+
+def _detach_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush of what is still buffered cannot fail
+    (a closed pipe, a full device) and print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _missing(command: str, err: ModuleNotFoundError) -> str:
+    root = (err.name or "").partition(".")[0]
+    extra = EXTRAS.get(root)
+    if extra is None:
+        return f"a module is missing: {err}"
+    hint = " (or score through a running server with --url, which needs only the client)" if command == "score" else ""
+    return f"this needs {root}, which is not installed here (a client-only install?): pip install 'mcdrop[{extra}]'{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -35,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mcdrop {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _detach_stdout()
+        return SIGPIPE_EXIT
+    except ModuleNotFoundError as err:
+        print(f"mcdrop {args.command}: error: {_missing(args.command, err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a device or file failure not named further down (a full disk, a lost mount)
+        _detach_stdout()
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"mcdrop {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def pixel_model(tmp_path_factory) -> Path:
     return path
 
 
-def mcdrop(*args: object, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MCDROP, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})}, **kw)
+def mcdrop(*args: object, stdout: object = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MCDROP, *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300,
+                          env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -86,3 +86,56 @@ def test_pixels_as_0_to_255_in_a_csv_warn_once(tmp_path, pixel_model):
     scaled = mcdrop("score", src, "-o", tmp_path / "out2.csv", "--model", pixel_model, "--seed", 1,
                     "--scale", 1 / 255, "-q")
     assert scaled.returncode == 0 and "warning" not in scaled.stderr, scaled.stderr
+
+
+# ------------------------------------------------------------------------------ 8: one line, never a traceback
+
+
+@pytest.fixture(scope="module")
+def many_rows(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "x.npy"
+    np.save(path, np.random.default_rng(0).random((5000, 4), dtype=np.float32))
+    return path
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_device_on_standard_output_is_one_line(many_rows, pixel_model):
+    with open("/dev/full", "w") as full:
+        proc = mcdrop("score", many_rows, "-o", "-", "--model", pixel_model, "--seed", 1, "-n", 2, stdout=full)
+    line = one_line_error(proc)
+    assert "standard output: cannot write: No space left on device" in line
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(many_rows, pixel_model):
+    """`mcdrop score ... -o - | head -3`: exit 141 (128 + SIGPIPE, what a shell reports for a Unix tool whose
+    reader went away), nothing on standard error."""
+    proc = subprocess.Popen([*MCDROP, "score", str(many_rows), "-o", "-", "--model", str(pixel_model), "--seed", "1",
+                             "-n", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    assert proc.stdout is not None and proc.stderr is not None
+    head = [proc.stdout.readline() for _ in range(3)]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert head[0].startswith("row,") and err == ""
+
+
+BLOCK_TORCH = """
+import sys
+class Block:  # a client-only install: the torch extra's modules cannot be imported
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "scipy", "safetensors", "bentoml"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from mcdrop.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["score", "{x}", "-o", "{out}"], ["evaluate"]])
+def test_a_client_only_install_names_the_extra_to_install(tmp_path, many_rows, command):
+    argv = [a.format(x=many_rows, out=tmp_path / "out.csv") for a in command]
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *argv], capture_output=True, text=True, timeout=120)
+    line = one_line_error(proc)
+    assert "pip install 'mcdrop[torch]'" in line and "torch" in line
+    assert ("--url" in line) == (command[0] == "score")
