@@ -85,7 +85,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request with --url (120)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="with --url: seconds each batch may take, its requests and retries together (120)")
     p.set_defaults(run=run)
 
 
