@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         module.add_parser(sub, name)
+    _plain_help(parser)
     return parser
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain(text: str | None) -> str | None:
+    """Help text without reStructuredText markup: ``x`` and :func:`x` become x (the docstrings are also API docs)."""
+    return None if text is None else _ROLE.sub(r"\1", text).replace("``", "")
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """:func:`plain` on the descriptions and help strings of ``parser`` and all its subcommands."""
+    parser.description, parser.epilog = plain(parser.description), plain(parser.epilog)
+    for action in parser._actions:
+        if action.help not in (None, argparse.SUPPRESS):
+            action.help = plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help)
+            for child in dict.fromkeys(action.choices.values()):
+                _plain_help(child)
 
 
 EXTRAS = {"torch": "torch", "scipy": "torch", "safetensors": "torch", "bentoml": "serve", "torchvision": "train",

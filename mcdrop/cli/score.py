@@ -1,13 +1,15 @@
 """``mcdrop score INPUT -o OUTPUT``: score a file in bulk, in-process (``--model``) or through a service (``--url``).
 
-INPUT: CSV (header optional; pick feature columns with --columns), NumPy .npy/.npz, or IDX images
-(optionally .gz).  uint8 inputs (images) are divided by 255 unless --scale says otherwise.
-OUTPUT: .csv, .jsonl or .npz with the row number, the prediction, the probabilities or mean and
-every uncertainty field.  The file is read, scored and written in chunks (memory stays flat) and
-appears only when the run succeeds.  Masks depend on (seed, row number, sample), so the same seed
+INPUT: CSV (header optional; pick feature columns with --columns), Parquet (numeric or fixed-size list
+columns; mcdrop[parquet]), NumPy .npy/.npz, or IDX images (optionally .gz); with --engine ray also a
+directory of such files.  uint8 inputs (images) are divided by 255 unless --scale says otherwise; inputs
+that look like 0-255 pixels for a model expecting [0, 1] get one warning.
+OUTPUT: .csv, .jsonl, .npz or .parquet (or - for standard output) with the row number, the prediction,
+the probabilities or mean and every uncertainty field.  The file is read, scored and written in chunks
+(memory stays flat) and appears only when the run succeeds.  Masks depend on (seed, row number, sample), so the same seed
 gives the same numbers locally and remotely, whatever --batch-size.
 
-Exit codes: 0 success, 1 data or runtime error, 2 usage error.
+Exit codes: 0 success, 1 data or runtime error, 2 usage error, 141 standard output closed by its reader.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--actors", type=int, metavar="N", help="with --engine ray: actors, each loading the model once "
                                                            "(default: the cores)")
     p.add_argument("--blocks", type=int, metavar="N", help="with --engine ray: blocks the input is spread over "
-                                                           "(default: one per part of 50,000 rows)")
+                                                           "(default: one per part: at most 50,000 rows, at least 4 parts per actor)")
     p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
     p.add_argument("--samples", "-n", type=int, default=DEFAULT_N_SAMPLES, metavar="N",
                    help=f"MC passes per row (default {DEFAULT_N_SAMPLES})")
@@ -197,16 +199,27 @@ def _segments(rows: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 class _Progress:
-    """A rich bar with rows/s and ETA on a terminal; a log line every 10 s otherwise; nothing with --quiet."""
+    """A rich bar with rows/s and ETA on a terminal; a log line every 10 s otherwise; nothing with --quiet.
 
-    def __init__(self, total: int | None, quiet: bool) -> None:
+    The total is in rows, or, for a CSV file (whose rows are not counted ahead: that would read it twice), in
+    bytes of the file with ``position`` saying how many have been read, shown as a percentage."""
+
+    def __init__(self, total: int | None, quiet: bool, position: Callable[[], int] | None = None) -> None:
         self.done, self.start, self.last_log = 0, time.perf_counter(), time.perf_counter()
         self.bar: Any = None
-        self.quiet = quiet
+        self.quiet, self.total, self.position = quiet, total, position
         if not quiet and is_terminal():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+            done = TaskProgressColumn() if position is not None else MofNCompleteColumn()
+            self.bar = Progress(TextColumn("scoring"), BarColumn(), done,
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(), transient=True)
             self.task = self.bar.add_task("score", total=total, rate="-")
             self.bar.start()
@@ -216,9 +229,13 @@ class _Progress:
         now = time.perf_counter()
         rate = self.done / max(now - self.start, 1e-9)
         if self.bar is not None:
-            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
+            if self.position is not None:
+                self.bar.update(self.task, completed=min(self.position(), self.total or 0), rate=f"{rate:,.0f}")
+            else:
+                self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
         elif not self.quiet and now - self.last_log > 10:
-            log(f"scored {self.done:,} rows ({rate:,.0f} rows/s)")
+            share = f", {100 * self.position() / self.total:.0f}% of the file" if self.position and self.total else ""
+            log(f"scored {self.done:,} rows ({rate:,.0f} rows/s{share})")
             self.last_log = now
 
     def close(self) -> float:
@@ -309,7 +326,7 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         first = open_input(files[0], format=args.input_format, columns=args.columns, id_column=args.id_column,
                            header=args.header, key=args.key)
         parts, total = ray_score.plan_parts(files, args.input_format, header=args.header, key=args.key,
-                                            min_parts=args.actors or os.cpu_count() or 1)
+                                            min_parts=ray_score.PARTS_PER_ACTOR * (args.actors or os.cpu_count() or 1))
     except InputError as err:
         raise CLIError(str(err), 2 if err.usage else 1) from err
     for note in first.notes:
@@ -432,7 +449,8 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
 
     from mcdrop.io.readers import InputError
 
-    progress = _Progress(source.n_rows, args.quiet)
+    bytes_read = source.position if source.n_rows is None else None
+    progress = _Progress(source.n_rows if bytes_read is None else source.size, args.quiet, bytes_read)
     bad_rows: list[tuple[int, str]] = []
     pool = ThreadPoolExecutor(max_workers=in_flight) if in_flight > 1 else None
     pending: collections.deque[tuple[np.ndarray, list[str] | None, Future[Any]]] = collections.deque()

@@ -18,7 +18,7 @@ import gzip
 import itertools
 import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +62,8 @@ class InputFile:
     chunks: Iterator[Chunk]
     columns: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    size: int | None = None  # CSV: the file's bytes, the total of ``position`` (its rows are not counted ahead)
+    position: Callable[[], int] | None = None  # CSV: about how many bytes have been read (characters)
 
 
 def _check(block: np.ndarray, start: int, rows: np.ndarray | None = None) -> Chunk:
@@ -194,6 +196,7 @@ class LineBound:
         if fixed is not None and fixed < 1:
             raise InputError(f"--max-line-length {fixed}: expected a positive number of characters", usage=True)
         self.fixed = fixed
+        self.consumed = 0  # characters read so far: about the bytes, for progress
         self.limit = fixed or FIRST_LINE_MAX
         self.why = "the limit given" if fixed else "the limit for the first line"
 
@@ -213,6 +216,7 @@ class LineBound:
             if len(line) > self.limit and line[-1] not in "\r\n":
                 raise InputError(f"{name}: line {number} is longer than {self.limit:,} characters ({self.why}); "
                                  "expected CSV rows separated by line breaks (--max-line-length allows longer lines)")
+            self.consumed += len(line)
             yield line
 
 
@@ -281,7 +285,8 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
     use = _select(columns, names, id_index)
     pending = [] if has_header else [first]
     chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
-    return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes)
+    return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes,
+                     size=path.stat().st_size, position=lambda: bound.consumed)
 
 
 def _csv_chunks(fh: IO[str], records: Any, pending: list[list[str]], n_cols: int, use: list[int],
@@ -344,7 +349,7 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
 
 
 def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int,
-                  row_groups: list[int] | None = None) -> InputFile:
+                  row_groups: list[int] | None = None, rows: tuple[int, int] | None = None) -> InputFile:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -375,18 +380,35 @@ def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_
     if groups and groups != list(range(groups[0], groups[0] + len(groups))):
         raise InputError(f"{path}: row groups {row_groups} are not consecutive")
     n_rows = sum(meta.row_group(g).num_rows for g in groups)
+    if rows is not None:  # a row range: read the row groups it overlaps, keep its rows
+        lo, hi = rows
+        if row_groups is not None or not 0 <= lo <= hi <= meta.num_rows:
+            raise InputError(f"{path}: rows {lo}..{hi} are outside its {meta.num_rows} rows (or combined with row groups)")
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = [g for g in range(meta.num_row_groups) if starts[g] < hi and starts[g + 1] > lo]
+        first, n_rows = int(starts[groups[0]]) if groups else lo, hi - lo
     chunks = _parquet_chunks(parquet, read, [names[i] for i in use], None if id_index is None else names[id_index],
-                             chunk_rows, groups, first)
+                             chunk_rows, groups, first, rows)
     return InputFile(path, "parquet", width, n_rows, np.dtype(np.float32), chunks, [names[i] for i in use])
 
 
 def _parquet_chunks(parquet: Any, read: list[str], features: list[str], id_name: str | None,
-                    chunk_rows: int, groups: list[int], start: int) -> Iterator[Chunk]:
+                    chunk_rows: int, groups: list[int], start: int, rows: tuple[int, int] | None = None) -> Iterator[Chunk]:
     import pyarrow as pa
 
     if not groups:
         return
+    lo, hi = rows if rows is not None else (start, None)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=read, row_groups=groups):
+        if hi is not None:  # only the rows of [lo, hi): skip before, cut after
+            end = start + batch.num_rows
+            if end <= lo:
+                start = end
+                continue
+            if start >= hi:
+                return
+            batch = batch.slice(max(0, lo - start), min(end, hi) - max(start, lo))
+            start = max(start, lo)
         parts = []
         for name in features:
             column = batch.column(name)
@@ -426,8 +448,8 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
                row_groups: list[int] | None = None, max_line: int | None = None) -> InputFile:
     """Open ``path`` for chunked reading (format from the name unless given).
 
-    ``rows`` (``.npy``) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep the rows'
-    numbers in the whole file.  ``max_line`` (CSV): the longest line accepted (default: :class:`LineBound`).
+    ``rows`` (``.npy``, Parquet) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep
+    the rows' numbers in the whole file.  ``max_line`` (CSV): the longest line accepted (default: :class:`LineBound`).
     """
     path = Path(path)
     if not path.is_file():
@@ -442,7 +464,7 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
                 raise InputError(f"{path}: gzipped CSV is not supported; decompress it first")
             return _open_csv(path, columns, id_column, header, chunk_rows, max_line)
         if fmt == "parquet":
-            return _open_parquet(path, columns, id_column, chunk_rows, row_groups)
+            return _open_parquet(path, columns, id_column, chunk_rows, row_groups, rows)
         if fmt == "npy":
             return _open_npy(path, chunk_rows, rows)
         if fmt == "npz":

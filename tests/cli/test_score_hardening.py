@@ -139,3 +139,21 @@ def test_a_client_only_install_names_the_extra_to_install(tmp_path, many_rows, c
     line = one_line_error(proc)
     assert "pip install 'mcdrop[torch]'" in line and "torch" in line
     assert ("--url" in line) == (command[0] == "score")
+
+
+# ------------------------------------------------------------------------------------------ 13: help texts
+
+
+@pytest.mark.parametrize("command", [[], ["score"], ["train"], ["train", "fashion-mnist"], ["train", "uci"],
+                                     ["evaluate"], ["report"], ["bench"], ["bench", "uci"], ["serve"], ["study"]])
+def test_help_is_plain_text(command):
+    """The descriptions are the modules' docstrings, written in reStructuredText: no ``x`` or :func:`x` in help."""
+    proc = mcdrop(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "``" not in proc.stdout and ":func:" not in proc.stdout and ":class:" not in proc.stdout
+
+
+def test_score_help_names_every_input_and_output_format():
+    description = mcdrop("score", "--help").stdout.split("positional arguments")[0]
+    for fmt in ("CSV", "Parquet", ".npy", ".npz", "IDX", ".jsonl", ".parquet"):
+        assert fmt in description, fmt
