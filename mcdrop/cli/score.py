@@ -49,7 +49,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--actors", type=int, metavar="N", help="with --engine ray: actors, each loading the model once "
                                                            "(default: the cores)")
     p.add_argument("--blocks", type=int, metavar="N", help="with --engine ray: blocks the input is spread over "
-                                                           "(default: one per part: at most 50,000 rows, at least 4 parts per actor)")
+                                                           "(default: one per part; 4 parts per actor or more)")
     p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
     p.add_argument("--samples", "-n", type=int, default=DEFAULT_N_SAMPLES, metavar="N",
                    help=f"MC passes per row (default {DEFAULT_N_SAMPLES})")
