@@ -8,14 +8,18 @@ export BENTOML_DO_NOT_TRACK := True
 .PHONY: install serve test lint format bench clean
 
 $(STAMP): pyproject.toml
+	@echo "make: setting up $(VENV): installing mcdrop and its dependencies (torch, bentoml, ...); the first time takes about a minute"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 install: $(STAMP)
 
-serve: $(STAMP)  ## serve the bundled default model on http://127.0.0.1:3000
-	$(VENV)/bin/mcdrop serve
+PORT ?= 3000
+
+serve: $(STAMP)  ## serve the bundled default model on http://127.0.0.1:$(PORT) (make serve PORT=3001)
+	$(VENV)/bin/mcdrop serve --port $(PORT)
 
 test: $(STAMP)  ## lint, then the whole test suite
 	$(VENV)/bin/ruff check mcdrop tests bench

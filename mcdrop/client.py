@@ -11,12 +11,17 @@ Needs only httpx, pydantic and NumPy (importing it imports neither torch nor Ben
 * Large inputs are split into requests of at most the server's ``max_rows`` and ``max_body_bytes`` (read
   once from ``GET /models``), sent with ``row_offset`` and one seed (drawn here if none is given), and put
   back together in order, so the answer equals a single request's.
+* ``timeout`` is a deadline for a whole call (``predict``, ``models``): every slice, retry and backoff of it.
+  A server that trickles its answer is cut off at the deadline: the async client cancels the request; the
+  blocking one shuts the connection's socket from a timer once the answer's headers have come (before them,
+  each read waits at most the time left, so a server trickling its *headers* can overrun by one such wait).
 * Errors::
 
       ClientError
       ├── APIError           the server refused the request (4xx; 5xx other than 502/503/504)
       ├── UnavailableError   unreachable, or 502/503/504, after every retry (exponential backoff)
-      └── RequestTimeout     no answer within ``timeout`` (not retried: the server may still be busy)
+      ├── RequestTimeout     no complete answer within ``timeout`` (not retried: the server may still be busy)
+      └── ResponseError      an answer that cannot be read (cut short, or not what the API describes)
 
   Bad options or inputs raise ``ValueError`` before any request is sent.
 """
@@ -24,7 +29,10 @@ Needs only httpx, pydantic and NumPy (importing it imports neither torch nor Ben
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -34,10 +42,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from mcdrop import wire
+from mcdrop.inputs import to_model_range
 from mcdrop.request import Mode, new_seed
 from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse, PredictResult
 
-__all__ = ["APIError", "AsyncClient", "Client", "ClientError", "RequestTimeout", "UnavailableError"]
+__all__ = ["APIError", "AsyncClient", "Client", "ClientError", "RequestTimeout", "ResponseError", "UnavailableError"]
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 Wire = Literal["auto", "json", "npy"]
@@ -67,15 +76,37 @@ class UnavailableError(ClientError):
 
 
 class RequestTimeout(ClientError):
-    """No answer within the client's timeout."""
+    """No complete answer within the client's timeout (a deadline for the whole call)."""
+
+
+class ResponseError(ClientError):
+    """The server's answer could not be read: cut short, or not what the API describes."""
+
+
+def _readable(what: str, read: Any, *args: Any) -> Any:
+    """``read(*args)``, with a malformed answer as a :class:`ResponseError` (not pydantic's or NumPy's error)."""
+    try:
+        return read(*args)
+    except (ValidationError, ValueError) as err:  # WireError is a ValueError
+        raise ResponseError(f"{what}: the answer cannot be read: {str(err).splitlines()[0][:300]}") from err
+
+
+def _cut(response: httpx.Response) -> None:
+    """Shut the socket under ``response`` (from a timer thread): a read blocked on it returns at once."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _as_array(inputs: Any) -> tuple[Any, bool]:
-    """``inputs`` as an array or lists, and whether it came as an array (tensor or ndarray)."""
+    """``inputs`` as an array or lists, and whether it came as an array (tensor or ndarray); uint8 pixels are
+    divided by 255 (:func:`mcdrop.inputs.to_model_range`, as the server and the CLI do)."""
     if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):  # a torch tensor, read without importing torch
-        return inputs.detach().cpu().numpy(), True
+        return to_model_range(inputs.detach().cpu().numpy()), True
     if isinstance(inputs, np.ndarray):
-        return inputs, True
+        return to_model_range(inputs), True
     return (list(inputs) if isinstance(inputs, tuple) else inputs), False
 
 
@@ -147,6 +178,9 @@ class _Call:
         return {"content": self.body(part), "headers": {"content-type": "application/json", "accept": "application/json"}}
 
     def read(self, response: httpx.Response) -> PredictResult:
+        return _readable(f"POST {response.request.url}", self._read, response)
+
+    def _read(self, response: httpx.Response) -> PredictResult:
         if response.headers.get("content-type", "").startswith(wire.NPY):
             return wire.decode_result(response.content, response.headers.get(wire.META_HEADER, "{}"))
         return PredictResult.from_response(PredictResponse.model_validate_json(response.content), self.class_names)
@@ -171,8 +205,19 @@ class _Base:
         self._headers = {"accept": "application/json", **({"authorization": f"Bearer {api_key}"} if api_key else {}),
                          **(headers or {})}
 
-    def _delay(self, attempt: int) -> float:
-        return self.backoff * 2**attempt
+    def _delay(self, attempt: int, deadline: float) -> float:
+        return max(0.0, min(self.backoff * 2**attempt, deadline - time.monotonic()))
+
+    def _deadline(self) -> float:
+        """When the call that starts now must have its answer (monotonic clock)."""
+        return time.monotonic() + self.timeout
+
+    def _left(self, what: str, deadline: float) -> float:
+        """Seconds left before ``deadline``; :class:`RequestTimeout` when none are."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout(f"{what}: no complete answer within {self.timeout} s")
+        return left
 
     def _call(self, inputs: Any, options: dict[str, Any], models: ModelsResponse | None) -> _Call:
         request, is_array = build_request(inputs, options)
@@ -186,12 +231,13 @@ class _Base:
                 names = None
         return _Call(request, binary, limits, names)
 
-    def _outcome(self, what: str, attempt: int, response: httpx.Response | None, failure: Exception | None
-                 ) -> httpx.Response | None:
+    def _outcome(self, what: str, attempt: int, response: httpx.Response | None, failure: Exception | None,
+                 deadline: float) -> httpx.Response | None:
         """The answer to return, None to retry, or the error to raise for one attempt's outcome."""
         last = attempt == self.retries
-        if isinstance(failure, httpx.TimeoutException):
-            raise RequestTimeout(f"{what}: no answer within {self.timeout} s") from failure
+        if isinstance(failure, httpx.TimeoutException | TimeoutError) or (failure is not None and
+                                                                           time.monotonic() >= deadline):
+            raise RequestTimeout(f"{what}: no complete answer within {self.timeout} s") from failure
         if failure is not None:
             if not isinstance(failure, _RETRY_ERRORS):
                 raise failure
@@ -215,7 +261,7 @@ class Client(_Base):
 
     Args:
         base_url: the service, e.g. ``http://127.0.0.1:3000``.
-        timeout: seconds per HTTP request.
+        timeout: seconds a whole call may take (all its requests, retries and waits).
         retries: extra attempts after a connection failure or a 502/503/504.
         backoff: first retry delay in seconds (doubling).
         max_rows, max_body_bytes: request limits (default: the server's, from ``GET /models``).
@@ -238,18 +284,32 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Response:
+        what = f"{method} {self.base_url}{path}"
         for attempt in range(self.retries + 1):
             response, failure = None, None
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = self._fetch(method, path, self._left(what, deadline), deadline, **kwargs)
             except httpx.HTTPError as err:
                 failure = err
-            answer = self._outcome(f"{method} {self.base_url}{path}", attempt, response, failure)
+            answer = self._outcome(what, attempt, response, failure, deadline)
             if answer is not None:
                 return answer
-            time.sleep(self._delay(attempt))
+            time.sleep(self._delay(attempt, deadline))
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _fetch(self, method: str, path: str, left: float, deadline: float, **kwargs: Any) -> httpx.Response:
+        """One request, each read waiting at most ``left`` s, its body cut off at ``deadline`` by a timer."""
+        response = self._http.send(self._http.build_request(method, path, timeout=left, **kwargs), stream=True)
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
+        timer.daemon = True
+        timer.start()
+        try:
+            response.read()
+        finally:
+            timer.cancel()
+            response.close()
+        return response
 
     def health(self) -> bool:
         """Whether the service is up and ready (``/readyz`` answers 200); never raises."""
@@ -258,10 +318,11 @@ class Client(_Base):
         except httpx.HTTPError:
             return False
 
-    def models(self) -> ModelsResponse:
+    def models(self, *, deadline: float | None = None) -> ModelsResponse:
         """The served models' cards, the default model and the limits (``GET /models``, fetched once)."""
         if self._models is None:
-            self._models = ModelsResponse.model_validate_json(self._send("GET", "/models").content)
+            answer = self._send("GET", "/models", deadline or self._deadline())
+            self._models = _readable(f"GET {self.base_url}/models", ModelsResponse.model_validate_json, answer.content)
         return self._models
 
     def limits(self) -> Limits:
@@ -275,8 +336,9 @@ class Client(_Base):
         ``seed``, ``tolerance``, ``max_samples``, ``level``, ``coverage``, ``set_method``, ``selective_risk``,
         ``selective_coverage``, ``return_samples``, ``row_offset``.
         """
-        call = self._call(inputs, options, None if "max_rows" in self._override else self.models())
-        parts = [call.read(self._send("POST", "/predict", **call.http_args(part))) for part in call.slices]
+        deadline = self._deadline()
+        call = self._call(inputs, options, None if "max_rows" in self._override else self.models(deadline=deadline))
+        parts = [call.read(self._send("POST", "/predict", deadline, **call.http_args(part))) for part in call.slices]
         return PredictResult.concat(parts)
 
 
@@ -302,17 +364,20 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Response:
+        what = f"{method} {self.base_url}{path}"
         for attempt in range(self.retries + 1):
             response, failure = None, None
+            left = self._left(what, deadline)
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.HTTPError as err:
+                async with asyncio.timeout(left):  # the whole exchange, headers and body: cancelled at the deadline
+                    response = await self._http.request(method, path, timeout=left, **kwargs)
+            except (httpx.HTTPError, TimeoutError) as err:
                 failure = err
-            answer = self._outcome(f"{method} {self.base_url}{path}", attempt, response, failure)
+            answer = self._outcome(what, attempt, response, failure, deadline)
             if answer is not None:
                 return answer
-            await asyncio.sleep(self._delay(attempt))
+            await asyncio.sleep(self._delay(attempt, deadline))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def health(self) -> bool:
@@ -321,9 +386,10 @@ class AsyncClient(_Base):
         except httpx.HTTPError:
             return False
 
-    async def models(self) -> ModelsResponse:
+    async def models(self, *, deadline: float | None = None) -> ModelsResponse:
         if self._models is None:
-            self._models = ModelsResponse.model_validate_json((await self._send("GET", "/models")).content)
+            answer = await self._send("GET", "/models", deadline or self._deadline())
+            self._models = _readable(f"GET {self.base_url}/models", ModelsResponse.model_validate_json, answer.content)
         return self._models
 
     async def limits(self) -> Limits:
@@ -331,11 +397,12 @@ class AsyncClient(_Base):
 
     async def predict(self, inputs: Any, **options: Any) -> PredictResult:
         """See :meth:`Client.predict`."""
-        call = self._call(inputs, options, None if "max_rows" in self._override else await self.models())
+        deadline = self._deadline()
+        call = self._call(inputs, options, None if "max_rows" in self._override else await self.models(deadline=deadline))
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(part: PredictRequest) -> PredictResult:
             async with gate:
-                return call.read(await self._send("POST", "/predict", **call.http_args(part)))
+                return call.read(await self._send("POST", "/predict", deadline, **call.http_args(part)))
 
         return PredictResult.concat(list(await asyncio.gather(*(one(p) for p in call.slices))))

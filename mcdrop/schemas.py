@@ -490,6 +490,8 @@ class ModelCard(BaseModel):
     input_shape: list[int]
     input_size: int
     normalisation: str
+    input_range: list[float] | None = Field(None, min_length=2, max_length=2, description="the range the model "
+                                            "expects its inputs in, e.g. [0, 1] for pixels divided by 255")
     class_names: list[str] | None = None
     tau: float | None = None
     temperature: float | None = None

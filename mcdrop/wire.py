@@ -6,6 +6,7 @@ without copying; Arrow would add a 100 MB dependency to the client-only install 
 
 * Request: ``Content-Type: application/x-npy``, the body an ``.npy`` array of ints or floats ``(B, D)`` (or
   ``(B, h, w)`` images), the request's other fields as query parameters (``/predict?n_samples=50&seed=1``).
+  uint8 arrays are pixels, divided by 255 (:func:`mcdrop.inputs.to_model_range`, as the CLI and client do).
 * Answer: with ``Accept: application/x-npy``, a structured ``.npy`` array, one record per row and one field per
   column of :class:`~mcdrop.schemas.PredictResult` (``answer["probabilities"]`` is ``(B, C)``), and the metadata
   (model, seed, notes, ...) as JSON in the ``X-MCDrop-Meta`` header: one header and raw bytes, cheaper to write and
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.inputs import to_model_range
 from mcdrop.schemas import PredictResult
 
 __all__ = ["META_HEADER", "NPY", "WireError", "decode_npy", "decode_result", "encode_npy", "encode_result"]
@@ -45,7 +47,8 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(body: bytes) -> np.ndarray:
-    """The array in ``.npy`` bytes (a read-only view of ``body``); :class:`WireError` if malformed."""
+    """The array in ``.npy`` bytes (a read-only view of ``body``; uint8 pixels divided by 255, a new float32
+    array); :class:`WireError` if malformed."""
     buf = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(buf)
@@ -70,7 +73,7 @@ def decode_npy(body: bytes) -> np.ndarray:
         raise WireError(f"the .npy header announces shape {shape} of {dtype} ({expected} bytes), but the body holds "
                         f"{len(data)} bytes after it")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return array
+    return to_model_range(array)
 
 
 META_HEADER = "x-mcdrop-meta"

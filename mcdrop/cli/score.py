@@ -1,13 +1,15 @@
 """``mcdrop score INPUT -o OUTPUT``: score a file in bulk, in-process (``--model``) or through a service (``--url``).
 
-INPUT: CSV (header optional; pick feature columns with --columns), NumPy .npy/.npz, or IDX images
-(optionally .gz).  uint8 inputs (images) are divided by 255 unless --scale says otherwise.
-OUTPUT: .csv, .jsonl or .npz with the row number, the prediction, the probabilities or mean and
-every uncertainty field.  The file is read, scored and written in chunks (memory stays flat) and
-appears only when the run succeeds.  Masks depend on (seed, row number, sample), so the same seed
+INPUT: CSV (header optional; pick feature columns with --columns), Parquet (numeric or fixed-size list
+columns; mcdrop[parquet]), NumPy .npy/.npz, or IDX images (optionally .gz); with --engine ray also a
+directory of such files.  uint8 inputs (images) are divided by 255 unless --scale says otherwise; inputs
+that look like 0-255 pixels for a model expecting [0, 1] get one warning.
+OUTPUT: .csv, .jsonl, .npz or .parquet (or - for standard output) with the row number, the prediction,
+the probabilities or mean and every uncertainty field.  The file is read, scored and written in chunks
+(memory stays flat) and appears only when the run succeeds.  Masks depend on (seed, row number, sample), so the same seed
 gives the same numbers locally and remotely, whatever --batch-size.
 
-Exit codes: 0 success, 1 data or runtime error, 2 usage error.
+Exit codes: 0 success, 1 data or runtime error, 2 usage error, 141 standard output closed by its reader.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--actors", type=int, metavar="N", help="with --engine ray: actors, each loading the model once "
                                                            "(default: the cores)")
     p.add_argument("--blocks", type=int, metavar="N", help="with --engine ray: blocks the input is spread over "
-                                                           "(default: one per part of 50,000 rows)")
+                                                           "(default: one per part; 4 parts per actor or more)")
     p.add_argument("--mode", choices=["deterministic", "mc"], default="mc", help="dropout off, or MC sampling (default mc)")
     p.add_argument("--samples", "-n", type=int, default=DEFAULT_N_SAMPLES, metavar="N",
                    help=f"MC passes per row (default {DEFAULT_N_SAMPLES})")
@@ -72,17 +74,21 @@ def add_parser(sub: Any, name: str) -> None:
                                                      "a:b, comma-separated (default: all but --id-column)")
     p.add_argument("--id-column", metavar="NAME|INDEX", help="CSV/Parquet column copied to the output as 'id'")
     p.add_argument("--header", choices=["auto", "yes", "no"], default="auto", help="CSV header line (default auto)")
+    p.add_argument("--max-line-length", type=int, metavar="CHARS",
+                   help="CSV: the longest line accepted (default: 16 MiB for the first line, then 64 characters "
+                        "per column + 64 KiB, so a file without line breaks is refused without reading it whole)")
     p.add_argument("--key", help=".npz array holding the inputs (default: the only one, or inputs/x/images)")
     p.add_argument("--scale", default="auto", metavar="auto|FLOAT",
                    help="multiply inputs by this (auto: 1/255 for uint8 inputs, else 1)")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="score the good rows and list the bad ones (row, reason) in --bad-rows")
     p.add_argument("--bad-rows", type=Path, metavar="FILE", help="side file of bad rows (default OUTPUT.bad-rows.csv)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only errors and warnings")
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request with --url (120)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="with --url: seconds each batch may take, its requests and retries together (120)")
     p.set_defaults(run=run)
 
 
@@ -116,7 +122,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _scale(spec: str, dtype: np.dtype[Any]) -> float:
     if spec == "auto":
-        return 1 / 255 if dtype == np.uint8 else 1.0
+        from mcdrop.inputs import scale_for
+
+        return scale_for(dtype)
     try:
         value = float(spec)
     except ValueError as err:
@@ -191,16 +199,27 @@ def _segments(rows: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 class _Progress:
-    """A rich bar with rows/s and ETA on a terminal; a log line every 10 s otherwise; nothing with --quiet."""
+    """A rich bar with rows/s and ETA on a terminal; a log line every 10 s otherwise; nothing with --quiet.
 
-    def __init__(self, total: int | None, quiet: bool) -> None:
+    The total is in rows, or, for a CSV file (whose rows are not counted ahead: that would read it twice), in
+    bytes of the file with ``position`` saying how many have been read, shown as a percentage."""
+
+    def __init__(self, total: int | None, quiet: bool, position: Callable[[], int] | None = None) -> None:
         self.done, self.start, self.last_log = 0, time.perf_counter(), time.perf_counter()
         self.bar: Any = None
-        self.quiet = quiet
+        self.quiet, self.total, self.position = quiet, total, position
         if not quiet and is_terminal():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+            done = TaskProgressColumn() if position is not None else MofNCompleteColumn()
+            self.bar = Progress(TextColumn("scoring"), BarColumn(), done,
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(), transient=True)
             self.task = self.bar.add_task("score", total=total, rate="-")
             self.bar.start()
@@ -210,9 +229,13 @@ class _Progress:
         now = time.perf_counter()
         rate = self.done / max(now - self.start, 1e-9)
         if self.bar is not None:
-            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
+            if self.position is not None:
+                self.bar.update(self.task, completed=min(self.position(), self.total or 0), rate=f"{rate:,.0f}")
+            else:
+                self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
         elif not self.quiet and now - self.last_log > 10:
-            log(f"scored {self.done:,} rows ({rate:,.0f} rows/s)")
+            share = f", {100 * self.position() / self.total:.0f}% of the file" if self.position and self.total else ""
+            log(f"scored {self.done:,} rows ({rate:,.0f} rows/s{share})")
             self.last_log = now
 
     def close(self) -> float:
@@ -242,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag} applies to --engine ray", 2)
     try:
         source = open_input(args.input, format=args.input_format, columns=args.columns, id_column=args.id_column,
-                            header=args.header, key=args.key, chunk_rows=args.batch_size)
+                            header=args.header, key=args.key, chunk_rows=args.batch_size,
+                            max_line=args.max_line_length)
     except InputError as err:
         raise CLIError(str(err), 2 if err.usage else 1) from err
     for note in source.notes:
@@ -266,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(err), 2 if err.usage else 1) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1)
+            n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1, card=card)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -302,7 +326,7 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         first = open_input(files[0], format=args.input_format, columns=args.columns, id_column=args.id_column,
                            header=args.header, key=args.key)
         parts, total = ray_score.plan_parts(files, args.input_format, header=args.header, key=args.key,
-                                            min_parts=args.actors or os.cpu_count() or 1)
+                                            min_parts=ray_score.PARTS_PER_ACTOR * (args.actors or os.cpu_count() or 1))
     except InputError as err:
         raise CLIError(str(err), 2 if err.usage else 1) from err
     for note in first.notes:
@@ -310,6 +334,12 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
     _, card = _local(args, options)  # checks the model and the options against it before Ray starts
     if first.width != card.input_size:
         raise CLIError(f"{files[0]}: rows have {first.width} features, but model {card.name!r} expects {card.input_size}")
+    try:
+        sample = next(first.chunks, None)  # the first rows, for the 0-255 warning
+    except InputError as err:
+        raise CLIError(str(err)) from err
+    if sample is not None:
+        _warn_range(sample.x * np.float32(_scale(args.scale, first.dtype)), card)
     try:
         model = str(resolve_model(args.model).resolve())
     except (ArtifactError, ModelNotFoundError) as err:
@@ -396,20 +426,31 @@ def _write_bad_rows(path: Path | None, bad_rows: list[tuple[int, str]]) -> None:
         raise CLIError(f"--bad-rows: {err}", 2) from err
 
 
+def _warn_range(x: np.ndarray, card: Any) -> bool:
+    """One stderr line (even with --quiet) if ``x`` looks like 0-255 pixels for a model expecting [0, 1]."""
+    from mcdrop.inputs import range_note
+
+    note = range_note(x, card)
+    if note:
+        log(f"mcdrop score: warning: {note} (--scale {1 / 255!r} divides by 255)")
+    return note is not None
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any,
-               bad_path: Path | None, *, in_flight: int = 1) -> int:
+               bad_path: Path | None, *, in_flight: int = 1, card: Any = None) -> int:
     """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
     going at once, so the client encodes the next chunk while the server computes this one; answers are
-    written in input order."""
+    written in input order.  Warns once if the inputs look like 0-255 pixels for a model expecting [0, 1]."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from mcdrop.io.readers import InputError
 
-    progress = _Progress(source.n_rows, args.quiet)
+    bytes_read = source.position if source.n_rows is None else None
+    progress = _Progress(source.n_rows if bytes_read is None else source.size, args.quiet, bytes_read)
     bad_rows: list[tuple[int, str]] = []
     pool = ThreadPoolExecutor(max_workers=in_flight) if in_flight > 1 else None
     pending: collections.deque[tuple[np.ndarray, list[str] | None, Future[Any]]] = collections.deque()
@@ -435,6 +476,8 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
                     raise CLIError(f"{args.input}: row {row} {reason} (pass --skip-bad-rows to score the others)")
                 bad_rows += chunk.bad
             x = chunk.x * np.float32(scale) if scale != 1.0 else chunk.x
+            if card is not None and _warn_range(x, card):
+                card = None  # once
             for a, b in _segments(chunk.rows):
                 ids = chunk.ids[a:b] if chunk.ids is not None else None
                 pending.append((chunk.rows[a:b], ids, submit(x[a:b], int(chunk.rows[a]))))

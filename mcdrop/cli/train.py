@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from mcdrop.cli.common import CLIError, is_terminal, log, setup_torch
 
+SHIPPED = {"tuned": "models/fashion-mnist", "cnn": "models/fashion-cnn"}
+"""The bundled models each preset built (their cards' ``training`` sections hold the exact configuration)."""
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},  # the textbook recipe: 784-256-256-10, dropout 0.2/0.5, SGD 0.1, batch 256, 10 epochs
     "tuned": {"hidden": [1024, 1024], "dropout": [0.3, 0.3], "input_dropout": 0.1, "optimizer": "sgd", "lr": 0.05,
@@ -33,8 +36,10 @@ def add_parser(sub: Any, name: str) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parent.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     _add_uci(which)
-    p = which.add_parser("fashion-mnist", help="a Fashion-MNIST classifier: dropout MLP or CNN")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="reference", help="starting configuration")
+    p = which.add_parser("fashion-mnist", help="a Fashion-MNIST classifier: dropout MLP or CNN",
+                         description=_presets_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="reference",
+                   help="starting configuration (listed above; flags and --config override its fields)")
     p.add_argument("--config", type=Path, help="JSON file of config fields (override the preset)")
     for f in fields(ClassifierConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -45,12 +50,44 @@ def add_parser(sub: Any, name: str) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
         else:
             p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), help=f.metadata["help"])
-    p.add_argument("--output", "-o", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", help="model name in the card (default: the directory name)")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="model directory to write (models/NAME replaces a bundled model in a checkout)")
+    p.add_argument("--model-name", help="model name in the card (default: the directory name)")
+    p.add_argument("--name", dest="model_name", action=_Deprecated, help=argparse.SUPPRESS)
     p.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
     p.add_argument("--eval-samples", type=int, default=50, help="MC passes for the card's test metrics")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.set_defaults(run=run)
+
+
+_ALWAYS_SHOWN = ("architecture", "hidden", "dropout", "input_dropout", "optimizer", "lr", "schedule", "epochs",
+                 "batch_size")
+
+
+def _presets_text() -> str:
+    """The ``train fashion-mnist`` description: what each preset sets, and which built the shipped models."""
+    from mcdrop.training.configs import CNN_ONLY, ClassifierConfig
+
+    lines = ["mcdrop train fashion-mnist: a dropout MLP or CNN classifier on Fashion-MNIST (pixels / 255).", "",
+             "Presets (every field not listed keeps its default; flags and --config override a preset):"]
+    for name, values in PRESETS.items():
+        config = ClassifierConfig(**values)
+        shown = {k: v for k, v in config.as_dict().items() if k in values or k in _ALWAYS_SHOWN}
+        if config.architecture != "cnn":
+            shown = {k: v for k, v in shown.items() if k not in CNN_ONLY}
+        text = ", ".join(f"{k}={' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items())
+        built = f"; built the shipped {SHIPPED[name]}" if name in SHIPPED else ""
+        lines += textwrap.wrap(f"{name}: {text}{built}", 110, initial_indent="  ", subsequent_indent="      ")
+    lines += ["", "Example: mcdrop train fashion-mnist --preset tuned -o retrained/fashion-mnist"]
+    return "\n".join(lines)
+
+
+class _Deprecated(argparse.Action):
+    """A deprecated spelling of an option: still works, with one warning line naming the new one."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        log(f"mcdrop train: warning: {option} is deprecated; use --model-name (the same in train uci)")
+        setattr(namespace, self.dest, values)
 
 
 def _add_uci(which: Any) -> None:
@@ -175,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         test_x, test_y = load_fashion_mnist(args.data_root, train=False)
     except DataNotFoundError as err:
         raise CLIError(str(err)) from err
-    log(f"training {config.as_dict()}")
+    log(f"training {config.relevant()}")
     features = fashion_mnist_features(train_x)
     model, history = train_classifier(config, features, train_y, log=log, progress=is_terminal())
     log(f"trained in {history['train_seconds']:.1f} s; evaluating on the 10,000 test images")
@@ -187,16 +224,16 @@ def run(args: argparse.Namespace) -> int:
     if config.calibrate:
         calibrated, extra = _calibrate(model, config, features, train_y, x_test, test_y, test_x, args.eval_samples)
         metrics.update(extra)
-    name = args.name or args.output.name
+    name = args.model_name or args.output.name
     parts = split_indices(len(train_y), config)
     card = save_model(model, args.output, {
         "name": name, "version": "1", "task": "classification",
         "description": f"Fashion-MNIST dropout {config.architecture.upper()} classifier ({args.preset} preset).",
-        "input_shape": [28, 28], "input_size": 784,
+        "input_shape": [28, 28], "input_size": 784, "input_range": [0.0, 1.0],
         "normalisation": "pixels scaled to [0, 1] (value / 255), rows of 784 in row-major order; the model "
                          "standardises internally with the training mean and std",
         "class_names": list(FASHION_MNIST_CLASSES), "temperature": float(model.temperature),
-        "training": {**config.as_dict(), "train_seconds": round(history["train_seconds"], 1),
+        "training": {**config.relevant(), "train_seconds": round(history["train_seconds"], 1),
                      "final_val_accuracy": history["val_accuracy"][-1]},
         "data": f"Fashion-MNIST (Xiao et al. 2017): of the 60,000 training images, {len(parts['train'])} train the "
                 f"network; of the {len(parts['validation'])} held out (the first {config.val_fraction:g} of a permutation "

@@ -62,6 +62,11 @@ static void fill_words(uint64_t key, int64_t n_words, uint64_t *restrict words) 
     for (int64_t w = 0; w < n_words; ++w) words[w] = mix64(key + (uint64_t)(w + 1) * GOLDEN);
 }
 
+/* A unit that is NaN, or +infinity (-infinity too without the ReLU), is always listed, kept or dropped: the
+   generic path's relu(NaN) = NaN and NaN * 0 = inf * 0 = NaN carry it to the output, and so does the listing, so
+   an overflowing input gives a non-finite output here too (the predictor's OutputOverflow), never finite logits. */
+#define NONFINITE(v, relu) (((v) != (v)) | ((v) == __builtin_inff()) | (!(relu) & ((v) == -__builtin_inff())))
+
 /* (idx, val) of the units f < n that survive: v = relu ? y*alpha + bias : -y, a candidate when v > 0 (relu) or
    v != 0, and its lane s (bits wide, little-endian in the words, signed) says keep (s >= t) when keep = 1, dropped
    (s < t) when keep = 0, with t = threshold - 2^(bits-1).  val = v * scale.  Returns the count. */
@@ -71,7 +76,7 @@ static void fill_words(uint64_t key, int64_t n_words, uint64_t *restrict words) 
         int32_t s = (LANE);                                                                                          \
         idx[c] = (int32_t)f;                                                                                         \
         val[c] = v * scale;                                                                                          \
-        c += (relu ? v > 0.0f : v != 0.0f) & ((s >= t) == keep);                                                     \
+        c += ((relu ? v > 0.0f : v != 0.0f) & ((s >= t) == keep)) | NONFINITE(v, relu);                             \
     }
 
 static int32_t list_units(const float *restrict y, float alpha, const float *restrict bias, int relu,
@@ -83,7 +88,7 @@ static int32_t list_units(const float *restrict y, float alpha, const float *res
 #if defined(__AVX512F__)
     if (bits == 16 || bits == 8) { /* 16 units at a time: compare, compress, store (c <= f0, so within n) */
         const __m512 va = _mm512_set1_ps(alpha), vs = _mm512_set1_ps(relu ? scale : -scale);
-        const __m512 zero = _mm512_setzero_ps();
+        const __m512 zero = _mm512_setzero_ps(), inf = _mm512_set1_ps(__builtin_inff());
         const __m512i vt = _mm512_set1_epi32(t), step = _mm512_set1_epi32(16);
         __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         for (; f0 + 16 <= n; f0 += 16, iota = _mm512_add_epi32(iota, step)) {
@@ -94,6 +99,8 @@ static int32_t list_units(const float *restrict y, float alpha, const float *res
                 : _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)words + f0)));
             __mmask16 m = relu ? _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) : _mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ);
             m &= keep ? _mm512_cmpge_epi32_mask(s, vt) : _mm512_cmplt_epi32_mask(s, vt);
+            m |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, inf, _CMP_EQ_OQ)
+                 | (relu ? 0 : _mm512_cmp_ps_mask(v, _mm512_sub_ps(zero, inf), _CMP_EQ_OQ)); /* NONFINITE */
             _mm512_storeu_ps(val + c, _mm512_maskz_compress_ps(m, _mm512_mul_ps(v, vs)));
             _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(m, iota));
             c += __builtin_popcount(m);

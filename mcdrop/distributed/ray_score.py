@@ -32,9 +32,12 @@ import numpy as np
 
 from mcdrop.io.readers import InputError, detect_format, open_input
 
-__all__ = ["RayJob", "plan_parts", "score_parts"]
+__all__ = ["PARTS_PER_ACTOR", "RayJob", "plan_parts", "score_parts"]
 
 ROWS_PER_PART = 50_000
+PARTS_PER_ACTOR = 4
+"""Parts the CLI asks for per actor (at least): every actor gets work, and the rows come back (in order, so the
+progress bar moves) part by part rather than all at the end."""
 _FORMATS = ("npy", "parquet", "csv", "idx", "npz")
 
 
@@ -92,8 +95,9 @@ def plan_parts(files: list[Path], fmt: str | None, *, header: str = "auto", key:
                rows_per_part: int = ROWS_PER_PART, min_parts: int = 1) -> tuple[list[dict[str, Any]], int]:
     """Parts of ``files``, each with the global row number its file starts at (``offset``), and the rows in all.
 
-    ``.npy`` files are cut into at most ``rows_per_part`` rows a part, and into at least ``min_parts`` parts (so
-    every actor has work); Parquet parts follow the row groups, other files are one part each.
+    ``.npy`` and Parquet files are cut into row ranges of at most ``rows_per_part`` rows, and into at least
+    ``min_parts`` parts (so every actor has work, and progress advances part by part; a Parquet part reads only
+    the row groups its range overlaps); other files are one part each.
     """
     parts: list[dict[str, Any]] = []
     offset = 0
@@ -102,22 +106,11 @@ def plan_parts(files: list[Path], fmt: str | None, *, header: str = "auto", key:
         if kind not in _FORMATS:
             raise InputError(f"{path}: --engine ray reads {', '.join(_FORMATS)}, not {kind}")
         base = {"path": str(path.resolve()), "format": kind, "lo": -1, "hi": -1, "groups": ""}
-        if kind == "npy":
+        if kind in ("npy", "parquet"):
             n = open_input(path, format=kind).n_rows or 0
             step = max(1, min(rows_per_part, math.ceil(n / min_parts)))
             for lo in range(0, n, step):
                 parts.append({**base, "offset": offset, "lo": lo, "hi": min(n, lo + step)})
-        elif kind == "parquet":
-            import pyarrow.parquet as pq
-
-            meta = pq.ParquetFile(path).metadata
-            n, group, start, rows = meta.num_rows, [], 0, 0
-            for g in range(meta.num_row_groups):
-                group.append(g)
-                rows += meta.row_group(g).num_rows
-                if rows >= rows_per_part or g == meta.num_row_groups - 1:
-                    parts.append({**base, "offset": offset, "groups": ",".join(map(str, group))})
-                    group, start, rows = [], start + rows, 0
         elif kind == "csv":
             n = _csv_rows(path, header)
             parts.append({**base, "offset": offset})

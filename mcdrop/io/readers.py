@@ -1,13 +1,14 @@
 """Chunked readers of input files for bulk scoring: CSV, Parquet, NumPy ``.npy``/``.npz`` and IDX (optionally
 gzipped).
 
-Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large
-the file: ``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record
-batch at a time (pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted
-fields may hold commas, quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are
-fine).  Rows are numbered from 0 in file order, header excluded.  A bad row (wrong width, non-numeric, NaN or
-infinite) is reported in ``Chunk.bad`` with its reason.  ``InputFile.notes`` says what was decided for the
-user (e.g. whether the first CSV line is a header), so the CLI can log it.
+Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large the file:
+``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record batch at a time
+(pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted fields may hold commas,
+quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are fine; no line may be longer
+than :class:`LineBound` allows, so a file without line breaks is refused after a bounded read instead of being
+read whole). Rows are numbered from 0 in file order, header excluded. A bad row (wrong width, non-numeric, NaN or
+infinite) is reported in ``Chunk.bad`` with its reason. ``InputFile.notes`` says what was decided for the user
+(e.g. whether the first CSV line is a header), so the CLI can log it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import gzip
 import itertools
 import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["Chunk", "InputError", "InputFile", "open_input"]
+__all__ = ["Chunk", "InputError", "InputFile", "LineBound", "open_input"]
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _NPZ_KEYS = ("inputs", "x", "images", "features", "X")
@@ -61,6 +62,8 @@ class InputFile:
     chunks: Iterator[Chunk]
     columns: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    size: int | None = None  # CSV: the file's bytes, the total of ``position`` (its rows are not counted ahead)
+    position: Callable[[], int] | None = None  # CSV: about how many bytes have been read (characters)
 
 
 def _check(block: np.ndarray, start: int, rows: np.ndarray | None = None) -> Chunk:
@@ -177,6 +180,46 @@ def _open_idx(path: Path, chunk_rows: int) -> InputFile:
 
 # ------------------------------------------------------------------------------------------------ CSV
 
+FIRST_LINE_MAX = 1 << 24
+"""Characters the first CSV line may hold (its width is not known before it is read)."""
+CHARS_PER_CELL = 64
+"""Characters a CSV line may spend per column (a float32 takes at most 16; ids and text need slack)."""
+LINE_SLACK = 1 << 16
+
+
+class LineBound:
+    """The longest CSV line accepted: ``FIRST_LINE_MAX`` for the first line, then ``max(64 x columns, 8 x the
+    first line) + 64 KiB``, or ``fixed`` (``--max-line-length``) for every line.  Lines are read with
+    ``readline(bound + 1)``, so memory stays within the bound whatever the file."""
+
+    def __init__(self, fixed: int | None = None) -> None:
+        if fixed is not None and fixed < 1:
+            raise InputError(f"--max-line-length {fixed}: expected a positive number of characters", usage=True)
+        self.fixed = fixed
+        self.consumed = 0  # characters read so far: about the bytes, for progress
+        self.limit = fixed or FIRST_LINE_MAX
+        self.why = "the limit given" if fixed else "the limit for the first line"
+
+    def set_width(self, n_cols: int, first_line: int) -> None:
+        if self.fixed is None:
+            self.limit = max(CHARS_PER_CELL * n_cols, 8 * first_line) + LINE_SLACK
+            self.why = f"the limit for rows of {n_cols} columns"
+
+    def lines(self, fh: IO[str], name: str) -> Iterator[str]:
+        """``fh``'s lines (line breaks kept), refusing one longer than the bound with an :class:`InputError`."""
+        number = 0
+        while True:
+            line = fh.readline(self.limit + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > self.limit and line[-1] not in "\r\n":
+                raise InputError(f"{name}: line {number} is longer than {self.limit:,} characters ({self.why}); "
+                                 "expected CSV rows separated by line breaks (--max-line-length allows longer lines)")
+            self.consumed += len(line)
+            yield line
+
+
 
 def _is_number(text: str) -> bool:
     try:
@@ -210,18 +253,24 @@ def _select(spec: str | None, names: list[str], exclude: int | None) -> list[int
     return out
 
 
-def _open_csv(path: Path, columns: str | None, id_column: str | None, header: str, chunk_rows: int) -> InputFile:
+def _open_csv(path: Path, columns: str | None, id_column: str | None, header: str, chunk_rows: int,
+              max_line: int | None = None) -> InputFile:
+    bound = LineBound(max_line)
     fh = path.open("r", newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first cell
-    records = csv.reader(fh)
+    records = csv.reader(bound.lines(fh, str(path)))
     try:
         first = next((r for r in records if any(c.strip() for c in r)), None)
     except csv.Error as err:
         fh.close()
         raise InputError(f"{path}: line {records.line_num}: not CSV ({err})") from err
+    except InputError:
+        fh.close()
+        raise
     if first is None:
         fh.close()
         raise InputError(f"{path}: the file is empty; expected CSV rows of numbers")
     cells = [c.strip() for c in first]
+    bound.set_width(len(cells), sum(len(c) + 1 for c in first))
     numeric = all(_is_number(c) for c in cells)
     has_header = header == "yes" or (header == "auto" and not numeric)
     notes = []
@@ -236,7 +285,8 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
     use = _select(columns, names, id_index)
     pending = [] if has_header else [first]
     chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
-    return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes)
+    return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes,
+                     size=path.stat().st_size, position=lambda: bound.consumed)
 
 
 def _csv_chunks(fh: IO[str], records: Any, pending: list[list[str]], n_cols: int, use: list[int],
@@ -299,7 +349,7 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
 
 
 def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int,
-                  row_groups: list[int] | None = None) -> InputFile:
+                  row_groups: list[int] | None = None, rows: tuple[int, int] | None = None) -> InputFile:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -330,18 +380,35 @@ def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_
     if groups and groups != list(range(groups[0], groups[0] + len(groups))):
         raise InputError(f"{path}: row groups {row_groups} are not consecutive")
     n_rows = sum(meta.row_group(g).num_rows for g in groups)
+    if rows is not None:  # a row range: read the row groups it overlaps, keep its rows
+        lo, hi = rows
+        if row_groups is not None or not 0 <= lo <= hi <= meta.num_rows:
+            raise InputError(f"{path}: rows {lo}..{hi} are outside its {meta.num_rows} rows (or combined with row groups)")
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = [g for g in range(meta.num_row_groups) if starts[g] < hi and starts[g + 1] > lo]
+        first, n_rows = int(starts[groups[0]]) if groups else lo, hi - lo
     chunks = _parquet_chunks(parquet, read, [names[i] for i in use], None if id_index is None else names[id_index],
-                             chunk_rows, groups, first)
+                             chunk_rows, groups, first, rows)
     return InputFile(path, "parquet", width, n_rows, np.dtype(np.float32), chunks, [names[i] for i in use])
 
 
 def _parquet_chunks(parquet: Any, read: list[str], features: list[str], id_name: str | None,
-                    chunk_rows: int, groups: list[int], start: int) -> Iterator[Chunk]:
+                    chunk_rows: int, groups: list[int], start: int, rows: tuple[int, int] | None = None) -> Iterator[Chunk]:
     import pyarrow as pa
 
     if not groups:
         return
+    lo, hi = rows if rows is not None else (start, None)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=read, row_groups=groups):
+        if hi is not None:  # only the rows of [lo, hi): skip before, cut after
+            end = start + batch.num_rows
+            if end <= lo:
+                start = end
+                continue
+            if start >= hi:
+                return
+            batch = batch.slice(max(0, lo - start), min(end, hi) - max(start, lo))
+            start = max(start, lo)
         parts = []
         for name in features:
             column = batch.column(name)
@@ -378,11 +445,11 @@ def detect_format(path: Path) -> str:
 def open_input(path: str | Path, *, format: str | None = None, columns: str | None = None,
                id_column: str | None = None, header: str = "auto", key: str | None = None,
                chunk_rows: int = 4096, rows: tuple[int, int] | None = None,
-               row_groups: list[int] | None = None) -> InputFile:
+               row_groups: list[int] | None = None, max_line: int | None = None) -> InputFile:
     """Open ``path`` for chunked reading (format from the name unless given).
 
-    ``rows`` (``.npy``) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep the rows'
-    numbers in the whole file.
+    ``rows`` (``.npy``, Parquet) or ``row_groups`` (Parquet, consecutive) read a part of the file; chunks keep
+    the rows' numbers in the whole file.  ``max_line`` (CSV): the longest line accepted (default: :class:`LineBound`).
     """
     path = Path(path)
     if not path.is_file():
@@ -395,9 +462,9 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
         if fmt == "csv":
             if path.name.lower().endswith(".gz"):
                 raise InputError(f"{path}: gzipped CSV is not supported; decompress it first")
-            return _open_csv(path, columns, id_column, header, chunk_rows)
+            return _open_csv(path, columns, id_column, header, chunk_rows, max_line)
         if fmt == "parquet":
-            return _open_parquet(path, columns, id_column, chunk_rows, row_groups)
+            return _open_parquet(path, columns, id_column, chunk_rows, row_groups, rows)
         if fmt == "npy":
             return _open_npy(path, chunk_rows, rows)
         if fmt == "npz":

@@ -12,6 +12,7 @@ files and packed at the end, so memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import stat
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +138,24 @@ class Writer:
         self.fh = os.fdopen(fd, "wb" if self.binary else "w", **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
 
     def write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
-        if self.fields is None:
-            self.fields = _fields(result)
-            self._begin(result)
-        self._write(rows, ids, result)
+        with self._failing():
+            if self.fields is None:
+                self.fields = _fields(result)
+                self._begin(result)
+            self._write(rows, ids, result)
         self.rows_written += len(rows)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A failed write (a full device, a lost mount) as an :class:`OutputError` naming OUTPUT; a closed pipe
+        stays a ``BrokenPipeError`` (the CLI stops quietly)."""
+        try:
+            yield
+        except (BrokenPipeError, OutputError):
+            raise
+        except OSError as err:
+            where = "standard output" if self.tmp is None else str(self.path)
+            raise OutputError(f"{where}: cannot write: {err.strerror or err}") from err
 
     def _begin(self, result: PredictResult) -> None:
         pass
@@ -153,20 +168,23 @@ class Writer:
 
     def commit(self) -> None:
         """Finish the file and move it into place, with the permissions the umask gives a new file."""
-        self._finish()
-        if self.tmp is None:
-            self.fh.flush()
-            return
-        self.fh.close()
+        with self._failing():
+            self._finish()
+            if self.tmp is None:
+                self.fh.flush()
+                return
+            self.fh.close()
         os.chmod(self.tmp, 0o666 & ~_umask())
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Remove the temporary file (OUTPUT is left as it was)."""
         if self.tmp is None:
-            self.fh.flush()
+            with contextlib.suppress(OSError):  # the failure being reported may be this stream's
+                self.fh.flush()
             return
-        self.fh.close()
+        with contextlib.suppress(OSError):
+            self.fh.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -322,7 +340,8 @@ class ParquetWriter(Writer):
 
     def abort(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with contextlib.suppress(OSError):
+                self.writer.close()
         super().abort()
 
 

@@ -27,6 +27,7 @@ from mcdrop.core.models import DropoutMLP
 from mcdrop.core.prediction import predict
 from mcdrop.core.runtime import resolve_device
 from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
+from mcdrop.inputs import range_note
 from mcdrop.request import Mode, new_seed
 from mcdrop.schemas import (
     Limits,
@@ -258,8 +259,14 @@ class Predictor:
                 seed=req_seed if req.mode is Mode.MC else None,
                 columns={**{k: v[part] for k, v in columns.items()}, **(extras[i].columns if extras else {})},
                 samples=samples[:, part] if req.return_samples and samples is not None else None,
-                notes=extras[i].notes if extras else [], class_names=served.card.class_names))
+                notes=_notes(req, served.card, extras[i].notes if extras else []), class_names=served.card.class_names))
         return answers
+
+
+def _notes(request: PredictRequest, card: ModelCard, notes: list[str]) -> list[str]:
+    """The calibration's notes, and one when the inputs look like 0-255 pixels for a model expecting [0, 1]."""
+    pixels = range_note(request.inputs, card)
+    return [*notes, pixels] if pixels else notes
 
 
 def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:

@@ -90,6 +90,18 @@ class ClassifierConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def relevant(self) -> dict[str, Any]:
+        """:meth:`as_dict` without the fields the architecture does not use (an MLP has no conv blocks)."""
+        values = self.as_dict()
+        if self.architecture != "cnn":
+            for name in CNN_ONLY:
+                values.pop(name)
+        return values
+
+
+CNN_ONLY = ("channels", "channel_dropout", "convs_per_block")
+"""The :class:`ClassifierConfig` fields only the CNN uses."""
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -234,3 +234,25 @@ def test_build_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a second process finds the library: no compiler needed
     assert kernels.load() is not None
     assert list((tmp_path / "kernels").iterdir()) == built
+
+
+@pytest.mark.parametrize("flags", ["", "-mno-avx512f", "-mno-avx"])  # the AVX-512 list loop, then the scalar one
+@pytest.mark.parametrize(("input_dropout", "dropout"), [(0.0, (0.3, 0.5)), (0.1, (0.25, 0.75)), (0.7, (0.5, 5 / 256))])
+def test_an_overflowing_row_gives_non_finite_outputs_like_the_generic_path(monkeypatch, tmp_path, flags, input_dropout,
+                                                                           dropout):
+    """A row of 3e38 overflows to inf and NaN in the first layer: the generic path's relu(NaN) = NaN and NaN * 0 =
+    NaN carry it to every sample's output, and the fused path must not drop those units as if they were zero (it
+    gave finite logits, so MC mode answered where deterministic mode refuses)."""
+    if flags and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 vector-width variants")
+    monkeypatch.setenv("MCDROP_CACHE", str(tmp_path))
+    monkeypatch.setenv("MCDROP_KERNEL_CFLAGS", flags)
+    monkeypatch.setattr(kernels, "_loaded", {})
+    m = model(input_dropout=input_dropout, dropout=dropout, hidden=(64, 48))
+    x = torch.randn(4, 30)
+    x[1] = 3e38
+    x[3, :5] = -3e38
+    got, want = both(m, x, 17, seed=3)
+    assert not torch.isfinite(want[:, [1, 3]]).all(-1).any(), "the generic path's overflowing rows are not all non-finite"
+    assert not torch.isfinite(got[:, [1, 3]]).all(-1).any()
+    assert_outputs_close(got[:, [0, 2]], want[:, [0, 2]])

@@ -95,3 +95,30 @@ def test_the_command_line_engine_matches_local_scoring(tmp_path, models):
     assert_probabilities_close(np.stack(a["probabilities"].to_numpy(zero_copy_only=False)),
                                np.stack(b["probabilities"].to_numpy(zero_copy_only=False)))
     assert (tmp_path / "ray.parquet.bad-rows.csv").read_text().splitlines()[1].startswith("10,")
+
+
+def test_a_parquet_file_of_one_row_group_is_cut_for_every_actor(tmp_path):
+    """20,000 rows in one row group used to be one part ("1 parts"): one actor scored it, the other idled, and
+    the progress bar stayed at 0 until the end.  Parts are now row ranges, at least PARTS_PER_ACTOR per actor."""
+    x = np.random.default_rng(2).normal(size=(20_000, 4)).astype(np.float32)
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({f"f{i}": x[:, i] for i in range(4)}), path, row_group_size=20_000)
+    parts, total = ray_score.plan_parts([path], None, min_parts=ray_score.PARTS_PER_ACTOR * 2)
+    assert total == 20_000 and len(parts) == 8
+    assert [(p["lo"], p["hi"]) for p in parts] == [(i * 2500, (i + 1) * 2500) for i in range(8)]
+
+
+def test_the_command_line_spreads_a_parquet_file_over_all_actors(tmp_path, models):
+    x = np.random.default_rng(3).normal(size=(20_000, 4)).astype(np.float32)
+    src = tmp_path / "x.parquet"
+    pq.write_table(pa.table({f"f{i}": x[:, i] for i in range(4)}), src, row_group_size=20_000)
+    out = tmp_path / "ray.parquet"
+    proc = subprocess.run([sys.executable, "-m", "mcdrop.cli.main", "score", str(src), "-o", str(out), "--engine", "ray",
+                           "--actors", "2", "--model", str(models["tiny-cls"]), "--seed", "5", "-n", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scoring 8 parts of 1 file(s) on 2 Ray actor(s)" in proc.stderr
+    table = pq.read_table(out)
+    assert table["row"].to_pylist() == list(range(20_000))
+    want = Predictor([str(models["tiny-cls"])]).predict_array(x[:500], mode="mc", n_samples=4, seed=5)
+    assert_probabilities_close(np.stack(table["probabilities"].to_numpy(zero_copy_only=False)[:500]), want.probabilities)

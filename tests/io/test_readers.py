@@ -119,3 +119,35 @@ def test_idx_gz_and_npz(tmp_path):
     np.savez(tmp_path / "two.npz", a=images, b=images)
     with pytest.raises(InputError, match="choose the inputs with --key"):
         open_input(tmp_path / "two.npz")
+
+
+@pytest.mark.parametrize("group_rows", [3000, 20000])  # many row groups, and one (a part must cut inside it)
+@pytest.mark.parametrize(("lo", "hi"), [(0, 5000), (4999, 12001), (19000, 20000), (7, 7)])
+def test_parquet_row_ranges_read_exactly_those_rows(tmp_path, group_rows, lo, hi):
+    """Ray's parts of a Parquet file are row ranges (a one-group file used to be one part for one actor)."""
+    x = np.random.default_rng(1).random((20000, 3)).astype(np.float32)
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({f"f{i}": x[:, i] for i in range(3)}), path, row_group_size=group_rows)
+    source = open_input(path, rows=(lo, hi), chunk_rows=1024)
+    chunks = list(source.chunks)
+    assert source.n_rows == hi - lo
+    rows = np.concatenate([c.rows for c in chunks]) if chunks else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(rows, np.arange(lo, hi))
+    if chunks:
+        np.testing.assert_array_equal(np.concatenate([c.x for c in chunks]), x[lo:hi])
+    with pytest.raises(InputError, match="outside"):
+        open_input(path, rows=(0, 20001))
+
+
+def test_csv_progress_counts_the_bytes_read(tmp_path):
+    """CSV rows are not counted ahead (that reads the file twice); the bytes read against the file's size give
+    the progress bar a total and an ETA."""
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i / 7:.6f}\n" for i in range(5000)))
+    source = open_input(path, chunk_rows=512)
+    assert source.n_rows is None and source.size == path.stat().st_size and source.position is not None
+    seen = []
+    for _ in source.chunks:
+        seen.append(source.position())
+    assert seen == sorted(seen) and 0 < seen[0] < source.size
+    assert seen[-1] == source.size
