@@ -392,7 +392,7 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
         if any(s["name"].split(".")[0] == features for s in specs):
             nodes, features = conv.nodes, None
         else:
-            specs.append({"name": features, "type": "Identity", "args": {}})
+            specs.append({"name": features, "type": "Identity", "args": {}})  # last: dropout indices are unchanged
     inputs = [{"name": name, "shape": list(t.shape[1:])} for name, t in zip(conv.placeholders, examples, strict=True)]
     try:
         net: nn.Module = ImportedNet(inputs=inputs, modules=specs, nodes=nodes, output=conv.output, head=head,
@@ -403,7 +403,7 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
     with torch.no_grad():
         for spec in specs:
             if spec["name"] in types and not spec["name"].startswith(("functional_dropout.", "mcdrop_features")):
-                net.get_submodule(spec["name"]).load_state_dict(model.get_submodule(spec["name"]).state_dict())
+                net.layers.get_submodule(spec["name"]).load_state_dict(model.get_submodule(spec["name"]).state_dict())
         for t in conv.tensors:
             getattr(net.attr_tensors, t["key"]).copy_(t["value"])
         if tau is not None:
@@ -453,7 +453,7 @@ def _as_dropout_mlp(net: nn.Module, model: nn.Module, head: dict[str, Any], tau:
         previous = n["name"]
     if net.output != {"node": previous}:
         return None
-    mods = [net.get_submodule(n["target"]) for n in chain]
+    mods = [net.layers.get_submodule(n["target"]) for n in chain]
     kinds = [type(m) for m in mods]
     pos, input_dropout = 0, 0.0
     if kinds and kinds[0] in (nn.Dropout, Dropout):

@@ -284,6 +284,7 @@ class ImportedNet(nn.Module):
         self.head = Task(self.head_spec["task"])  # read by mcdrop.core.prediction.model_task
         self.sizes = [math.prod(i["shape"]) for i in self.inputs]
         self.in_features = sum(self.sizes)
+        self.layers = nn.Module()  # the network's layers at their original names (no clash with these attributes)
         for spec in self.modules_spec:
             kind = spec.get("type")
             if kind not in MODULES:
@@ -307,7 +308,7 @@ class ImportedNet(nn.Module):
         self._check_nodes()
 
     def _install(self, name: str, module: nn.Module) -> None:
-        parent: nn.Module = self
+        parent: nn.Module = self.layers
         *path, leaf = name.split(".")
         for part in path:
             child = parent._modules.get(part)
@@ -349,7 +350,7 @@ class ImportedNet(nn.Module):
 
     def feature_layers(self) -> list[str]:
         """The module whose output is the last hidden features (the input of the output layer), for an OOD density."""
-        return [self.features] if self.features else []
+        return [f"layers.{self.features}"] if self.features else []
 
     def split_inputs(self, x: Tensor) -> list[Tensor]:
         """A batch of rows ``(B, D)`` as the network's inputs (see the module docs)."""
@@ -378,7 +379,7 @@ class ImportedNet(nn.Module):
             args = decode_arg(node.get("args", []), env)
             kwargs = decode_arg({"dict": node.get("kwargs", {})}, env)
             if op == "call_module":
-                value = self.get_submodule(target)(*args, **kwargs)  # the engine's replica: its own children
+                value = self.layers.get_submodule(target)(*args, **kwargs)  # the engine's replica: its own children
             elif op == "call_function":
                 value = FUNCTIONS[target](*args, **kwargs)
             else:  # call_method
