@@ -21,6 +21,7 @@ Python control flow must not depend on the data) and stores the trace as the dec
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -309,10 +310,7 @@ def _features_node(nodes: list[dict[str, Any]], specs: dict[str, str]) -> tuple[
 
 def _head(task: Task, columns: int, *, target: int | None, mean: int | None, log_variance: int | None) -> dict[str, Any]:
     if task is Task.CLASSIFICATION:
-        if columns < 2:
-            raise ExportError(f"a classifier must output logits (B, C) with C >= 2 classes, but the model outputs {columns} "
-                              "column(s); for one logit per row (a binary classifier) output (B, 2) logits [0, z]")
-        return {"task": task.value}
+        return {"task": task.value}  # one column: a binary classifier's logit z, served as logits [0, z]
     if task is Task.HOMOSCEDASTIC:
         if target is None:
             if columns != 1:
@@ -365,7 +363,9 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
     :class:`~mcdrop.core.engine.DropoutConfigError` for a model without active dropout."""
     task = TASK_ALIASES.get(str(task)) or Task(task)
     examples = _examples(example_input)
-    model = model.cpu()
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
+        model = copy.deepcopy(model).cpu()  # the caller's model stays where it is
     train_graph, eval_graph = _trace(model, True), _trace(model, False)
     conv = _Converter(model, train_graph, eval_graph)
     if len(conv.placeholders) != len(examples):
@@ -376,8 +376,8 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
     if not all(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == examples[0].shape[0] for t in outputs):
         raise ExportError("forward must return a tensor (B, ...) or a tuple of them, one row per input row")
     if task is Task.CLASSIFICATION and (len(outputs) != 1 or outputs[0].dim() != 2):
-        raise ExportError(f"a classifier must return logits of shape (B, C), but forward returned "
-                          f"{[tuple(t.shape) for t in outputs]}")
+        raise ExportError(f"a classifier must return logits of shape (B, C) (or (B, 1): one logit of class 1), but "
+                          f"forward returned {[tuple(t.shape) for t in outputs]}")
     columns = sum(math.prod(t.shape[1:]) for t in outputs)
     head = _head(task, columns, target=target, mean=mean, log_variance=log_variance)
     if task is Task.HOMOSCEDASTIC:
@@ -477,6 +477,8 @@ def _as_dropout_mlp(net: nn.Module, model: nn.Module, head: dict[str, Any], tau:
         return None  # another dropout layer holds an index, or Dropout(0) on the input (DropoutMLP has none there)
     task = Task(head["task"])
     last: nn.Linear = linears[-1]  # type: ignore[assignment]
+    if task is Task.CLASSIFICATION and last.out_features < 2:
+        return None  # a binary logit: the graph's head turns it into [0, z]
     rows = list(range(last.out_features)) if task is Task.CLASSIFICATION else head["columns"]
     out_features = last.out_features if task is Task.CLASSIFICATION else 1
     mlp = DropoutMLP(linears[0].in_features, [lin.out_features for lin in linears[:-1]], out_features,  # type: ignore[misc]

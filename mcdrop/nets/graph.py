@@ -57,8 +57,10 @@ def _with_bias(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
-_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-_AVG = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+_POOL = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVG = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_CONVT = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding", "groups", "dilation",
+          "padding_mode")
 _NONE = _attrs()
 
 MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
@@ -67,24 +69,40 @@ MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]
     "Conv1d": (nn.Conv1d, _with_bias(*_CONV)),
     "Conv2d": (nn.Conv2d, _with_bias(*_CONV)),
     "Conv3d": (nn.Conv3d, _with_bias(*_CONV)),
+    "ConvTranspose1d": (nn.ConvTranspose1d, _with_bias(*_CONVT)),
+    "ConvTranspose2d": (nn.ConvTranspose2d, _with_bias(*_CONVT)),
     "BatchNorm1d": (nn.BatchNorm1d, _attrs(*_BN)),
     "BatchNorm2d": (nn.BatchNorm2d, _attrs(*_BN)),
     "BatchNorm3d": (nn.BatchNorm3d, _attrs(*_BN)),
     "LayerNorm": (nn.LayerNorm, lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
                                            "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None}),
     "GroupNorm": (nn.GroupNorm, _attrs("num_groups", "num_channels", "eps", "affine")),
+    "RMSNorm": (nn.RMSNorm, lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
+                                       "elementwise_affine": m.elementwise_affine}),
     "InstanceNorm1d": (nn.InstanceNorm1d, _attrs(*_BN)),
     "InstanceNorm2d": (nn.InstanceNorm2d, _attrs(*_BN)),
     "MaxPool1d": (nn.MaxPool1d, _attrs(*_POOL)),
     "MaxPool2d": (nn.MaxPool2d, _attrs(*_POOL)),
-    "AvgPool1d": (nn.AvgPool1d, _attrs(*_AVG)),
+    "MaxPool3d": (nn.MaxPool3d, _attrs(*_POOL)),
+    "AvgPool1d": (nn.AvgPool1d, _attrs(*_AVG[:-1])),
     "AvgPool2d": (nn.AvgPool2d, _attrs(*_AVG)),
+    "AvgPool3d": (nn.AvgPool3d, _attrs(*_AVG)),
     "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, _attrs("output_size")),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _attrs("output_size")),
     "AdaptiveMaxPool1d": (nn.AdaptiveMaxPool1d, _attrs("output_size")),
     "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, _attrs("output_size")),
     "Flatten": (nn.Flatten, _attrs("start_dim", "end_dim")),
     "Unflatten": (nn.Unflatten, lambda m: {"dim": m.dim, "unflattened_size": list(m.unflattened_size)}),
+    "Upsample": (nn.Upsample, _attrs("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
+    "PixelShuffle": (nn.PixelShuffle, _attrs("upscale_factor")),
+    "ZeroPad1d": (nn.ZeroPad1d, _attrs("padding")),
+    "ZeroPad2d": (nn.ZeroPad2d, _attrs("padding")),
+    "ConstantPad1d": (nn.ConstantPad1d, _attrs("padding", "value")),
+    "ConstantPad2d": (nn.ConstantPad2d, _attrs("padding", "value")),
+    "ReflectionPad1d": (nn.ReflectionPad1d, _attrs("padding")),
+    "ReflectionPad2d": (nn.ReflectionPad2d, _attrs("padding")),
+    "ReplicationPad1d": (nn.ReplicationPad1d, _attrs("padding")),
+    "ReplicationPad2d": (nn.ReplicationPad2d, _attrs("padding")),
     "Identity": (nn.Identity, _NONE),
     "ReLU": (nn.ReLU, _NONE),
     "ReLU6": (nn.ReLU6, _NONE),
@@ -104,6 +122,12 @@ MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]
     "Hardswish": (nn.Hardswish, _NONE),
     "Hardsigmoid": (nn.Hardsigmoid, _NONE),
     "LogSigmoid": (nn.LogSigmoid, _NONE),
+    "Tanhshrink": (nn.Tanhshrink, _NONE),
+    "Hardshrink": (nn.Hardshrink, _attrs("lambd")),
+    "Softshrink": (nn.Softshrink, _attrs("lambd")),
+    "Threshold": (nn.Threshold, _attrs("threshold", "value")),
+    "GLU": (nn.GLU, _attrs("dim")),
+    "Softmin": (nn.Softmin, _attrs("dim")),
     "Softmax": (nn.Softmax, _attrs("dim")),
     "LogSoftmax": (nn.LogSoftmax, _attrs("dim")),
     # dropout: sampled with keyed masks in MC mode (mcdrop.core.engine's registry)
@@ -137,12 +161,18 @@ _TORCH = ("add", "sub", "mul", "div", "cat", "concat", "stack", "flatten", "resh
           "mean", "sum", "amax", "amin", "maximum", "minimum", "softmax", "log_softmax", "chunk", "split", "where",
           "neg", "square", "pow", "erf", "sin", "cos", "bmm", "einsum", "narrow", "select", "index_select",
           "logsumexp", "rsqrt", "reciprocal", "max", "min", "std", "var", "norm", "addmm", "t", "mm", "cumsum",
-          "zeros_like", "ones_like", "full_like", "exp2", "log1p", "expm1", "sign", "floor", "ceil", "round")
+          "zeros_like", "ones_like", "full_like", "exp2", "log1p", "expm1", "sign", "floor", "ceil", "round",
+          "zeros", "ones", "full", "arange", "tensor", "gather", "topk", "sort", "argmax", "argmin", "roll", "flip",
+          "tile", "repeat_interleave", "outer", "diag_embed", "tril", "triu", "split_with_sizes", "unbind", "prod",
+          "sigmoid", "softplus", "atan", "tan", "isnan", "nan_to_num", "lerp", "addcmul", "baddbmm", "mv", "dot")
 _FUNCTIONAL = ("relu", "relu6", "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "mish", "sigmoid", "tanh",
                "softplus", "softsign", "hardtanh", "hardswish", "hardsigmoid", "logsigmoid", "softmax", "log_softmax",
                "linear", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
                "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-               "layer_norm", "group_norm", "normalize", "pad", "interpolate", "prelu", "glu", "one_hot")
+               "layer_norm", "group_norm", "normalize", "pad", "interpolate", "prelu", "glu", "one_hot",
+               "batch_norm", "instance_norm", "rms_norm", "conv_transpose1d", "conv_transpose2d", "avg_pool3d",
+               "max_pool3d", "pixel_shuffle", "embedding", "scaled_dot_product_attention", "elu_", "hardshrink",
+               "softshrink", "tanhshrink", "threshold", "softmin", "cosine_similarity", "pairwise_distance")
 _OPERATORS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "pow", "matmul", "getitem",
               "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "invert")
 
@@ -161,6 +191,10 @@ METHODS = frozenset({
     "sqrt", "abs", "clamp", "clip", "pow", "neg", "softmax", "log_softmax", "matmul", "mm", "bmm", "add", "sub",
     "mul", "div", "t", "float", "double", "to", "type_as", "masked_fill", "square", "logsumexp", "cumsum",
     "__getitem__", "rsqrt", "reciprocal", "sign", "floor", "ceil", "round", "exp2", "log1p", "expm1",
+    "new_zeros", "new_ones", "new_full", "gather", "topk", "sort", "argmax", "argmin", "roll", "flip",
+    "tile", "repeat_interleave", "unbind", "prod", "tril", "triu", "cumprod", "long",
+    "int", "bool", "half", "detach", "clone", "any", "all", "nan_to_num", "lerp", "addcmul", "masked_fill_",
+    "sin", "cos", "atan", "tan", "index_select", "unfold", "movedim", "swapaxes", "diagonal",
 })
 """Tensor methods an imported graph may call."""
 
@@ -263,7 +297,8 @@ class ImportedNet(nn.Module):
     """A network rebuilt from its declarative graph (see the module docs).
 
     Head (``head["task"]``): the output (a tensor, or a tuple of tensors concatenated along dim 1 after each is
-    made ``(B, k_i)``) becomes ``(B, C)`` logits divided by the ``temperature`` buffer (classification), ``(B,)``
+    made ``(B, k_i)``) becomes ``(B, C)`` logits divided by the ``temperature`` buffer (classification; one logit
+    ``z`` becomes ``[0, z]``, so class 1 has probability ``sigmoid(z)``), ``(B,)``
     column ``columns[0]`` (homoscedastic) or ``(B, 2)`` columns ``[mean, log-variance]`` (heteroscedastic).
 
     Shape: input ``(B, D)`` (or ``(B, *)``, flattened), ``D`` the sum of the inputs' per-row sizes ->
@@ -333,6 +368,10 @@ class ImportedNet(nn.Module):
                 raise GraphFormatError(f"node {node.get('name')!r} calls layer {target!r}, which the graph does not define")
             elif op == "call_function" and target not in FUNCTIONS:
                 raise GraphFormatError(f"node {node.get('name')!r} calls {target!r}, which is not an allowed function")
+            elif op == "call_function" and target == "getattr" and (len(node.get("args", [])) != 2
+                                                                    or node["args"][1] not in _TENSOR_ATTRS):
+                raise GraphFormatError(f"node {node.get('name')!r} reads attribute {node.get('args', [None])[1:]!r}: only "
+                                       f"tensor attributes {sorted(_TENSOR_ATTRS)} are allowed")
             elif op == "call_method" and target not in METHODS:
                 raise GraphFormatError(f"node {node.get('name')!r} calls method {target!r}, which is not allowed")
             elif op == "get_attr" and target not in keys:
@@ -396,6 +435,8 @@ class ImportedNet(nn.Module):
         if out.dim() == 1:
             out = out.unsqueeze(1)
         if self.head is Task.CLASSIFICATION:
+            if out.shape[1] == 1:  # one logit z (binary): logits [0, z], so softmax gives sigmoid(z) for class 1
+                out = torch.cat([torch.zeros_like(out), out], dim=1)
             return out / self.temperature
         columns = self.head_spec["columns"]
         if self.head is Task.HOMOSCEDASTIC:

@@ -66,6 +66,31 @@ class MeanLogVar(nn.Module):
         return self.log_var(h), self.mean(h)
 
 
+class SkipCNN(nn.Module):
+    """A U-Net-like classifier: a skip connection around channel dropout, a transposed convolution, a ModuleList
+    loop, view(size(0), -1) and a parameter used directly in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout2d(0.3)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.mix = nn.ModuleList([nn.Conv2d(8, 8, 3, padding="same"), nn.Conv2d(8, 8, 1)])
+        self.norm = nn.GroupNorm(2, 8)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = F.relu(self.down(x))
+        h = torch.cat([d, self.up(self.drop(self.pool(d)))], dim=1)
+        for conv in self.mix:
+            h = F.gelu(conv(h))
+        h = self.gap(self.norm(h))
+        return self.fc(h.view(h.size(0), -1)) * self.scale
+
+
 def _mlp(out: int, p: float = 0.3, width: int = 32, d: int = 6) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Dropout(p), nn.Linear(width, width), nn.ReLU(), nn.Dropout(p),
                          nn.Linear(width, out))
@@ -144,11 +169,21 @@ def case(name: str) -> tuple[nn.Module, Tensor | tuple[Tensor, ...], dict[str, A
     if name == "selu_alpha_dropout":
         model = _train(_selu(), (x6,), cls, ce)
         return model, x6[:8], {"task": "classification"}
+    if name == "binary_logit":
+        model = _train(nn.Sequential(nn.Linear(6, 16), nn.Hardswish(), nn.Dropout(0.3), nn.Linear(16, 1)), (x6,),
+                       (x6[:, 0] > 0).float(), lambda out, y: F.binary_cross_entropy_with_logits(out.squeeze(-1), y))
+        return model, x6[:8], {"task": "classification", "class_names": ["no", "yes"]}
+    if name == "skip_cnn":
+        img = torch.randn(n, 2, 6, 6)
+        y = (img[:, 0].mean((1, 2)) > 0).long() + (img[:, 1].mean((1, 2)) > 0.1).long()
+        model = _train(SkipCNN(), (img,), y, ce, steps=30)
+        return model, img[:8], {"task": "classification"}
     raise KeyError(name)
 
 
 CASES = ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "cnn_classifier", "conv1d_regressor",
-         "residual_classifier", "two_inputs_regressor", "heteroscedastic", "selu_alpha_dropout")
+         "residual_classifier", "two_inputs_regressor", "heteroscedastic", "selu_alpha_dropout", "binary_logit",
+         "skip_cnn")
 
 
 class Original(nn.Module):
@@ -174,7 +209,7 @@ class Original(nn.Module):
         out = out.reshape(out.shape[0], -1)
         task, kw = self.kwargs["task"], self.kwargs
         if task == "classification":
-            return out
+            return torch.cat([torch.zeros_like(out), out], 1) if out.shape[1] == 1 else out
         if task == "heteroscedastic":
             return torch.stack([out[:, kw.get("mean", 0)], out[:, kw.get("log_variance", 1)]], -1)
         return out[:, kw.get("target", 0)]
