@@ -58,9 +58,9 @@ def test_imported_samples_equal_mcengine_on_the_original(exported, name):
 
 
 def test_plain_mlps_become_dropout_mlps_for_the_fused_kernel(exported):
-    for name in ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k"):
+    for name in ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "mlp_heteroscedastic_columns"):
         assert isinstance(load_artifact(exported[name][4]).model, DropoutMLP), name
-    for name in ("cnn_classifier", "residual_classifier", "two_inputs_regressor", "heteroscedastic"):
+    for name in ("cnn_classifier", "residual_classifier", "two_inputs_regressor", "heteroscedastic", "binary_logit"):
         assert isinstance(load_artifact(exported[name][4]).model, ImportedNet), name
 
 

@@ -169,6 +169,11 @@ def case(name: str) -> tuple[nn.Module, Tensor | tuple[Tensor, ...], dict[str, A
     if name == "selu_alpha_dropout":
         model = _train(_selu(), (x6,), cls, ce)
         return model, x6[:8], {"task": "classification"}
+    if name == "mlp_heteroscedastic_columns":  # (B, 2) with the log-variance first: a DropoutMLP with its rows swapped
+        y = x6[:, 0] + (0.1 + x6[:, 1].abs()) * torch.randn(n)
+        model = _train(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2)), (x6,), y,
+                       lambda out, y: _gaussian_nll((out[:, 0], out[:, 1]), y))
+        return model, x6[:8], {"task": "heteroscedastic", "mean": 1, "log_variance": 0}
     if name == "binary_logit":
         model = _train(nn.Sequential(nn.Linear(6, 16), nn.Hardswish(), nn.Dropout(0.3), nn.Linear(16, 1)), (x6,),
                        (x6[:, 0] > 0).float(), lambda out, y: F.binary_cross_entropy_with_logits(out.squeeze(-1), y))
@@ -183,6 +188,7 @@ def case(name: str) -> tuple[nn.Module, Tensor | tuple[Tensor, ...], dict[str, A
 
 CASES = ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "cnn_classifier", "conv1d_regressor",
          "residual_classifier", "two_inputs_regressor", "heteroscedastic", "selu_alpha_dropout", "binary_logit",
+         "mlp_heteroscedastic_columns",
          "skip_cnn")
 
 
