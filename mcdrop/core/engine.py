@@ -268,7 +268,8 @@ class MCEngine:
 
     Args:
         model: any ``nn.Module`` whose dim 0 is the batch, with dropout modules of a registered class
-            (mcdrop's layers, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``; see :func:`register_dropout`).
+            (mcdrop's layers, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
+            ``nn.FeatureAlphaDropout``; see :func:`register_dropout`).
         element_budget: the most numbers the widest activation of one chunk may hold.
         share_prefix: compute the layers before the first dropout once per input (True), replicate the
             input for every sample (False), or decide with the first call's probe (None).
