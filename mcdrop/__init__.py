@@ -28,6 +28,7 @@ _EXPORTS = {
     "summarize": "mcdrop.core.uncertainty",
     "load_artifact": "mcdrop.core.artifacts", "load_model": "mcdrop.core.artifacts", "save_model": "mcdrop.core.artifacts",
     "Predictor": "mcdrop.serving.predictor",
+    "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export", "calibrate_model": "mcdrop.nets.calibrate",
 }
 
 

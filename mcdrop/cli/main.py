@@ -1,4 +1,4 @@
-"""``mcdrop``: score files, train, evaluate and report on models, run benchmarks, serve the HTTP API.
+"""``mcdrop``: score files, train, evaluate and report on models, calibrate them, run benchmarks, serve the HTTP API.
 
 Exit codes: 0 success, 1 data or runtime error, 2 usage error, 130 interrupted, 141 standard output closed
 by its reader (``mcdrop score ... -o - | head``: stops quietly, like a Unix tool killed by SIGPIPE).
@@ -12,11 +12,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from mcdrop.cli import bench, evaluate, report, score, serve, study, train
+from mcdrop.cli import bench, calibrate, evaluate, report, score, serve, study, train
 from mcdrop.cli.common import CLIError
 
 COMMANDS = {"score": score, "train": train, "evaluate": evaluate, "report": report, "bench": bench, "serve": serve,
-            "study": study}
+            "study": study, "calibrate": calibrate}
 
 
 def build_parser() -> argparse.ArgumentParser:

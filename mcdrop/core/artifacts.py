@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -103,54 +106,108 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     )
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write beside ``path`` and rename into place, with the permissions the umask gives a new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
-
-
 def save_model(model: nn.Module, directory: Path, card: dict[str, object], calibration: Calibration | None = None,
                calibration_meta: dict[str, Any] | None = None) -> ModelCard:
-    """Write weights (and calibration), ``card.json`` and ``card.md``; fills in sha256s, shapes, the cost per
-    pass, the date and the library version.  Each file is written beside its target and renamed into place."""
+    """Write a model folder: ``weights.safetensors`` (and ``calibration.safetensors``), ``card.json``, ``card.md``.
+
+    All or nothing: the folder is built beside ``directory`` and renamed into place, so a failure leaves the
+    previous folder (or none) as it was; other files in an existing folder are kept.
+
+    Args:
+        model: one of mcdrop's models, which know their ``config()``: :class:`~mcdrop.core.models.DropoutMLP`,
+            :class:`~mcdrop.core.models.DropoutCNN`, or a network imported by :func:`mcdrop.export_model` (use
+            that for your own ``nn.Module``: it writes the folder through this function).
+        directory: the model folder.
+        card: the card's own fields: ``name``, ``version``, ``task`` (``classification``, ``homoscedastic`` or
+            ``heteroscedastic``), ``input_shape`` (a row's shape, e.g. ``[784]`` or ``[28, 28]``), ``normalisation``
+            (how a row is prepared); optional ``input_size`` (default: the product of ``input_shape``),
+            ``description``, ``class_names``, ``tau`` (homoscedastic noise precision), ``temperature``,
+            ``training``, ``data``, ``metrics`` and any extra keys.  Filled in here: ``architecture``,
+            ``weights_file``, ``weights_sha256``, ``parameter_shapes``, ``cost`` (multiply-adds per row),
+            ``created``, ``library_version`` and the calibration fields.
+        calibration: the calibration to store (None: the folder has none).
+        calibration_meta: the card's ``calibration`` section (default: ``calibration.meta``).
+
+    Returns the card as written.  Raises TypeError for a model without ``config()`` and pydantic's
+    ValidationError for a card missing a field, before anything is written.
+    """
     from mcdrop import __version__
 
-    directory.mkdir(parents=True, exist_ok=True)
+    config_fn = getattr(model, "config", None)
+    if not callable(config_fn):
+        raise TypeError(f"save_model stores mcdrop's models (DropoutMLP, DropoutCNN, imported networks), not a "
+                        f"{type(model).__name__}; for your own nn.Module use mcdrop.export_model(model, directory, "
+                        "task=..., example_input=...)")
+    config = config_fn()
+    directory = Path(directory)
+    shape = card.get("input_shape") or [int(card.get("input_size", config.get("in_features", 1)))]  # type: ignore[call-overload]
+    size = int(card.get("input_size", math.prod(int(d) for d in shape)))  # type: ignore[arg-type, union-attr]
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    weights = directory / "weights.safetensors"
-    _write_atomic(weights, lambda p: save_file(state, str(p)))
-    extra: dict[str, Any] = {}
-    if calibration is not None:
-        path = directory / "calibration.safetensors"
-        tensors = {k: v.contiguous().cpu() for k, v in calibration.tensors().items()}
-        _write_atomic(path, lambda p: save_file(tensors, str(p)))
-        extra = {"calibration_file": path.name, "calibration_sha256": sha256(path),
-                 "calibration": calibration_meta if calibration_meta is not None else calibration.meta}
-    elif (directory / "calibration.safetensors").exists():
-        (directory / "calibration.safetensors").unlink()
-    config = model.config()  # type: ignore[operator]
-    size = int(card.get("input_size", config.get("in_features", 1)))  # type: ignore[arg-type]
-    shape = card.get("input_shape") or [size]
-    full = ModelCard.model_validate(
-        {
-            "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "library_version": __version__,
-            **card,
-            **extra,
-            "architecture": config,
-            "weights_file": weights.name,
-            "weights_sha256": sha256(weights),
-            "parameter_shapes": {k: list(v.shape) for k, v in state.items()},
-            "cost": float(multiply_adds(model, torch.zeros(1, *shape))),  # type: ignore[misc]
-        }
-    )
-    _write_atomic(directory / "card.json", lambda p: p.write_text(full.model_dump_json(indent=2) + "\n"))
-    _write_atomic(directory / "card.md", lambda p: p.write_text(render_card(full)))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        weights = staging / "weights.safetensors"
+        save_file(state, str(weights))
+        extra: dict[str, Any] = {}
+        if calibration is not None:
+            path = staging / "calibration.safetensors"
+            tensors = {k: v.contiguous().cpu() for k, v in calibration.tensors().items()}
+            save_file(tensors, str(path))
+            extra = {"calibration_file": path.name, "calibration_sha256": sha256(path),
+                     "calibration": calibration_meta if calibration_meta is not None else calibration.meta}
+        full = ModelCard.model_validate(
+            {
+                "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+                "library_version": __version__,
+                "input_size": size,
+                **card,
+                "input_shape": list(shape),  # type: ignore[arg-type]
+                **extra,
+                "architecture": config,
+                "weights_file": weights.name,
+                "weights_sha256": sha256(weights),
+                "parameter_shapes": {k: list(v.shape) for k, v in state.items()},
+                "cost": float(multiply_adds(model, torch.zeros(1, *shape))),  # type: ignore[misc]
+            }
+        )
+        (staging / "card.json").write_text(full.model_dump_json(indent=2) + "\n")
+        (staging / "card.md").write_text(render_card(full))
+        mask = os.umask(0)
+        os.umask(mask)
+        staging.chmod(0o777 & ~mask)
+        for path in staging.iterdir():
+            path.chmod(0o666 & ~mask)
+        _replace_folder(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return full
+
+
+_WRITTEN = ("weights.safetensors", "calibration.safetensors", "card.json", "card.md")
+
+
+def _replace_folder(staging: Path, directory: Path) -> None:
+    """Move ``staging`` to ``directory``, keeping files of an existing ``directory`` that a save does not write."""
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} exists and is not a folder: cannot write a model folder there")
+    for path in directory.iterdir():
+        if path.name not in _WRITTEN and not (staging / path.name).exists():
+            if path.is_dir():
+                shutil.copytree(path, staging / path.name, symlinks=True)
+            else:
+                shutil.copy2(path, staging / path.name, follow_symlinks=False)
+    old = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+    os.replace(directory, old)
+    try:
+        os.replace(staging, directory)
+    except BaseException:
+        os.replace(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass(frozen=True)

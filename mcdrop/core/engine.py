@@ -99,6 +99,8 @@ register_dropout(MCDropoutLayer, lambda m, x, keys: m.mc_forward(x, keys))  # ty
 register_dropout(nn.Dropout, lambda m, x, keys: F.mc_dropout(x, keys, m.p))  # type: ignore[arg-type]
 for _channel in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
     register_dropout(_channel, lambda m, x, keys: F.mc_channel_dropout(x, keys, m.p))  # type: ignore[arg-type]
+register_dropout(nn.AlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p))  # type: ignore[arg-type]
+register_dropout(nn.FeatureAlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p, feature=True))  # type: ignore[arg-type]
 
 
 def dropout_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -217,6 +219,37 @@ class _FunctionalDropoutSpy(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_KEYED_FUNCTIONAL: dict[Any, Callable[[Tensor, Tensor, float], Tensor]] = {
+    nn.functional.dropout: F.mc_dropout, torch.dropout: F.mc_dropout,
+    nn.functional.dropout1d: F.mc_channel_dropout, nn.functional.dropout2d: F.mc_channel_dropout,
+    nn.functional.dropout3d: F.mc_channel_dropout, nn.functional.alpha_dropout: F.mc_alpha_dropout,
+    nn.functional.feature_alpha_dropout: lambda x, keys, p: F.mc_alpha_dropout(x, keys, p, feature=True),
+}
+
+
+class _FunctionalDropoutKeyer(TorchFunctionMode):
+    """Inside an MC pass of ``MCEngine(..., functional_dropout=True)``: the ``k``-th functional dropout call with
+    p > 0 (in call order) becomes keyed dropout of layer ``first + k`` (after the modules), call 0."""
+
+    def __init__(self, state: _Pass, first: int) -> None:
+        super().__init__()
+        self.state, self.first, self.count = state, first, 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        keyed = _KEYED_FUNCTIONAL.get(func)
+        if keyed is None:
+            return func(*args, **kwargs)
+        x = kwargs["input"] if "input" in kwargs else args[0]
+        p = float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
+        if p == 0.0:
+            return x
+        index = self.first + self.count
+        self.count += 1
+        self.state.calls[index] = self.state.calls.get(index, 0) + 1
+        return keyed(x, rng.stream_keys(self.state.key, (index, 0), self.state.rows, self.state.samples), p)
+
+
 @dataclass(frozen=True)
 class _Probe:
     row_cost: int  # numbers per (sample, row) in the widest activation
@@ -235,22 +268,28 @@ class MCEngine:
 
     Args:
         model: any ``nn.Module`` whose dim 0 is the batch, with dropout modules of a registered class
-            (mcdrop's layers, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``; see :func:`register_dropout`).
+            (mcdrop's layers, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
+            ``nn.FeatureAlphaDropout``; see :func:`register_dropout`).
         element_budget: the most numbers the widest activation of one chunk may hold.
         share_prefix: compute the layers before the first dropout once per input (True), replicate the
             input for every sample (False), or decide with the first call's probe (None).
         fast: sample a :class:`~mcdrop.core.models.DropoutMLP` with the fused kernels
             (:mod:`mcdrop.core.mlp_plan`) when they are available; False always takes the generic path.
+        functional_dropout: also sample functional dropout calls in ``forward`` (``F.dropout(x, p,
+            self.training)``, ``dropout1d/2d/3d``, ``alpha_dropout``): the ``k``-th call with p > 0 in a pass is
+            keyed as layer ``len(layers) + k`` (the numbering :func:`mcdrop.export_model` gives them).  Every such
+            call is sampled, whatever its ``training`` argument; False refuses a model that makes them.
     """
 
     def __init__(self, model: nn.Module, *, element_budget: int = 1 << 24, share_prefix: bool | None = None,
-                 fast: bool = True) -> None:
+                 fast: bool = True, functional_dropout: bool = False) -> None:
         if element_budget < 1:
             raise ValueError(f"element_budget has to be a positive number of elements, but got {element_budget}")
         self.model = model
         self.element_budget = int(element_budget)
         self.share_prefix = share_prefix
         self.fast = fast
+        self.functional_dropout = functional_dropout
         self._plan: MLPPlan | None = None
         self._lock = threading.Lock()  # guards (re)building the replica and the probe cache only
         self._signature: tuple[int, ...] = ()
@@ -377,7 +416,11 @@ class MCEngine:
         inp = x if share else x.repeat(s, *([1] * (x.dim() - 1)))
         token = _PASS.set(state)
         try:
-            y = replica(inp)
+            if self.functional_dropout:
+                with _FunctionalDropoutKeyer(state, len(self._layers)):
+                    y = replica(inp)
+            else:
+                y = replica(inp)
         finally:
             _PASS.reset(token)
         if not state.calls:
@@ -394,6 +437,8 @@ class MCEngine:
 
     def _check_layers(self) -> None:
         name = type(self.model).__name__
+        if self.functional_dropout:
+            return  # functional calls are only seen in a pass: the probe's checks apply
         if not self._layers:
             raise DropoutConfigError(
                 f"{name} has no dropout module, so MC mode has nothing to sample. Add mcdrop.Dropout or "
@@ -481,7 +526,8 @@ class MCEngine:
         name, p = spy.calls[0]
         return DropoutConfigError(
             f"{type(self.model).__name__}.forward calls {name}(p={p}), which MC mode cannot switch on (only "
-            "dropout modules are sampled). Replace the functional call with an nn.Dropout or mcdrop.Dropout module"
+            "dropout modules are sampled). Replace the functional call with an nn.Dropout or mcdrop.Dropout module, "
+            "or pass functional_dropout=True"
         )
 
     def _chunks(self, b: int, s: int, row_cost: int) -> Iterator[tuple[int, int, int, int]]:

@@ -33,6 +33,7 @@ __all__ = [
     "dropout",
     "gaussian_dropout",
     "keep_mask",
+    "mc_alpha_dropout",
     "mc_channel_dropout",
     "mc_dropconnect_linear",
     "mc_dropout",
@@ -224,6 +225,38 @@ def mc_channel_dropout(x: Tensor, keys: Tensor, p: float) -> Tensor:
     _, _, p_used = quantized_rate(p)
     mask = keep_mask(keys, c, p, x.dtype).mul_(1.0 / (1.0 - p_used))
     return (grouped * mask.unsqueeze(-1)).view(s * b, *feat)
+
+
+SELU_ALPHA = 1.7580993408473766
+"""``-lambda * alpha`` of SELU: the value alpha dropout sets dropped units to (before its affine correction)."""
+
+
+def mc_alpha_dropout(x: Tensor, keys: Tensor, p: float, *, feature: bool = False) -> Tensor:
+    """Keyed alpha dropout (torch's ``alpha_dropout``, for SELU networks): dropped units are set to
+    ``-alpha'`` (:data:`SELU_ALPHA`) and the result is rescaled to keep zero mean and unit variance,
+    ``y = a (x m - alpha' (1 - m)) + a alpha' p`` with ``a = ((alpha'^2 p + 1)(1 - p))^(-1/2)``, ``m`` the keep
+    mask; ``feature=True`` draws one mask value per channel (``feature_alpha_dropout``).
+
+    Shape: x ``(B, *F)`` or ``(S*B, *F)`` (``(B, C, *)`` with ``feature``), keys ``(S, B)`` -> ``(S*B, *F)``.
+    """
+    s, b, expanded = _split(x, keys)
+    feat = x.shape[1:]
+    if p == 0.0:
+        return x if expanded else x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *feat)
+    if p >= 1.0:
+        return torch.zeros((s * b, *feat), dtype=x.dtype, device=x.device)
+    _, _, p_used = quantized_rate(p)
+    a = 1.0 / math.sqrt((SELU_ALPHA**2 * p_used + 1.0) * (1.0 - p_used))
+    if feature:
+        if x.dim() < 3:
+            raise ValueError(f"feature alpha dropout expects input (N, C, *) with 3 or more dims, but got {tuple(x.shape)}")
+        mask = keep_mask(keys, feat[0], p, x.dtype).unsqueeze(-1)
+        xs = x.reshape(s if expanded else 1, b, feat[0], -1)
+    else:
+        mask = keep_mask(keys, math.prod(feat), p, x.dtype)
+        xs = x.reshape(s if expanded else 1, b, -1)
+    out = (xs * mask + SELU_ALPHA * (mask - 1.0)) * a + SELU_ALPHA * a * p_used
+    return out.reshape(s * b, *feat)
 
 
 def _normal(keys: Tensor, n: int, dtype: torch.dtype) -> Tensor:

@@ -221,6 +221,11 @@ def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list
 
 def describe_architecture(arch: dict[str, object]) -> str:
     """One line naming a card's architecture (for model cards and logs)."""
+    if arch.get("kind") == "graph":
+        modules = arch.get("modules") or []
+        kinds = dict.fromkeys(str(m.get("type")) for m in modules if m.get("name") != "mcdrop_features")  # type: ignore[union-attr]
+        return (f"imported graph: {len(arch.get('nodes') or [])} operations, {len(modules)} layers "  # type: ignore[arg-type]
+                f"({', '.join(kinds)})")
     if arch.get("kind", "mlp") == "cnn":
         return (f"DropoutCNN {arch.get('image_shape')}: blocks of {arch.get('convs_per_block')} conv(s) with channels "
                 f"{arch.get('channels')}, channel dropout {arch.get('channel_dropout')}, dense head "
@@ -237,6 +242,10 @@ def build_model(architecture: dict[str, object]) -> nn.Module:
     """The untrained model a card's ``architecture`` describes (``kind`` defaults to ``mlp``)."""
     config = dict(architecture)
     kind = str(config.pop("kind", "mlp"))
+    if kind == "graph":  # an imported network (mcdrop.nets): a declarative graph of whitelisted layers and ops
+        from mcdrop.nets.graph import ImportedNet
+
+        return ImportedNet(**config)
     if kind not in ARCHITECTURES:
         raise ValueError(f"unknown architecture kind {kind!r}: expected one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[kind](**config)

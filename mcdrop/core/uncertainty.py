@@ -262,11 +262,24 @@ def summarize(outputs: Tensor, task: Task | str, *, tau: float | None = None, le
     task = Task(task)
     if task is Task.CLASSIFICATION:
         return summarize_classification(outputs, sampled=sampled)
+    outputs = _regression_outputs(outputs, task)
     if task is Task.HOMOSCEDASTIC:
         if tau is None or not tau > 0:
             raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
         return summarize_regression(outputs, 1.0 / tau, level=level, sampled=sampled)
     return summarize_regression(outputs[..., 0], outputs[..., 1].exp(), level=level, sampled=sampled)
+
+
+def _regression_outputs(outputs: Tensor, task: Task) -> Tensor:
+    """A regressor's ``(S, B, 1)`` outputs as ``(S, B)`` (homoscedastic); other shapes must be the task's."""
+    if task is Task.HOMOSCEDASTIC and outputs.dim() == 3 and outputs.shape[-1] == 1:
+        return outputs.squeeze(-1)
+    expected = 2 if task is Task.HOMOSCEDASTIC else 3
+    if outputs.dim() != expected or (task is Task.HETEROSCEDASTIC and outputs.shape[-1] != 2):
+        want = "(S, B) or (S, B, 1) means" if task is Task.HOMOSCEDASTIC else "(S, B, 2) means and log-variances"
+        raise ValueError(f"a {task.value} model's outputs must be {want}, but got shape {tuple(outputs.shape)}; for a "
+                         "model with several outputs, export it with mcdrop.export_model(..., target=<column>)")
+    return outputs
 
 
 def main_stderr(outputs: Tensor, task: Task | str) -> Tensor:
@@ -275,4 +288,5 @@ def main_stderr(outputs: Tensor, task: Task | str) -> Tensor:
     task = Task(task)
     if task is Task.CLASSIFICATION:
         return classification_stderr(torch.log_softmax(outputs, -1))
+    outputs = _regression_outputs(outputs, task)
     return regression_stderr(outputs if task is Task.HOMOSCEDASTIC else outputs[..., 0])

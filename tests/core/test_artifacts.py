@@ -88,3 +88,29 @@ def test_bundled_models_come_from_the_package():
 
     assert bundled_models_dir() is not None and (bundled_models_dir() / "fashion-mnist" / "card.json").is_file()
     assert bundled_models_dir().samefile(next(iter(mcdrop.bundled.__path__)))
+
+
+def test_save_model_is_all_or_nothing_and_says_what_the_card_needs(tmp_path):
+    import pytest as _pytest
+    from pydantic import ValidationError
+    from torch import nn as _nn
+
+    from mcdrop.core.artifacts import save_model as _save
+    from mcdrop.core.models import DropoutMLP as _MLP
+
+    with _pytest.raises(TypeError, match=r"use mcdrop\.export_model"):
+        _save(_nn.Sequential(_nn.Linear(2, 2)), tmp_path / "m", {})
+    with _pytest.raises(ValidationError):
+        _save(_MLP(2, [4], 2), tmp_path / "m", {"version": "1"})  # no name, task, normalisation
+    assert list(tmp_path.iterdir()) == [], "nothing half-written, no staging folder left"
+    card = {"name": "m", "version": "1", "task": "classification", "input_shape": [2], "normalisation": "raw"}
+    _save(_MLP(2, [4], 2), tmp_path / "m", card)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with _pytest.raises(ValidationError):
+        _save(_MLP(2, [4], 2), tmp_path / "m", {**card, "task": "nonsense"})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "card.md", "notes.txt", "weights.safetensors"]
+    _save(_MLP(2, [4], 2), tmp_path / "m", card)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine", "other files of the folder are kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    for field in ("name", "version", "task", "input_shape", "normalisation", "class_names", "tau"):
+        assert field in (_save.__doc__ or "")

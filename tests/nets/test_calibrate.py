@@ -1,0 +1,62 @@
+"""mcdrop.nets.calibrate: calibrating an imported model from held-out rows gives conformal intervals and sets with
+the promised coverage on fresh rows (beta-binomial bounds), an OOD score and a refitted temperature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mcdrop
+from mcdrop.core import conformal
+from mcdrop.core.artifacts import load_artifact
+from mcdrop.nets.calibrate import CalibrationDataError
+from mcdrop.serving.predictor import Predictor
+from tests.conftest import ALPHA
+from tests.nets.zoo import case
+
+
+def _heteroscedastic_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = x[:, 0] + (0.1 + x[:, 1].abs()) * torch.randn(n, generator=g)
+    return x.numpy(), y.numpy()
+
+
+@pytest.mark.slow
+def test_conformal_intervals_of_an_imported_regressor_cover_fresh_rows(tmp_path):
+    model, example, kwargs = case("heteroscedastic")
+    mcdrop.export_model(model, tmp_path / "m", example_input=example, **kwargs)
+    x, y = _heteroscedastic_rows(1000, seed=1)
+    report = mcdrop.calibrate_model(tmp_path / "m", x, y, n_samples=20, seed=0)
+    n_cal = report.rows["calibration"]
+    assert report.rows == {"density": 400, "fit": 200, "calibration": 400} and report.ood_threshold is not None
+    xt, yt = _heteroscedastic_rows(1000, seed=2)
+    answer = Predictor([str(tmp_path / "m")]).predict_array(xt, seed=9, n_samples=20, coverage=0.9)
+    inside = (yt >= answer.columns["conformal_low"]) & (yt <= answer.columns["conformal_high"])
+    lo, hi = conformal.coverage_interval(len(yt), n_cal, 0.9, alpha=ALPHA)
+    assert lo <= inside.mean() <= hi
+    assert np.isfinite(answer.columns["ood_score"]).all()
+
+
+@pytest.mark.slow
+def test_prediction_sets_of_an_imported_cnn_cover_fresh_rows(tmp_path):
+    model, example, kwargs = case("skip_cnn")
+    mcdrop.export_model(model, tmp_path / "m", example_input=example, **kwargs)
+
+    def rows(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        img = torch.randn(n, 2, 6, 6, generator=g)
+        labels = (img[:, 0].mean((1, 2)) > 0).long() + (img[:, 1].mean((1, 2)) > 0.1).long()
+        return img.reshape(n, -1).numpy(), labels.numpy()
+
+    x, y = rows(600, 1)
+    report = mcdrop.calibrate_model(tmp_path / "m", x, y, n_samples=10)
+    assert report.temperature is not None and load_artifact(tmp_path / "m").card.temperature == report.temperature
+    xt, yt = rows(1000, 2)
+    answer = Predictor([str(tmp_path / "m")]).predict_array(xt, seed=3, n_samples=10, coverage=0.9, set_method="lac")
+    covered = answer.columns["prediction_set"][np.arange(len(yt)), yt]
+    lo, hi = conformal.coverage_interval(len(yt), report.rows["calibration"], 0.9, alpha=ALPHA)
+    assert lo <= covered.mean() <= hi
+    with pytest.raises(CalibrationDataError, match="expects 72 per row"):
+        mcdrop.calibrate_model(tmp_path / "m", x[:, :10], y)
