@@ -154,7 +154,7 @@ class Limits(BaseModel):
                                                             "with 504 (MCDROP_REQUEST_TIMEOUT)")
 
 
-SetMethod = Literal["aps", "raps", "lac"]
+SetMethod = Literal["aps", "raps", "lac", "aps_randomized", "raps_randomized"]
 AbstainReason = Literal["out_of_distribution", "uncertain"]
 
 
@@ -189,7 +189,8 @@ class RequestOptions(BaseModel):
     level: float = Field(DEFAULT_LEVEL, gt=0, lt=1, description="central prediction-interval level (regression)")
     coverage: float | None = Field(None, gt=0, lt=1, description="conformal prediction sets (classification) or "
                                                                  "intervals (regression) with this coverage")
-    set_method: SetMethod = Field("aps", description="conformal score for prediction sets: aps, raps or lac")
+    set_method: SetMethod = Field("aps", description="conformal score for prediction sets: aps, raps or lac (never "
+                                                     "empty), aps_randomized or raps_randomized (may be empty)")
     selective_risk: float | None = Field(None, gt=0, lt=1, description="abstain so that the error rate among "
                                                                        "answered inputs stays below this")
     selective_coverage: float | None = Field(None, gt=0, le=1, description="abstain on the least certain inputs so "

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             if sets:
                 extra["ood"] = ood_report(engine, calibration, features, sets, n_samples=n, seed=args.seed)
             if calibration is not None:
-                extra["conformal"] = coverage_report(calibration, model, (features, y), n_samples=n, seed=1)
+                extra["conformal"] = coverage_report(calibration, model, (features, y), n_samples=n, seed=args.seed)
         else:
             if args.ood or args.proxies:
                 raise CLIError("--ood and --proxies apply to classifiers; this model is a regressor", 2)
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             xs, ys = torch.tensor(data.x[rows], dtype=torch.float32), torch.tensor(data.y[rows], dtype=torch.float32)
             metrics = evaluate_regressor(engine, xs, ys, n_samples=n, seed=args.seed)
             if calibration is not None:
-                extra["conformal"] = coverage_report(calibration, model, (xs, ys), n_samples=min(n, 2000), seed=1)
+                extra["conformal"] = coverage_report(calibration, model, (xs, ys), n_samples=min(n, 2000), seed=args.seed)
     except DataNotFoundError as err:
         raise CLIError(str(err)) from err
     print(_table(metrics))

@@ -62,7 +62,8 @@ def add_parser(sub: Any, name: str) -> None:
                    help=f"prediction-interval level for regression ({DEFAULT_LEVEL})")
     p.add_argument("--coverage", type=float, metavar="C",
                    help="conformal prediction sets (classification) or intervals (regression) with this coverage")
-    p.add_argument("--set-method", choices=["aps", "raps", "lac"], default="aps", help="conformal set score (aps)")
+    p.add_argument("--set-method", choices=["aps", "raps", "lac", "aps_randomized", "raps_randomized"], default="aps",
+                   help="conformal set score (aps); the *_randomized sets may be empty")
     p.add_argument("--selective-risk", type=float, metavar="R",
                    help="abstain so that the error rate among answered rows stays below R (calibrated models)")
     p.add_argument("--selective-coverage", type=float, metavar="C",

@@ -146,7 +146,7 @@ def run_uci(args: argparse.Namespace) -> int:
         calibrated = calibrate_regressor(model, calibration=as_tensor(cal_rows), n_samples=min(config.samples, 2000),
                                          seed=args.seed)
         held = evaluate_regressor(MCEngine(model), *as_tensor(test_rows), n_samples=config.samples, seed=0)
-        coverage = coverage_report(calibrated, model, as_tensor(test_rows), n_samples=min(config.samples, 2000), seed=1)
+        coverage = coverage_report(calibrated, model, as_tensor(test_rows), n_samples=min(config.samples, 2000), seed=0)
         metrics = {f"heldout_test_mc_{config.samples}": held["mc"], "heldout_test_deterministic": held["deterministic"],
                    "heldout_test_conformal": coverage}
         log(f"held-out test: RMSE {held['mc']['rmse']:.3f}, conformal 90% coverage "
@@ -265,7 +265,7 @@ def _calibrate(model: Any, config: Any, x: Any, y: Any, x_test: Any, y_test: Any
         temperature=(x[parts["temperature"]], y[parts["temperature"]]),
         calibration=(x[parts["calibration"]], y[parts["calibration"]]), n_classes=10,
         class_names=FASHION_MNIST_CLASSES, n_samples=n_samples, seed=config.seed)
-    coverage = coverage_report(calibrated, model, (x_test, y_test), n_samples=n_samples, seed=1)
+    coverage = coverage_report(calibrated, model, (x_test, y_test), n_samples=n_samples, seed=0)
     images = (test_images.numpy() / 255.0).astype("float32")
     proxies = {name: torch.from_numpy(make_proxy(name, images)).reshape(-1, 784) for name in PROXIES}
     ood = ood_report(MCEngine(model), calibrated, x_test, proxies, n_samples=n_samples)

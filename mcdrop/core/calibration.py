@@ -55,12 +55,17 @@ class Calibration:
         layers = meta.get("feature_layers") or []
         self.density = FeatureDensity.from_tensors(tensors, layers) if layers else None
         self.ood_threshold = float(meta["ood_threshold"]) if "ood_threshold" in meta else None
+        reference = tensors.get("ood.calibration_scores")  # the calibration inputs' OOD scores (drift monitoring)
+        self.ood_reference = reference.double().numpy() if reference is not None else None
         self.default_risk = float(meta.get("default_risk", 0.02))
         self.delta = float(meta.get("delta", 0.05))
         self.lam = float(meta.get("raps_lambda", conformal.RAPS_LAMBDA))
         self.k_reg = int(meta.get("raps_k_reg", conformal.RAPS_K_REG))
         self.scores = {k.removeprefix("conformal."): v.double().numpy() for k, v in tensors.items()
                        if k.startswith("conformal.")}
+        for key in [k for k in self.scores if k.endswith((".aps", ".raps"))]:
+            if f"{key}_randomized" not in self.scores:  # calibrated before non-randomised sets: randomised scores
+                self.scores[f"{key}_randomized"] = self.scores.pop(key)
         self.selective = {mode: (tensors[f"selective.{mode}.uncertainty"].double().numpy(),
                                  tensors[f"selective.{mode}.errors"].double().numpy())
                           for mode in (m.value for m in Mode) if f"selective.{mode}.uncertainty" in tensors}
@@ -70,10 +75,13 @@ class Calibration:
     def feature_layers(self) -> list[str]:
         return list(self.density.layers) if self.density is not None else []
 
-    def supports(self, what: str, mode: Mode | str) -> bool:
-        """Whether ``coverage``, ``selective_risk`` or ``selective_coverage`` can be answered in ``mode``."""
+    def supports(self, what: str, mode: Mode | str, set_method: str | None = None) -> bool:
+        """Whether ``coverage`` (with ``set_method``, for classifiers), ``selective_risk`` or ``selective_coverage``
+        can be answered in ``mode``."""
         mode = Mode(mode).value
         if what == "coverage":
+            if set_method is not None and self.task is Task.CLASSIFICATION:
+                return f"{mode}.{set_method}" in self.scores
             return any(k.startswith(f"{mode}.") for k in self.scores)
         return self.task is Task.CLASSIFICATION and mode in self.selective
 
@@ -120,10 +128,12 @@ class Calibration:
         if self.task is Task.CLASSIFICATION:
             if req.coverage is not None:
                 q = self.conformal_threshold(mode, req.set_method, req.coverage)
-                rows = torch.arange(req.row_offset, req.row_offset + n, dtype=torch.int64)
-                u = conformal.keyed_uniforms(seed if seed is not None else 0, rows)
-                scores = conformal.set_scores(summary.probabilities[part], req.set_method, u, self.lam, self.k_reg)
-                cols["prediction_set"] = (scores <= q).numpy()
+                u = None
+                if req.set_method in conformal.RANDOMIZED:
+                    rows = torch.arange(req.row_offset, req.row_offset + n, dtype=torch.int64)
+                    u = conformal.keyed_uniforms(seed if seed is not None else 0, rows)
+                cols["prediction_set"] = conformal.prediction_sets(summary.probabilities[part], req.set_method, q, u,
+                                                                   self.lam, self.k_reg).numpy()
             if mode.value in self.selective:
                 t = self.uncertainty_threshold(mode, req.selective_risk, req.selective_coverage)
                 flag_unc = (1.0 - summary.confidence[part].double()).numpy() > t
@@ -141,6 +151,8 @@ class Calibration:
     def tensors(self) -> dict[str, Tensor]:
         """The arrays to store (inverse of the constructor)."""
         out: dict[str, Tensor] = self.density.tensors() if self.density is not None else {}
+        if self.ood_reference is not None:
+            out["ood.calibration_scores"] = torch.from_numpy(np.ascontiguousarray(self.ood_reference))
         out.update({f"conformal.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.scores.items()})
         for mode, (u, e) in self.selective.items():
             out[f"selective.{mode}.uncertainty"] = torch.from_numpy(np.ascontiguousarray(u))

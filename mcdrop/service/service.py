@@ -23,6 +23,7 @@ from mcdrop.schemas import PredictRequest, PredictResult
 from mcdrop.service import bentoml_fixes, protocol
 from mcdrop.service.app import create_app
 from mcdrop.service.guard import Guard
+from mcdrop.serving import drift
 from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
@@ -119,6 +120,8 @@ class MCDrop:
                                    batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0,
                                    rate=self.predictor.rate)
         self.metrics = metrics()
+        self.drift = drift.drift_metrics()  # per-model drift statistics on /metrics (README, "Monitoring")
+        self.drift.watch(drift.monitors_for(self.predictor))
         # Long-lived start-up objects (torch, models) leave the collector's view: full collections under load
         # then scan only per-request garbage (fewer multi-millisecond pauses in the tail).
         gc.collect()
@@ -159,6 +162,8 @@ class MCDrop:
 
     def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
         self.metrics.observe(request, result, seconds)
+        if result is not None:
+            self.drift.observe(result.model, result.columns.get("ood_score"))
 
 
 MCDrop.mount_asgi_app(create_app(bentoml.get_current_service), path="/")

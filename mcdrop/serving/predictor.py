@@ -154,6 +154,11 @@ class Predictor:
             if value is not None and (calibration is None or not calibration.supports(name, options.mode)):
                 raise InvalidRequest(f"{name}: model {served.card.name!r} has no calibration for it in "
                                      f"{options.mode.value} mode (see its card's calibration section)", name)
+        if options.coverage is not None and calibration and not calibration.supports("coverage", options.mode,
+                                                                                       options.set_method):
+            raise InvalidRequest(f"set_method: model {served.card.name!r} has no {options.set_method!r} conformal scores "
+                                 f"(it was calibrated before that method existed); recalibrate it or choose "
+                                 f"{'aps_randomized' if options.set_method in ('aps', 'raps') else 'aps'}", "set_method")
         return served
 
     def work(self, request: PredictRequest) -> float:

@@ -6,8 +6,8 @@ Three disjoint parts of the data, none of them the test set:
 * the **temperature** rows (held out of training; the temperature was fitted on them): each layer's density is
   standardised on them;
 * the **calibration** rows (held out of training and of the temperature): the OOD threshold (the
-  ``ood_tpr`` quantile of their OOD scores), the conformal scores of every method in both modes, and the
-  (uncertainty, error) pairs abstention thresholds are chosen from.
+  ``ood_tpr`` quantile of their OOD scores, which are stored too, for drift monitoring), the conformal scores of
+  every method in both modes, and the (uncertainty, error) pairs abstention thresholds are chosen from.
 
 MC mode's scores use ``n_samples`` passes with the calibration seed; the conformal uniforms are keyed by
 (that seed, the row's position in the calibration split), as a request's are by its own seed and rows.
@@ -31,7 +31,8 @@ from mcdrop.core.ood import fit_feature_density
 from mcdrop.core.prediction import predict
 from mcdrop.request import Mode, Task
 
-__all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "coverage_report", "features", "ood_report"]
+__all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
+           "ood_metrics", "ood_report", "ood_scores"]
 
 LEVELS = (0.8, 0.9, 0.95)
 
@@ -50,6 +51,14 @@ def _probabilities(engine: MCEngine, x: Tensor, mode: Mode, n_samples: int, seed
     return predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary.probabilities.double()  # type: ignore[union-attr]
 
 
+def conformal_tensors(probs: Tensor, labels: Tensor, mode: Mode, seed: int) -> dict[str, Tensor]:
+    """The sorted calibration scores of every set method, ``{"conformal.<mode>.<method>": (n,)}``; the randomised
+    methods' uniforms are keyed by (``seed``, row position). Shapes: probs ``(n, C)``, labels ``(n,)``."""
+    u = conformal.keyed_uniforms(seed, torch.arange(len(labels), dtype=torch.int64))
+    return {f"conformal.{Mode(mode).value}.{method}": torch.from_numpy(np.sort(conformal.label_scores(
+        probs, labels, method, u).numpy())) for method in conformal.METHODS}
+
+
 def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temperature: tuple[Tensor, Tensor],
                          calibration: tuple[Tensor, Tensor], n_classes: int, class_names: Sequence[str] | None = None,
                          n_samples: int = 50, seed: int = 0, dim: int = 128, ood_tpr: float = 0.95,
@@ -64,13 +73,10 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     k = math.ceil(ood_tpr * (len(ood) + 1))
     ood_threshold = float(np.sort(ood)[min(k, len(ood)) - 1])
     tensors = density.tensors()
-    rows = torch.arange(len(y_cal), dtype=torch.int64)
-    u = conformal.keyed_uniforms(seed, rows)
+    tensors["ood.calibration_scores"] = torch.from_numpy(np.sort(ood))
     for mode in Mode:
         probs = _probabilities(engine, x_cal, mode, n_samples, seed)
-        for method in conformal.METHODS:
-            scores = conformal.label_scores(probs, y_cal, method, u).numpy()
-            tensors[f"conformal.{mode.value}.{method}"] = torch.from_numpy(np.sort(scores))
+        tensors.update(conformal_tensors(probs, y_cal, mode, seed))
         confidence, predicted = probs.max(1)
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
@@ -102,23 +108,32 @@ def calibrate_regressor(model: nn.Module, *, calibration: tuple[Tensor, Tensor],
 
 
 def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tensor, Tensor], *,
-                    n_samples: int = 50, seed: int = 1, levels: Sequence[float] = LEVELS) -> dict[str, Any]:
-    """Empirical coverage, mean set size (or interval width) and coverage per class on ``test``, per mode,
-    method and level; and the selective risk and coverage at the default abstention threshold."""
+                    n_samples: int = 50, seed: int = 0, levels: Sequence[float] = LEVELS,
+                    summaries: dict[Mode, Any] | None = None) -> dict[str, Any]:
+    """Empirical coverage, mean set size, share of empty sets (or interval width) and coverage per class on
+    ``test``, per mode, method and level; and the selective risk and coverage at the default abstention threshold.
+
+    The card, ``mcdrop evaluate`` and ``mcdrop report`` all take their figures from here: MC mode with
+    ``n_samples`` passes and ``seed`` (also the key of the randomised sets' uniforms), unless ``summaries``
+    (``{mode: predict(...).summary}`` on ``test``'s inputs) are given.
+    """
     engine = MCEngine(model)
     x, y = test
     report: dict[str, Any] = {}
     rows = torch.arange(len(y), dtype=torch.int64)
     u = conformal.keyed_uniforms(seed, rows)
     for mode in Mode:
-        s = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary
+        s = summaries[mode] if summaries is not None else predict(engine, x, mode=mode, n_samples=n_samples,
+                                                                   seed=seed).summary
         entry: dict[str, Any] = {}
         if calibrated.task is Task.CLASSIFICATION:
             probs = s.probabilities.double()  # type: ignore[union-attr]
             for method in conformal.METHODS:
-                scores = conformal.set_scores(probs, method, u, calibrated.lam, calibrated.k_reg)
+                if not calibrated.supports("coverage", mode, method):
+                    continue
                 for level in levels:
-                    sets = scores <= calibrated.conformal_threshold(mode, method, level)
+                    q = calibrated.conformal_threshold(mode, method, level)
+                    sets = conformal.prediction_sets(probs, method, q, u, calibrated.lam, calibrated.k_reg)
                     covered = sets[torch.arange(len(y)), y]
                     per_class = [float(covered[y == c].double().mean()) for c in range(probs.shape[1])]
                     entry[f"{method}@{level:g}"] = {"coverage": float(covered.double().mean()),
@@ -150,6 +165,31 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
     return report
 
 
+def ood_scores(engine: MCEngine, calibrated: Calibration | None, x: Tensor, *, n_samples: int = 50, seed: int = 0,
+               mc: Any = None, deterministic: Any = None) -> dict[str, np.ndarray]:
+    """Every score :func:`ood_report` compares (higher = more unusual), ``{name: (B,)}``; ``mc`` and
+    ``deterministic`` are the summaries of ``x`` when already computed (MC with ``n_samples`` and ``seed``)."""
+    out: dict[str, np.ndarray] = {}
+    if calibrated is not None and calibrated.density is not None:
+        out["ood_score"] = calibrated.density.score(features(engine, x, calibrated.feature_layers)).numpy()
+    mc = mc if mc is not None else predict(engine, x, n_samples=n_samples, seed=seed).summary
+    det = deterministic if deterministic is not None else predict(engine, x, mode=Mode.DETERMINISTIC).summary
+    out["mc_mutual_information"] = mc.mutual_information.numpy()
+    out["mc_predictive_entropy"] = mc.predictive_entropy.numpy()
+    out["mc_max_probability"] = -mc.confidence.numpy()
+    out["deterministic_entropy"] = det.predictive_entropy.numpy()
+    out["deterministic_max_probability"] = -det.confidence.numpy()
+    return out
+
+
+def ood_metrics(inside: dict[str, np.ndarray],
+                outside: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, dict[str, float]]]:
+    """AUROC, AUPR and FPR at 95% TPR of every score (:func:`ood_scores`) for each set in ``outside``."""
+    return {name: {k: {"auroc": auroc(inside[k], out[k]), "aupr": aupr(inside[k], out[k]),
+                       "fpr95": fpr_at_95_tpr(inside[k], out[k])} for k in inside}
+            for name, out in outside.items()}
+
+
 def ood_report(engine: MCEngine, calibrated: Calibration | None, x_in: Tensor, proxies: dict[str, Tensor], *,
                n_samples: int = 50, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """AUROC, AUPR and FPR at 95% TPR of every score, for each proxy set against ``x_in`` (in-distribution).
@@ -157,25 +197,6 @@ def ood_report(engine: MCEngine, calibrated: Calibration | None, x_in: Tensor, p
     Scores (higher = more unusual): ``ood_score`` (the density, when calibrated), MC ``mutual_information``,
     MC ``predictive_entropy``, MC ``max_probability`` (as ``-max p``) and deterministic entropy and max probability.
     """
-    layers = calibrated.feature_layers if calibrated is not None else []
-
-    def scores(x: Tensor) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        if calibrated is not None and calibrated.density is not None:
-            out["ood_score"] = calibrated.density.score(features(engine, x, layers)).numpy()
-        mc = predict(engine, x, n_samples=n_samples, seed=seed).summary
-        det = predict(engine, x, mode=Mode.DETERMINISTIC).summary
-        out["mc_mutual_information"] = mc.mutual_information.numpy()  # type: ignore[union-attr]
-        out["mc_predictive_entropy"] = mc.predictive_entropy.numpy()  # type: ignore[union-attr]
-        out["mc_max_probability"] = -mc.confidence.numpy()  # type: ignore[union-attr]
-        out["deterministic_entropy"] = det.predictive_entropy.numpy()  # type: ignore[union-attr]
-        out["deterministic_max_probability"] = -det.confidence.numpy()  # type: ignore[union-attr]
-        return out
-
-    inside = scores(x_in)
-    report: dict[str, dict[str, dict[str, float]]] = {}
-    for name, x in proxies.items():
-        outside = scores(x)
-        report[name] = {k: {"auroc": auroc(inside[k], outside[k]), "aupr": aupr(inside[k], outside[k]),
-                            "fpr95": fpr_at_95_tpr(inside[k], outside[k])} for k in inside}
-    return report
+    inside = ood_scores(engine, calibrated, x_in, n_samples=n_samples, seed=seed)
+    return ood_metrics(inside, {name: ood_scores(engine, calibrated, x, n_samples=n_samples, seed=seed)
+                                for name, x in proxies.items()})

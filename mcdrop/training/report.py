@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from mcdrop.core import conformal, selective
@@ -25,7 +24,7 @@ from mcdrop.core.engine import MCEngine
 from mcdrop.core.prediction import predict
 from mcdrop.request import Mode
 from mcdrop.schemas import ModelCard
-from mcdrop.training.calibrate import features
+from mcdrop.training.calibrate import LEVELS, coverage_report, features, ood_metrics, ood_scores
 
 __all__ = ["classifier_report", "regressor_report", "write_page"]
 
@@ -68,7 +67,8 @@ def _roc(inside: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def classifier_report(model: Any, card: ModelCard, calibration: Calibration | None, x: Tensor, y: Tensor,
                       proxies: dict[str, Tensor], out: Path, *, n_samples: int = 50, seed: int = 0) -> dict[str, Any]:
-    """Write the classifier's plots into ``out``; return the page's sections (figures and numbers)."""
+    """Write the classifier's plots into ``out``; return the page's sections (figures and numbers) and ``metrics``:
+    ``test_conformal`` and ``ood_proxies`` as the card stores them (the same functions compute both)."""
     plt = _pyplot()
     engine = MCEngine(model)
     labels = y.numpy()
@@ -114,6 +114,9 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
                              f"{calibration.meta.get('ood_tpr', 0.95):.0%} of held-out in-distribution images."
                      if calibration else ""})
 
+    measured = coverage_report(calibration, model, (x, y), n_samples=n_samples, seed=seed, summaries=runs) \
+        if calibration is not None else {}
+    measured_ood: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
     numbers = {}
     for mode, color in ((Mode.DETERMINISTIC, DET_COLOR), (Mode.MC, MC_COLOR)):
@@ -121,12 +124,11 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
         wrong = (probs[mode].argmax(1) != labels).astype(float)
         curve = selective.risk_coverage(u, wrong, points=50)
         ax.plot([c for c, _, _ in curve], [r for _, r, _ in curve], color=color, label=mode.value)
-        if calibration is not None and mode.value in calibration.selective:
-            t = calibration.uncertainty_threshold(mode)
-            answered = u <= t
-            risk = float(wrong[answered].mean()) if answered.any() else 0.0
-            ax.plot([answered.mean()], [risk], marker="*", ms=12, color=color)
-            numbers[f"default abstention ({mode.value})"] = f"answers {answered.mean():.1%}, error rate {risk:.2%}"
+        if "abstention" in measured.get(mode.value, {}):
+            point = measured[mode.value]["abstention"]
+            ax.plot([point["coverage"]], [point["risk"]], marker="*", ms=12, color=color)
+            numbers[f"default abstention ({mode.value})"] = (f"answers {point['coverage']:.1%}, error rate "
+                                                             f"{point['risk']:.2%}")
     if calibration is not None:
         ax.axhline(calibration.default_risk, color="grey", ls=":", lw=1, label=f"target risk {calibration.default_risk:.0%}")
     ax.set(xlabel="coverage (share of inputs answered)", ylabel="error rate among answered", title="Risk-coverage",
@@ -134,34 +136,33 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
     ax.legend(fontsize=8)
     sections.append({"title": "Abstention", "figure": _save(fig, out / "risk_coverage.png"), "numbers": numbers,
                      "text": "Answering only the most confident inputs lowers the error rate; the stars are the "
-                             "card's default thresholds, chosen on the calibration split."})
+                             "card's default thresholds (chosen on held-out training images), applied to the test "
+                             "images."})
 
     if proxies:
-        mi_in = mc.mutual_information.numpy()  # type: ignore[union-attr]
-        scores_out: dict[str, dict[str, np.ndarray]] = {}
-        for name, images in proxies.items():
-            s = predict(engine, images, n_samples=n_samples, seed=seed + 1).summary
-            scores_out[name] = {"mutual information": s.mutual_information.numpy()}  # type: ignore[union-attr]
-            if ood_in is not None:
-                scores_out[name]["OOD score"] = calibration.density.score(  # type: ignore[union-attr]
-                    features(engine, images, calibration.feature_layers)).numpy()  # type: ignore[union-attr]
+        inside_all = ood_scores(engine, calibration, x, n_samples=n_samples, seed=seed, mc=runs[Mode.MC],
+                                deterministic=runs[Mode.DETERMINISTIC])
+        outside_all = {name: ood_scores(engine, calibration, images, n_samples=n_samples, seed=seed)
+                       for name, images in proxies.items()}
+        metrics = ood_metrics(inside_all, outside_all)
+        measured_ood = metrics
+        names = {"OOD score": "ood_score", "mutual information": "mc_mutual_information"}
         shown = "characters" if "characters" in proxies else next(iter(proxies))
-        kinds = ["OOD score", "mutual information"] if ood_in is not None else ["mutual information"]
+        kinds = [k for k in ("OOD score", "mutual information") if names[k] in inside_all]
         fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.2 * (len(kinds) + 1), 3.4))
         for ax, kind in zip(axes[:-1], kinds, strict=True):
-            inside = ood_in if kind == "OOD score" else mi_in
-            bins = np.histogram_bin_edges(np.concatenate([inside, scores_out[shown][kind]]), bins=60)
+            inside, outside = inside_all[names[kind]], outside_all[shown][names[kind]]
+            bins = np.histogram_bin_edges(np.concatenate([inside, outside]), bins=60)
             ax.hist(inside, bins=bins, alpha=0.6, density=True, color=MC_COLOR, label="Fashion-MNIST test")
-            ax.hist(scores_out[shown][kind], bins=bins, alpha=0.6, density=True, color=OOD_COLOR, label=f"proxy: {shown}")
+            ax.hist(outside, bins=bins, alpha=0.6, density=True, color=OOD_COLOR, label=f"proxy: {shown}")
             ax.set(xlabel=kind, ylabel="density", title=f"In vs out: {kind}")
             ax.legend(fontsize=8)
         ax = axes[-1]
         numbers = {}
-        main = "OOD score" if ood_in is not None else "mutual information"
-        for name, kinds_out in scores_out.items():
-            inside = ood_in if main == "OOD score" else mi_in
-            fpr, tpr = _roc(inside, kinds_out[main])
-            auc = float(np.trapezoid(tpr, fpr))
+        main = kinds[0]
+        for name, scores_out in outside_all.items():
+            fpr, tpr = _roc(inside_all[names[main]], scores_out[names[main]])
+            auc = metrics[name][names[main]]["auroc"]
             ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
             numbers[f"AUROC {name} ({main})"] = f"{auc:.3f}"
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
@@ -169,36 +170,38 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
                title=f"ROC of the {main}")
         ax.legend(fontsize=7)
         sections.append({"title": "Out-of-distribution proxies", "figure": _save(fig, out / "ood.png"),
-                         "numbers": numbers, "text": "Proxy sets made here (mcdrop.training.proxies); the held-back "
-                         "set the service is judged on is not among them."})
+                         "numbers": numbers, "text": "How well each score tells the test images from images the "
+                         "model was not trained for: digits, letters, and flipped, rotated, inverted and noise "
+                         "images made from the test set (mcdrop.training.proxies). An AUROC of 1 separates them "
+                         "perfectly, 0.5 not at all; flipped and rotated clothes are the hardest."})
 
     if calibration is not None and calibration.scores:
-        levels = np.linspace(0.5, 0.99, 12)
-        rows = torch.arange(len(y), dtype=torch.int64)
-        u = conformal.keyed_uniforms(seed, rows)
+        levels = [float(v) for v in np.linspace(0.5, 0.99, 12)]
+        curves = coverage_report(calibration, model, (x, y), n_samples=n_samples, seed=seed, levels=levels,
+                                 summaries=runs)[Mode.MC.value]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.6, 3.6))
         numbers = {}
-        p = torch.from_numpy(probs[Mode.MC])
-        for method in conformal.METHODS:
-            set_scores = conformal.set_scores(p, method, u, calibration.lam, calibration.k_reg)
-            cov, size = [], []
-            for level in levels:
-                sets = set_scores <= calibration.conformal_threshold(Mode.MC, method, float(level))
-                cov.append(float(sets[torch.arange(len(y)), y].double().mean()))
-                size.append(float(sets.sum(1).double().mean()))
-            ax1.plot(levels, cov, marker=".", label=method)
-            ax2.plot(levels, size, marker=".", label=method)
-            at = list(levels).index(min(levels, key=lambda v: abs(v - 0.9)))
-            numbers[f"{method} at {levels[at]:.2f}"] = f"coverage {cov[at]:.3f}, mean size {size[at]:.2f}"
+        methods = [m for m in conformal.METHODS if f"{m}@{levels[0]:g}" in curves]
+        for method in methods:
+            ax1.plot(levels, [curves[f"{method}@{lv:g}"]["coverage"] for lv in levels], marker=".", label=method)
+            ax2.plot(levels, [curves[f"{method}@{lv:g}"]["mean_size"] for lv in levels], marker=".", label=method)
+        for method in methods:
+            for level in LEVELS:
+                at = measured[Mode.MC.value][f"{method}@{level:g}"]
+                numbers[f"{method} at {level:g}"] = (f"coverage {at['coverage']:.4f}, mean size {at['mean_size']:.2f}, "
+                                                     f"empty {at['empty']:.1%}")
         ax1.plot([0.5, 1], [0.5, 1], color="grey", ls="--", lw=1)
         ax1.set(xlabel="requested coverage", ylabel="test coverage", title="Conformal coverage (MC)")
         ax2.set(xlabel="requested coverage", ylabel="mean set size (classes)", title="Conformal set size (MC)")
-        ax1.legend(fontsize=8)
-        ax2.legend(fontsize=8)
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
         sections.append({"title": "Conformal prediction sets", "figure": _save(fig, out / "conformal.png"),
-                         "numbers": numbers, "text": "Coverage tracks the request (finite-sample guarantee); APS "
-                         "and RAPS adapt the set size to the input's difficulty, LAC gives the smallest sets."})
-    return {"model": card.name, "sections": sections}
+                         "numbers": numbers, "text": "A set holds the true class at least as often as requested "
+                         "(on images like the calibration ones). aps, raps and lac always name the top class, so "
+                         "below the model's accuracy they are the top class alone and cover more than asked; the "
+                         "randomised variants hit the level more exactly by leaving some sets empty, at random."})
+    return {"model": card.name, "sections": sections,
+            "metrics": {"test_conformal": measured, "ood_proxies": measured_ood}}
 
 
 def regressor_report(model: Any, card: ModelCard, calibration: Calibration | None, x: Tensor, y: Tensor, out: Path,
@@ -256,7 +259,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def write_page(out: Path, report: dict[str, Any], card: ModelCard, notes: Sequence[str] = ()) -> Path:
-    """``index.html``: every section's figure beside its numbers, and the card's headline metrics."""
+    """``index.html``: every section's figure beside its numbers, and the card's headline metrics; ``metrics.json``:
+    the report's figures in the card's layout (``test_conformal``, ``ood_proxies``), when it has them."""
     esc = html.escape
     parts = [f"<h1>{esc(card.name)} v{esc(card.version)}</h1>", f"<p>{esc(card.description)}</p>"]
     parts += [f"<p class=note>{esc(n)}</p>" for n in notes]
@@ -277,4 +281,6 @@ def write_page(out: Path, report: dict[str, Any], card: ModelCard, notes: Sequen
             + "".join(parts) + "</body></html>")
     path = out / "index.html"
     path.write_text(page)
+    if report.get("metrics"):
+        (out / "metrics.json").write_text(json.dumps(report["metrics"], indent=1) + "\n")
     return path

@@ -105,3 +105,44 @@ def test_an_uncalibrated_mode_or_task_is_refused_by_field(tmp_path_factory):
     with pytest.raises(InvalidRequest) as err:
         plain.check(PredictRequest(inputs=torch.zeros(1, 3).numpy(), coverage=0.9))
     assert err.value.field == "coverage"
+
+
+def test_default_sets_always_name_a_class_and_randomised_ones_are_on_request(predictor):
+    """A low coverage (below the tiny model's accuracy) is where randomised APS leaves sets empty; the default
+    keeps the top class, and (for the same probabilities) its set does not depend on the seed."""
+    default = predictor.predict(request(coverage=0.3, mode="deterministic")).columns
+    sets = default["prediction_set"]
+    assert sets.sum(1).min() >= 1 and sets[np.arange(len(sets)), default["predicted_class"]].all()
+    again = predictor.predict(request(coverage=0.3, mode="deterministic", seed=99)).columns["prediction_set"]
+    np.testing.assert_array_equal(sets, again)
+    randomised = predictor.predict(request(coverage=0.3, set_method="aps_randomized")).columns["prediction_set"]
+    assert (randomised.sum(1) == 0).any()
+
+
+def test_a_calibration_from_before_non_randomised_sets_serves_only_the_randomised_ones(path, tmp_path):
+    """Older calibration files stored randomised APS/RAPS scores under ``aps``/``raps``: they are read as the
+    randomised methods, and a request for the new default is refused by field with what to do."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mcdrop.core.artifacts import sha256
+
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    tensors = load_file(str(old / "calibration.safetensors"))
+    for key in [k for k in tensors if k.endswith(("aps", "raps"))]:
+        del tensors[key]
+    for key in [k for k in tensors if k.endswith("_randomized")]:
+        tensors[key.removesuffix("_randomized")] = tensors.pop(key)
+    save_file(tensors, str(old / "calibration.safetensors"))
+    card = json.loads((old / "card.json").read_text())
+    card["calibration_sha256"] = sha256(old / "calibration.safetensors")
+    (old / "card.json").write_text(json.dumps(card))
+    calibration = load_artifact(old).calibration
+    assert calibration.supports("coverage", "mc", "aps_randomized") and not calibration.supports("coverage", "mc", "aps")
+    served = Predictor([str(old)])
+    with pytest.raises(InvalidRequest, match="recalibrate it or choose aps_randomized") as err:
+        served.check(request(coverage=0.9))
+    assert err.value.field == "set_method"
+    assert served.predict(request(coverage=0.9, set_method="aps_randomized")).columns["prediction_set"].shape == (200, 4)

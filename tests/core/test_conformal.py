@@ -32,18 +32,57 @@ def synthetic(n: int, seed: int, c: int = 6) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.mark.parametrize("method", conformal.METHODS)
-@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95])
 def test_sets_cover_at_the_nominal_level(method, level):
+    """On exchangeable data the empirical coverage of 5,000 test inputs lies in the beta-binomial interval of the
+    guarantee (calibration and test sampling both); the non-randomised sets add the top class, so only the lower
+    end binds them, and they are never empty."""
     p_cal, y_cal = synthetic(2000, seed=1)
     p_test, y_test = synthetic(5000, seed=2)
     u_cal = conformal.keyed_uniforms(7, torch.arange(2000))
     u_test = conformal.keyed_uniforms(8, torch.arange(5000))
     q = conformal.conformal_quantile(np.sort(conformal.label_scores(p_cal, y_cal, method, u_cal).numpy()), level)
-    sets = conformal.set_scores(p_test, method, u_test) <= q
+    sets = conformal.prediction_sets(p_test, method, q, u_test)
     covered = float(sets[torch.arange(5000), y_test].double().mean())
     lo, hi = conformal.coverage_interval(5000, 2000, level, alpha=ALPHA)
-    assert lo <= covered <= hi, (covered, lo, hi)
-    assert float(sets.sum(1).double().mean()) < 6  # informative: not every label
+    sizes = sets.sum(1)
+    assert lo <= covered, (covered, lo)
+    if method in conformal.RANDOMIZED:
+        assert covered <= hi, (covered, hi)
+    else:
+        assert (sizes >= 1).all()
+    assert float(sizes.double().mean()) < 6  # informative: not every label
+
+
+def test_only_randomised_sets_are_ever_empty_and_non_randomised_ones_ignore_the_uniforms():
+    """The issue's case: a confident input at a level the model's accuracy exceeds.  Randomised APS empties the
+    set of some inputs; APS, RAPS and LAC keep the top class, whatever uniforms they are handed."""
+    p_cal, y_cal = synthetic(2000, seed=4)
+    p_test, _ = synthetic(3000, seed=5)
+    u = conformal.keyed_uniforms(3, torch.arange(3000))
+    for method in conformal.METHODS:
+        q = conformal.conformal_quantile(np.sort(conformal.label_scores(
+            p_cal, y_cal, method, conformal.keyed_uniforms(9, torch.arange(2000))).numpy()), 0.5)
+        sets = conformal.prediction_sets(p_test, method, q, u)
+        empty = int((sets.sum(1) == 0).sum())
+        if method in conformal.RANDOMIZED:
+            assert empty > 0, method
+        else:
+            assert empty == 0, method
+            other = conformal.prediction_sets(p_test, method, q, conformal.keyed_uniforms(4, torch.arange(3000)))
+            assert torch.equal(sets, other) and torch.equal(sets, conformal.prediction_sets(p_test, method, q))
+            assert sets[torch.arange(3000), p_test.argmax(1)].all()
+
+
+def test_aps_takes_the_top_classes_until_their_mass_exceeds_the_threshold():
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]], dtype=torch.float64)  # ranked: 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
+    for q, expected in ((0.0, {1}), (0.4, {1}), (0.5, {1, 3}), (0.79, {1, 3}), (0.8, {1, 3, 0}), (0.96, {0, 1, 2, 3})):
+        got = set(torch.nonzero(conformal.prediction_sets(p, "aps", q)[0]).flatten().tolist())
+        assert got == expected, (q, got)
+    with pytest.raises(ValueError, match="aps_randomized needs one uniform per input"):
+        conformal.set_scores(p, "aps_randomized")
+    with pytest.raises(ValueError, match="method has to be one of"):
+        conformal.set_scores(p, "top")
 
 
 def test_coverage_interval_matches_its_moments():
@@ -57,10 +96,13 @@ def test_coverage_interval_matches_its_moments():
 def test_aps_includes_the_top_label_and_raps_trims_the_tail():
     p, _ = synthetic(500, seed=3)
     u = conformal.keyed_uniforms(1, torch.arange(500))
-    aps, raps = conformal.set_scores(p, "aps", u), conformal.set_scores(p, "raps", u, lam=0.5, k_reg=1)
     top = p.argmax(1)
-    assert (aps[torch.arange(500), top] <= p.max(1).values + 1e-12).all()  # the top label's score is u * p_max
-    assert (raps >= aps - 1e-12).all() and (raps.amax(1) > aps.amax(1)).all()
+    for suffix in ("", "_randomized"):
+        aps = conformal.set_scores(p, "aps" + suffix, u)
+        raps = conformal.set_scores(p, "raps" + suffix, u, lam=0.5, k_reg=1)
+        assert (aps[torch.arange(500), top] <= p.max(1).values + 1e-12).all()  # the top label's score is u * p_max
+        assert (raps >= aps - 1e-12).all() and (raps.amax(1) > aps.amax(1)).all()
+    assert (conformal.set_scores(p, "aps")[torch.arange(500), top] == 0).all()
     assert torch.allclose(conformal.set_scores(p, "lac"), 1 - p)
 
 

@@ -80,6 +80,7 @@ def test_inprocess_service_is_wired(inproc):
         assert name in metrics, name
     assert 'mcdrop_answers_total{model="tiny-cls"} 2.0' in metrics
     assert 'mcdrop_abstentions_total{model="tiny-calibrated",reason="out_of_distribution"} 3.0' in metrics
+    assert 'mcdrop_drift_ood_share{model="tiny-calibrated"} 1.0' in metrics  # drift watched per calibrated model
     assert inproc.get("/openapi.json").json()["openapi"] == "3.0.3"
 
 

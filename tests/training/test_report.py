@@ -51,3 +51,37 @@ def test_regressor_report_from_the_command_line(tmp_path, cli):
     assert "interval_calibration.png" in page and "residuals.png" in page and "held out of training" in page
     for name in ("interval_calibration.png", "residuals.png"):
         assert (tmp_path / "r" / name).read_bytes().startswith(PNG)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data("FashionMNIST", "raw", "t10k-images-idx3-ubyte.gz")
+def test_report_of_the_shipped_classifier_shows_the_card_numbers(tmp_path, cli):
+    """`mcdrop report` and the card compute their figures with one function at the same seed and N: the report's
+    metrics.json and the card agree to within a few inputs lying on a threshold (tests/tolerances.py), and the
+    page shows the card's numbers."""
+    import json
+
+    from mcdrop.core.artifacts import bundled_models_dir
+
+    run = cli("report", "fashion-mnist", "-o", tmp_path / "r")
+    assert run.returncode == 0, run.stderr
+    got = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    card = json.loads((bundled_models_dir() / "fashion-mnist" / "card.json").read_text())["metrics"]
+    few = 3 / 10_000  # three test images on the other side of a threshold
+    for mode in ("mc", "deterministic"):
+        stored, measured = card["test_conformal"][mode], got["test_conformal"][mode]
+        assert {k for k in stored if "@" in k} == {k for k in measured if "@" in k}
+        for key in (k for k in stored if "@" in k):
+            for field in ("coverage", "empty"):
+                assert abs(measured[key][field] - stored[key][field]) <= few, (mode, key, field)
+        for field in ("coverage", "risk"):
+            assert abs(measured["abstention"][field] - stored["abstention"][field]) <= few, (mode, field)
+    for proxy, scores in card["ood_proxies"].items():
+        for score, row in scores.items():
+            assert abs(got["ood_proxies"][proxy][score]["auroc"] - row["auroc"]) <= 1e-3, (proxy, score)
+    page = (tmp_path / "r" / "index.html").read_text()
+    mc = card["test_conformal"]["mc"]
+    assert f"answers {mc['abstention']['coverage']:.1%}, error rate {mc['abstention']['risk']:.2%}" in page
+    assert f"{card['ood_proxies']['flip']['ood_score']['auroc']:.3f}" in page
+    assert "held-back" not in page
