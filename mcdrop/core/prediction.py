@@ -71,6 +71,7 @@ def predict(
     return_samples: bool = False,
     features: Sequence[str] = (),
     cancelled: Callable[[], bool] | None = None,
+    consistent: bool = False,
 ) -> Prediction:
     """Predictions with uncertainty for every row of ``x``.
 
@@ -89,6 +90,7 @@ def predict(
         features: names of modules whose deterministic outputs to return (e.g. for an OOD density); in MC
             mode they cost one extra deterministic pass.
         cancelled: see :meth:`MCEngine.sample`.
+        consistent: one network per pass for every row (see :meth:`MCEngine.sample`); fixed N only.
     """
     mode = Mode(mode)
     inferred_task, inferred_tau = model_task(engine.model)
@@ -104,8 +106,10 @@ def predict(
         return Prediction(mode, summary, None, out if return_samples else None, captured if features else None)
     captured = _cpu(engine.deterministic_features(x, features)[1]) if features else None
     seed = new_seed() if seed is None else seed
+    if consistent and tolerance is not None:
+        raise ValueError("consistent masks are for fixed n_samples; tolerance has to be None")
     if tolerance is None:
-        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled).cpu()
+        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled, consistent=consistent).cpu()
         return Prediction(mode, U.summarize(samples, task, tau=tau, level=level), seed,
                           samples if return_samples else None, captured)
     if not tolerance > 0:
