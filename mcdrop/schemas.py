@@ -19,7 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -41,6 +43,9 @@ from mcdrop.request import (
 __all__ = [
     "FLOAT32_MAX",
     "AbstainReason",
+    "AcquireMethod",
+    "AcquireRequest",
+    "AcquireResponse",
     "ClassificationPrediction",
     "ErrorResponse",
     "Limits",
@@ -523,3 +528,51 @@ class ModelsResponse(BaseModel):
             if card.name == name:
                 return card
         raise KeyError(f"unknown model {name!r}: the server serves {', '.join(c.name for c in self.models)}")
+
+
+# ------------------------------------------------------------------------------------------------ acquisition
+
+AcquireMethod = Literal["bald", "batchbald", "entropy", "margin", "random"]
+
+
+class AcquireRequest(BaseModel):
+    """A pool of unlabelled inputs and how many of them to label next (``POST /acquire``).
+
+    The MC passes use consistent masks (one network per pass for every row), so a row's score does not depend
+    on its position in the pool and BatchBALD's joint entropy is that of one network applied to the pool.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=(), arbitrary_types_allowed=True,
+                              json_schema_extra=_openapi30_bounds)
+
+    model: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH,
+                              description="name of a served classifier; default: the default model")
+    method: AcquireMethod = Field("bald", description="bald, batchbald (greedy, joint), entropy, margin or random")
+    n_samples: int = Field(DEFAULT_N_SAMPLES, ge=1, le=1_000_000, description="MC passes (consistent masks)")
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="seed of the masks (and of random / sampled "
+                                                                  "configurations); none: drawn and returned")
+    inputs: Inputs
+    k: int = Field(ge=1, le=1_000_000, description="how many pool rows to return, best first")
+
+    @field_validator("k")
+    @classmethod
+    def _k_fits(cls, k: int, info: ValidationInfo) -> int:
+        inputs = info.data.get("inputs")
+        if inputs is not None and k > len(inputs):
+            raise PydanticCustomError("k_too_large", "k ({k}) must be at most the pool's {rows} rows",
+                                      {"k": k, "rows": len(inputs)})
+        return k
+
+
+class AcquireResponse(BaseModel):
+    """The ``k`` pool rows to label next, best first, with their scores (BatchBALD: the batch's value so far)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    model_version: str
+    method: AcquireMethod
+    seed: int
+    n_samples: int
+    indices: list[int]
+    scores: list[float]

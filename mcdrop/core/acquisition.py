@@ -23,14 +23,19 @@ Ties in the top ``k`` go to the lower row index.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from mcdrop.core import rng
 
-__all__ = ["METHODS", "Acquisition", "TopK", "acquire", "batchbald", "keyed_scores", "scores"]
+if TYPE_CHECKING:
+    from mcdrop.core.engine import MCEngine
+
+__all__ = ["METHODS", "Acquisition", "TopK", "acquire", "acquire_pool", "batchbald", "keyed_scores", "scores"]
 
 METHODS = ("bald", "batchbald", "entropy", "margin", "random")
 """The acquisition functions :func:`acquire` knows."""
@@ -185,3 +190,34 @@ class TopK:
 
     def result(self) -> Acquisition:
         return Acquisition(self._rows.clone(), self._scores.clone())
+
+
+def acquire_pool(engine: MCEngine, chunks: Iterable[Tensor], k: int, method: str, *, n_samples: int, seed: int,
+                 max_configs: int = MAX_CONFIGS, cancelled: Callable[[], bool] | None = None) -> Acquisition:
+    """The ``k`` rows to label next of a pool read in chunks (rows numbered from 0 across chunks), best first.
+
+    Every chunk gets ``n_samples`` passes with consistent masks (so chunking changes nothing); per-row methods
+    keep only a running top ``k``, ``batchbald`` keeps the pool's probabilities (``S x rows x C`` float32) and
+    selects at the end; ``random`` runs no passes.  Shape: each chunk ``(B_i, *)`` of a classifier's inputs.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method has to be one of {', '.join(METHODS)}, but got {method!r}")
+    top = TopK(k)
+    kept: list[Tensor] = []
+    start = 0
+    for x in chunks:
+        rows = torch.arange(start, start + x.shape[0], dtype=torch.int64)
+        start += x.shape[0]
+        if method == "random":
+            top.push(keyed_scores(seed, rows), rows)
+            continue
+        probs = engine.sample(x, n_samples, seed=seed, consistent=True, cancelled=cancelled).float().softmax(-1).cpu()
+        if method == "batchbald":
+            kept.append(probs)
+        else:
+            top.push(scores(probs, method), rows)
+    if not 1 <= k <= start:
+        raise ValueError(f"k has to be between 1 and the pool's {start} rows, but got {k}")
+    if method == "batchbald":
+        return batchbald(torch.cat(kept, 1), k, seed=seed, max_configs=max_configs)
+    return top.result()
