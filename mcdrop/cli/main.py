@@ -9,11 +9,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mcdrop.cli import bench, evaluate, report, score, serve, study, train
+from mcdrop.cli import acquire, bench, evaluate, report, score, serve, study, train
 from mcdrop.cli.common import CLIError
 
 COMMANDS = {"score": score, "train": train, "evaluate": evaluate, "report": report, "bench": bench, "serve": serve,
-            "study": study}
+            "study": study, "acquire": acquire}
 
 
 def build_parser() -> argparse.ArgumentParser:

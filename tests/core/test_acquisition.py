@@ -24,7 +24,7 @@ def brute_mi(p: np.ndarray, batch: list[int]) -> float:
     s, _, c = p.shape
     joint_h = 0.0
     for config in itertools.product(range(c), repeat=len(batch)):
-        q = np.mean([np.prod([p[j, i, y] for i, y in zip(batch, config)]) for j in range(s)])
+        q = np.mean([np.prod([p[j, i, y] for i, y in zip(batch, config, strict=True)]) for j in range(s)])
         joint_h -= q * math.log(q)
     cond = sum(-np.mean([sum(p[j, i, y] * math.log(p[j, i, y]) for y in range(c)) for j in range(s)]) for i in batch)
     return joint_h - cond
