@@ -190,6 +190,12 @@ class RequestOptions(BaseModel):
         description=f"adaptive sampling: add passes until the MC standard error is below this (at least "
                     f"{MIN_ADAPTIVE_SAMPLES} passes)")
     max_samples: int | None = Field(None, ge=1, le=1_000_000, description="adaptive sampling cap")
+    stop: Literal["decision", "class"] | None = Field(
+        None, description="stop each row when its decisions will not change with more passes, with probability at "
+                          "least 1 - delta: 'decision' settles the class, the conformal set and the abstention, 'class' "
+                          "the class only; rounds start at 8 passes, max_samples caps them (classifiers, mc mode)")
+    delta: float = Field(1e-3, gt=0, lt=1, description="stop's risk: the chance that a row's settled decisions differ "
+                                                       "from those of infinitely many passes")
     level: float = Field(DEFAULT_LEVEL, gt=0, lt=1, description="central prediction-interval level (regression)")
     coverage: float | None = Field(None, gt=0, lt=1, description="conformal prediction sets (classification) or "
                                                                  "intervals (regression) with this coverage")
@@ -203,7 +209,13 @@ class RequestOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RequestOptions:
-        if self.max_samples is not None:
+        if self.stop is not None:
+            if self.mode is not Mode.MC or self.tolerance is not None:
+                raise PydanticCustomError("stop", "stop applies to mc mode without tolerance", {})
+            if self.n_samples != DEFAULT_N_SAMPLES:
+                raise PydanticCustomError("n_samples", "n_samples applies to fixed N; with stop, rounds start at {first} "
+                                          "passes and max_samples caps them", {"first": MIN_ADAPTIVE_SAMPLES})
+        if self.max_samples is not None and self.stop is None:
             first = max(self.n_samples, MIN_ADAPTIVE_SAMPLES) if self.tolerance is not None else self.n_samples
             if self.max_samples < first:
                 raise PydanticCustomError("max_samples", "max_samples ({m}) must be at least {what} ({first})",
