@@ -10,7 +10,7 @@ first round has at least :data:`~mcdrop.request.MIN_ADAPTIVE_SAMPLES` passes: th
 from fewer cannot tell whether the tolerance is met.
 
 Decision-based stopping (``stop="decision"``, classifiers) draws rounds of passes (8, then a quarter more each
-round, up to the cap) and stops a row once anytime-valid tests say its decisions (class, and the ``rule``'s
+round, at least 2, up to the cap) and stops a row once anytime-valid tests say its decisions (class, and the ``rule``'s
 abstention and conformal set) are those of infinitely many passes, with probability at least ``1 - delta``
 (:mod:`mcdrop.core.stopping`).  Only open rows are sampled in a round; a row's first ``n`` passes are the same
 whatever the rule, so a row that stops at ``n`` answers as a fixed-``n`` call with the same seed.
@@ -101,7 +101,8 @@ def predict(
             mode they cost one extra deterministic pass.
         cancelled: see :meth:`MCEngine.sample`.
         consistent: one network per pass for every row (see :meth:`MCEngine.sample`); fixed N only.
-        stop: ``"decision"``: stop each row when its decisions are settled (classifiers; ``tolerance`` None);
+        stop: ``"decision"``: stop each row when its decisions are settled, ``"class"``: its class (classifiers;
+            ``tolerance`` None);
             rounds start at ``MIN_ADAPTIVE_SAMPLES`` passes, ``max_samples`` caps them (default
             ``DEFAULT_MAX_SAMPLES``).
         delta: decision stopping's risk: the chance that any row's decisions differ from those of its mean.
@@ -122,8 +123,8 @@ def predict(
     captured = _cpu(engine.deterministic_features(x, features)[1]) if features else None
     seed = new_seed() if seed is None else seed
     if stop is not None:
-        if stop != "decision":
-            raise ValueError(f"stop has to be 'decision' or None, but got {stop!r}")
+        if stop not in ("decision", "class"):
+            raise ValueError(f"stop has to be 'decision', 'class' or None, but got {stop!r}")
         if tolerance is not None or consistent:
             raise ValueError("stop='decision' decides the number of passes itself: tolerance has to be None and "
                              "consistent False")
@@ -132,8 +133,9 @@ def predict(
         cap = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
         if cap < 1:
             raise ValueError(f"max_samples has to be a positive number of passes, but got {cap}")
-        samples, used = _sample_decision(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, rule or DecisionRule(),
-                                         seed, rows, cancelled)
+        rule = rule if rule is not None and stop == "decision" else DecisionRule()
+        samples, used = _sample_decision(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, rule, seed, rows,
+                                         cancelled)
         return Prediction(mode, _summarize_used(samples, used, task, tau, level, x.shape[0]), seed,
                           samples if return_samples else None, captured)
     if consistent and tolerance is not None:

@@ -180,5 +180,6 @@ def _aps_settled(lo: Tensor, hi: Tensor, rule: DecisionRule) -> Tensor:
 
 
 def next_round(n: int, cap: int) -> int:
-    """Passes after the round that follows ``n``: a quarter more (at least 4), at most ``cap``."""
-    return min(cap, n + max(4, n // 4))
+    """Passes after the round that follows ``n``: a quarter more (at least 2), at most ``cap``: 8, 10, 12, 15, 18,
+    22, 27, ..."""
+    return min(cap, n + max(2, n // 4))

@@ -39,4 +39,4 @@ def stopping_options(request: RequestOptions, calibration: Calibration | None, s
     """``stop``, ``delta`` and ``rule`` for ``predict`` (nothing when the request has no ``stop``)."""
     if request.stop is None:
         return {}
-    return {"stop": "decision", "delta": request.delta, "rule": decision_rule(request, calibration, seed, rows)}
+    return {"stop": request.stop, "delta": request.delta, "rule": decision_rule(request, calibration, seed, rows)}
