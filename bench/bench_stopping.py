@@ -14,6 +14,7 @@ CSV), wall-clock seconds of fixed N = 50 and of the stopping runs, median of ``-
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
 import statistics
 import subprocess
@@ -103,9 +104,9 @@ def score_section(args: argparse.Namespace) -> None:
                 subprocess.run(cmd, check=True)
                 times.append(time.perf_counter() - start)
             seconds = statistics.median(times)
-            header, *rows = out.read_text().splitlines()
-            col = header.split(",").index("n_samples")
-            passes = sum(int(r.split(",")[col]) for r in rows) / len(rows)
+            with out.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            passes = sum(int(r["n_samples"]) for r in rows) / len(rows)
             base = base or seconds
             print(f"| {name} | {seconds:.2f} | {len(rows) / seconds:.0f} | {base / seconds:.2f}x | {passes:.1f} |",
                   flush=True)

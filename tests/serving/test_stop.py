@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -73,8 +74,9 @@ def test_cli_score_stop(models, tmp_path):
            str(models["tiny-calibrated"]), "--stop", "class", "--seed", "2", "--max-samples", "200", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    header, *rows = out.read_text().splitlines()
-    n = [int(r.split(",")[header.split(",").index("n_samples")]) for r in rows]
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    n = [int(r["n_samples"]) for r in rows]
     assert len(rows) == 30 and min(n) >= 8 and max(n) <= 200
     bad = subprocess.run([*cmd[:-1], "--samples", "20"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--samples" in bad.stderr and "Traceback" not in bad.stderr

@@ -39,8 +39,8 @@ METHODS = ("random", "entropy", "bald", "batchbald")
 LABELS = {"random": "random", "entropy": "max entropy", "bald": "BALD", "batchbald": "BatchBALD"}
 COLORS = {"random": "#7f7f7f", "entropy": "#ff7f0e", "bald": "#1f77b4", "batchbald": "#d62728"}
 START, BATCH, ROUNDS = 100, 100, 10
-POOL, BATCHBALD_POOL, TEST, SAMPLES, CONFIGS = 20_000, 1_000, 2_000, 20, 200
-HIDDEN, DROPOUT, STEPS, BATCH_SIZE, LR = [256, 256], [0.2, 0.5], 500, 64, 1e-3
+POOL, BATCHBALD_POOL, TEST, SAMPLES, CONFIGS = 10_000, 1_000, 2_000, 20, 200
+HIDDEN, DROPOUT, STEPS, BATCH_SIZE, LR = [256, 256], [0.2, 0.5], 400, 64, 1e-3
 QUICK = {"rounds": 3, "pool": 1_000, "batchbald_pool": 300, "test": 500, "steps": 100}
 
 
@@ -128,13 +128,22 @@ def run(ctx: Context) -> StudyResult:
 
     def plot(path: Path) -> None:
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 4.2))
         for m in METHODS:
             band(ax, labels, acc[m], label=LABELS[m], color=COLORS[m])
-        ax.set_xlabel("labelled training images")
+            if m != "random":
+                band(dx, labels, acc[m] - acc["random"], label=f"{LABELS[m]} − random", color=COLORS[m])
+        dx.axhline(0.0, color="black", lw=0.8)
+        for a in (ax, dx):
+            a.set_xlabel("labelled training images")
         ax.set_ylabel(f"test accuracy (MC, N={SAMPLES}, {cfg['test']} test images)")
+        dx.set_ylabel("accuracy − random's, same seed (paired)")
         ax.legend(loc="lower right")
-        ax.set_title(f"Fashion-MNIST active learning: mean and 95% band over {len(ctx.seeds)} seeds", fontsize=9)
+        dx.legend(loc="best")
+        ax.set_title("test accuracy", fontsize=9)
+        dx.set_title("gain over random acquisition", fontsize=9)
+        fig.suptitle(f"Fashion-MNIST active learning from {START} labels, {BATCH} per round: mean and 95% band over "
+                     f"{len(ctx.seeds)} seeds", fontsize=9)
         save(fig, path)
 
     settings: dict[str, Any] = {**cfg, "start": START, "batch": BATCH, "samples": SAMPLES, "configs": CONFIGS,
