@@ -41,14 +41,14 @@ COLORS = {"random": "#7f7f7f", "entropy": "#ff7f0e", "bald": "#1f77b4", "batchba
 START, BATCH, ROUNDS = 100, 100, 10
 POOL, BATCHBALD_POOL, TEST, SAMPLES, CONFIGS = 10_000, 1_000, 2_000, 20, 200
 HIDDEN, DROPOUT, STEPS, BATCH_SIZE, LR = [256, 256], [0.2, 0.5], 400, 64, 1e-3
-QUICK = {"rounds": 3, "pool": 1_000, "batchbald_pool": 300, "test": 500, "steps": 100}
+QUICK = {"rounds": 3, "batch": 50, "pool": 1_000, "batchbald_pool": 300, "test": 500, "steps": 100}
 
 
-def fit(x: Tensor, y: Tensor, seed: int, steps: int) -> DropoutMLP:
+def fit(x: Tensor, y: Tensor, seed: int, steps: int, classes: int) -> DropoutMLP:
     """The MLP trained from scratch: Adam, ``steps`` minibatches of 64 drawn with replacement (dropout on)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DropoutMLP(x.shape[1], HIDDEN, 10, dropout=DROPOUT)
+        model = DropoutMLP(x.shape[1], HIDDEN, classes, dropout=DROPOUT)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         model.train()
@@ -67,7 +67,7 @@ def accuracy(engine: MCEngine, x: Tensor, y: Tensor, seed: int) -> float:
 
 
 def curve(ctx: Context, seed: int, method: str, cfg: dict[str, int]) -> list[float]:
-    """Test accuracy after training on ``START + r * BATCH`` labels, ``r = 0..rounds``."""
+    """Test accuracy after training on ``START + r * batch`` labels, ``r = 0..rounds``."""
     gen = torch.Generator().manual_seed(1000 + seed)
     data = ctx.data
     pool = torch.randperm(len(data.y_train), generator=gen)[: cfg["pool"]]
@@ -76,7 +76,7 @@ def curve(ctx: Context, seed: int, method: str, cfg: dict[str, int]) -> list[flo
     x_test, y_test = data.x_test[: cfg["test"]], data.y_test[: cfg["test"]]
     out = []
     for r in range(cfg["rounds"] + 1):
-        model = fit(data.x_train[labelled], data.y_train[labelled], seed * 100 + r, cfg["steps"])
+        model = fit(data.x_train[labelled], data.y_train[labelled], seed * 100 + r, cfg["steps"], data.n_classes)
         engine = MCEngine(model)
         out.append(accuracy(engine, x_test, y_test, seed))
         if r == cfg["rounds"]:
@@ -86,7 +86,8 @@ def curve(ctx: Context, seed: int, method: str, cfg: dict[str, int]) -> list[flo
             candidates = free[torch.randperm(free.numel(), generator=gen)[: cfg["batchbald_pool"]]]
         x = data.x_train[candidates]
         chunks = (x[i:i + 4096] for i in range(0, x.shape[0], 4096))
-        got = acquire_pool(engine, chunks, BATCH, method, n_samples=SAMPLES, seed=seed * 1000 + r, max_configs=CONFIGS)
+        got = acquire_pool(engine, chunks, min(cfg["batch"], candidates.numel()), method, n_samples=SAMPLES,
+                           seed=seed * 1000 + r, max_configs=CONFIGS)
         chosen = candidates[got.indices]
         labelled = torch.cat([labelled, chosen])
         keep = torch.ones(len(data.y_train), dtype=torch.bool)
@@ -96,10 +97,10 @@ def curve(ctx: Context, seed: int, method: str, cfg: dict[str, int]) -> list[flo
 
 
 def run(ctx: Context) -> StudyResult:
-    cfg = {"rounds": ROUNDS, "pool": POOL, "batchbald_pool": BATCHBALD_POOL, "test": TEST, "steps": STEPS}
+    cfg = {"rounds": ROUNDS, "batch": BATCH, "pool": POOL, "batchbald_pool": BATCHBALD_POOL, "test": TEST, "steps": STEPS}
     if ctx.quick:
         cfg.update(QUICK)
-    labels = [START + r * BATCH for r in range(cfg["rounds"] + 1)]
+    labels = [START + r * cfg["batch"] for r in range(cfg["rounds"] + 1)]
     curves: dict[str, list[list[float]]] = {m: [] for m in METHODS}
     for method in METHODS:
         for seed in ctx.seeds:
@@ -113,7 +114,7 @@ def run(ctx: Context) -> StudyResult:
     area_vs_random = {m: paired_interval(acc[m].mean(1), acc["random"].mean(1)) for m in METHODS if m != "random"}
     best = max(METHODS, key=lambda m: final[m].mean)
     answer = (
-        f"After {cfg['rounds']} rounds of {BATCH} ({labels[-1]} labels), test accuracy is "
+        f"After {cfg['rounds']} rounds of {cfg['batch']} ({labels[-1]} labels), test accuracy is "
         + ", ".join(f"{LABELS[m]} {final[m].fmt(3)}" for m in METHODS)
         + f"; {LABELS[best]} is highest on average. Against random (paired over seeds) the final accuracy differs by "
         + ", ".join(f"{LABELS[m]} {vs_random[m].fmt(2, 100)} points" for m in vs_random)
@@ -142,11 +143,11 @@ def run(ctx: Context) -> StudyResult:
         dx.legend(loc="best")
         ax.set_title("test accuracy", fontsize=9)
         dx.set_title("gain over random acquisition", fontsize=9)
-        fig.suptitle(f"Fashion-MNIST active learning from {START} labels, {BATCH} per round: mean and 95% band over "
+        fig.suptitle(f"Fashion-MNIST active learning from {START} labels, {cfg['batch']} per round: mean and 95% band over "
                      f"{len(ctx.seeds)} seeds", fontsize=9)
         save(fig, path)
 
-    settings: dict[str, Any] = {**cfg, "start": START, "batch": BATCH, "samples": SAMPLES, "configs": CONFIGS,
+    settings: dict[str, Any] = {**cfg, "start": START, "samples": SAMPLES, "configs": CONFIGS,
                                 "hidden": HIDDEN, "dropout": DROPOUT, "batch_size": BATCH_SIZE, "lr": LR}
     return StudyResult(NAME, TITLE, answer,
                        results={"labels": labels, "accuracy": {m: acc[m].tolist() for m in METHODS},
