@@ -184,7 +184,7 @@ def _sample_decision(
         new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
         if out is None:
             out = torch.full((cap, b, *new.shape[2:]), math.nan, dtype=new.dtype)
-            tests = DecisionTests(b, new.shape[-1], delta, rule.levels())
+            tests = DecisionTests(b, new.shape[-1], delta, rule.levels(), rule.full_grid)
         assert tests is not None
         out[n:m, active] = new
         used[active] = m

@@ -6,8 +6,9 @@ conformal set, LAC ``{c : p_c >= t}`` or APS/RAPS ``{c : score_c(p) <= q}``.  Wi
 ``mu = E[p_s]``; a row stops when, with probability at least ``1 - delta`` for all rows' passes at once, the
 decisions of ``mu`` are those of its current ``p``.
 
-The evidence.  For each class ``c`` and each level ``m`` of a grid fixed in advance (tenths, 1/2 and the
-rule's thresholds), two test supermartingales over the passes ``X_i = p_{s_i, c}`` in [0, 1]:
+The evidence.  For each class ``c`` and each level ``m`` of a grid fixed in advance (the tenths, or those up to
+1/2 when no APS/RAPS set is asked for, and the rule's thresholds), two test supermartingales over the passes
+``X_i = p_{s_i, c}`` in [0, 1]:
 
     K+_n(m) = prod_i (1 + l_i (X_i - m)),  l_i in [0, 1/m)          (a test of H0: mu_c <= m)
     K-_n(m) = prod_i (1 - l_i (X_i - m)),  l_i in [0, 1/(1 - m))    (a test of H0: mu_c >= m)
@@ -32,7 +33,6 @@ Cost.  No valid test can settle faster than the data allow: a mean of [0, 1] val
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +65,11 @@ class DecisionRule:
     lam: float = 0.0
     k_reg: int = 0
 
+    @property
+    def full_grid(self) -> bool:
+        """Whether the decisions need every tenth (APS/RAPS sets sum several probabilities)."""
+        return self.set_method in ("aps", "raps") and self.set_threshold is not None
+
     def levels(self) -> list[float]:
         """Probability levels the decisions compare with (LAC's ``1 - q``, the confidence threshold)."""
         out = []
@@ -87,13 +92,17 @@ class DecisionTests:
         rows, classes: ``B`` and ``C``.
         delta: the chance that any row's box misses its mean, ever.
         levels: the rule's thresholds (:meth:`DecisionRule.levels`).
+        full_grid: test every tenth; False: the tenths below 1/2 only (enough for a class and thresholds, whose
+            levels are tested themselves; APS/RAPS sets need the whole grid).
     """
 
-    def __init__(self, rows: int, classes: int, delta: float, levels: Sequence[float] = ()) -> None:
+    def __init__(self, rows: int, classes: int, delta: float, levels: Sequence[float] = (),
+                 full_grid: bool = True) -> None:
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta has to be a probability in (0, 1), but got {delta}")
-        extra = sorted({round(m, 12) for m in levels} - set(GRID))
-        grid = [*GRID, *extra]
+        base = GRID if full_grid else tuple(m for m in GRID if m <= 0.5)
+        extra = sorted({round(m, 12) for m in levels} - set(base))
+        grid = [*base, *extra]
         # (level, side, weight): side +1 tests mu > m, -1 tests mu < m
         half = [(0.5, 1, 0.5)]
         thresholds = [(m, side) for m in levels for side in (1, -1)]
@@ -118,17 +127,24 @@ class DecisionTests:
         self.log_capital, self.rejected = self.log_capital[index], self.rejected[index]
 
     def update(self, probs: Tensor) -> None:
-        """Bet on passes ``probs`` of every open row, in order. Shape: ``(S, B, C)``."""
-        for x in probs.double():
-            i = self.n + 1
-            var = (0.25 + self.sq) / i  # sigma^2_{i-1}
-            bet = torch.sqrt(2.0 * self.log_target / (var.unsqueeze(-1) * i * math.log(1.0 + i)))
-            bet = torch.minimum(bet, self.max_bet)
-            self.log_capital += torch.log1p(bet * self.side * (x.unsqueeze(-1) - self.level))
-            self.rejected |= self.log_capital >= self.log_target
-            self.sum += x
-            self.n = i
-            self.sq += (x - (0.5 + self.sum) / (i + 1)) ** 2
+        """Bet on passes ``probs`` of every open row, in order (vectorised over the passes: each bet uses the
+        running mean and variance of the passes before it). Shape: ``(S, B, C)``."""
+        x = probs.double()
+        s = x.shape[0]
+        i = torch.arange(self.n + 1, self.n + s + 1, dtype=torch.float64).view(-1, 1, 1)  # pass numbers
+        total = self.sum + torch.cumsum(x, 0)  # sums up to and including each pass
+        dev = (x - (0.5 + total) / (i + 1)) ** 2
+        sq = self.sq + torch.cumsum(dev, 0) - dev  # before each pass
+        var = ((0.25 + sq) / i).unsqueeze(-1)  # sigma^2_{i-1}
+        scale = (i * torch.log1p(i)).unsqueeze(-1)
+        bet = torch.minimum(torch.sqrt(2.0 * self.log_target / (var * scale)), self.max_bet)
+        steps = torch.log1p(bet * self.side * (x.unsqueeze(-1) - self.level))  # (S, B, C, T)
+        path = self.log_capital + torch.cumsum(steps, 0)
+        self.rejected |= (path >= self.log_target).any(0)
+        self.log_capital = path[-1]
+        self.sum = total[-1]
+        self.sq = self.sq + dev.sum(0)
+        self.n += s
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """Each open row's box ``(L, U)`` for its mean probabilities. Shapes: ``(B, C)``, ``(B, C)``."""

@@ -4,6 +4,8 @@ fixed-n call)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from scipy import stats
@@ -19,7 +21,7 @@ def run_streams(mu: torch.Tensor, delta: float, rule: DecisionRule, cap: int, se
     their mean).  Returns each row's final mean probabilities and passes used."""
     gen = torch.Generator().manual_seed(seed)
     b, c = mu.shape
-    tests = DecisionTests(b, c, delta, rule.levels())
+    tests = DecisionTests(b, c, delta, rule.levels(), rule.full_grid)
     sums = torch.zeros(b, c, dtype=torch.float64)
     final = torch.zeros(b, c, dtype=torch.float64)
     used = torch.full((b,), cap)
@@ -85,6 +87,27 @@ def test_a_confident_row_settles_in_about_log2_of_classes_over_delta_passes():
     mu = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
     _, used = run_streams(mu, 1e-3, DecisionRule(), cap=2000, seed=2)
     assert 12 <= int(used) <= 18  # log2(2 C / delta) = 12.6 passes at best; rounds of 8, 10, 12, 15, 18
+
+
+def test_vectorised_update_equals_a_loop_over_passes():
+    """The bets of Waudby-Smith & Ramdas's predictable plug-in, pass by pass, against the vectorised update."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((30, 4, 3), generator=gen, dtype=torch.float64).softmax(-1)
+    tests = DecisionTests(4, 3, 0.01, [0.7])
+    tests.update(x[:11])
+    tests.update(x[11:])
+    log_k = torch.zeros_like(tests.log_capital)
+    rejected = torch.zeros_like(tests.rejected)
+    total, sq = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64)
+    for i in range(1, 31):
+        var = ((0.25 + sq) / i).unsqueeze(-1)
+        bet = torch.minimum(torch.sqrt(2 * tests.log_target / (var * i * math.log(1 + i))), tests.max_bet)
+        log_k = log_k + torch.log1p(bet * tests.side * (x[i - 1].unsqueeze(-1) - tests.level))
+        rejected |= log_k >= tests.log_target
+        total = total + x[i - 1]
+        sq = sq + (x[i - 1] - (0.5 + total) / (i + 1)) ** 2
+    torch.testing.assert_close(tests.log_capital, log_k)
+    assert torch.equal(tests.rejected, rejected)
 
 
 def test_delta_out_of_range_is_refused():
