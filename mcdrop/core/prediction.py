@@ -191,8 +191,7 @@ def _sample_decision(
         n = m
         tests.update(torch.softmax(new.double(), -1))
         lower, upper = tests.bounds()
-        mean = torch.softmax(out[:n, active].double(), -1).mean(0)
-        done = settled(mean, lower, upper, rule.select(active))
+        done = settled(tests.mean, lower, upper, rule.select(active))
         active = active[~done]
         tests.select(torch.nonzero(~done).squeeze(1))
     assert out is not None

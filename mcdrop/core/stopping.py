@@ -114,6 +114,7 @@ class DecisionTests:
         self.side = torch.tensor([t[1] for t in tests], dtype=torch.float64)
         alpha = torch.tensor([delta * t[2] / classes for t in tests], dtype=torch.float64)
         self.log_target = torch.log(1.0 / alpha)  # (T,)
+        self.root_target = torch.sqrt(self.log_target)
         self.max_bet = CAP / torch.where(self.side > 0, self.level, 1.0 - self.level)  # (T,)
         self.n = 0
         self.sum = torch.zeros((rows, classes), dtype=torch.float64)
@@ -135,9 +136,8 @@ class DecisionTests:
         total = self.sum + torch.cumsum(x, 0)  # sums up to and including each pass
         dev = (x - (0.5 + total) / (i + 1)) ** 2
         sq = self.sq + torch.cumsum(dev, 0) - dev  # before each pass
-        var = ((0.25 + sq) / i).unsqueeze(-1)  # sigma^2_{i-1}
-        scale = (i * torch.log1p(i)).unsqueeze(-1)
-        bet = torch.minimum(torch.sqrt(2.0 * self.log_target / (var * scale)), self.max_bet)
+        root = torch.sqrt(2.0 / ((0.25 + sq) * torch.log1p(i))).unsqueeze(-1)  # sqrt(2 / (sigma^2_{i-1} i log(1+i)))
+        bet = torch.minimum(root * self.root_target, self.max_bet)
         steps = torch.log1p(bet * self.side * (x.unsqueeze(-1) - self.level))  # (S, B, C, T)
         path = self.log_capital + torch.cumsum(steps, 0)
         self.rejected |= (path >= self.log_target).any(0)
@@ -145,6 +145,11 @@ class DecisionTests:
         self.sum = total[-1]
         self.sq = self.sq + dev.sum(0)
         self.n += s
+
+    @property
+    def mean(self) -> Tensor:
+        """Each open row's mean of the passes so far. Shape: ``(B, C)``."""
+        return self.sum / max(self.n, 1)
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """Each open row's box ``(L, U)`` for its mean probabilities. Shapes: ``(B, C)``, ``(B, C)``."""
