@@ -193,7 +193,8 @@ class RequestOptions(BaseModel):
     stop: Literal["decision", "class"] | None = Field(
         None, description="stop each row when its decisions will not change with more passes, with probability at "
                           "least 1 - delta: 'decision' settles the class, the conformal set and the abstention, 'class' "
-                          "the class only; rounds start at 8 passes, max_samples caps them (classifiers, mc mode)")
+                          "the class only; regression ('decision'): both interval ends known within 5% of the width "
+                          "(a normal approximation); rounds start at 8 passes, max_samples caps them (mc mode)")
     delta: float = Field(1e-3, gt=0, lt=1, description="stop's risk: the chance that a row's settled decisions differ "
                                                        "from those of infinitely many passes")
     level: float = Field(DEFAULT_LEVEL, gt=0, lt=1, description="central prediction-interval level (regression)")

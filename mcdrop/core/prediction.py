@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mcdrop.core import uncertainty as U
 from mcdrop.core.engine import MCEngine
-from mcdrop.core.stopping import DecisionRule, DecisionTests, next_round, settled
+from mcdrop.core.stopping import DecisionRule, DecisionTests, interval_settled, next_round, settled
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, MIN_ADAPTIVE_SAMPLES, Mode, Task, new_seed
 
 __all__ = ["Prediction", "model_task", "predict"]
@@ -101,8 +101,9 @@ def predict(
             mode they cost one extra deterministic pass.
         cancelled: see :meth:`MCEngine.sample`.
         consistent: one network per pass for every row (see :meth:`MCEngine.sample`); fixed N only.
-        stop: ``"decision"``: stop each row when its decisions are settled, ``"class"``: its class (classifiers;
-            ``tolerance`` None);
+        stop: ``"decision"``: stop each row when its decisions are settled (regression: when both interval ends
+            are known within 5% of the width, :func:`~mcdrop.core.stopping.interval_settled`), ``"class"``: its class
+            (``tolerance`` None);
             rounds start at ``MIN_ADAPTIVE_SAMPLES`` passes, ``max_samples`` caps them (default
             ``DEFAULT_MAX_SAMPLES``).
         delta: decision stopping's risk: the chance that any row's decisions differ from those of its mean.
@@ -128,11 +129,16 @@ def predict(
         if tolerance is not None or consistent:
             raise ValueError("stop='decision' decides the number of passes itself: tolerance has to be None and "
                              "consistent False")
-        if task is not Task.CLASSIFICATION:
-            raise ValueError(f"stop='decision' settles a classifier's decisions, but the task is {task.value}")
+        if task is not Task.CLASSIFICATION and stop == "class":
+            raise ValueError(f"stop='class' settles a classifier's class, but the task is {task.value}")
         cap = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
         if cap < 1:
             raise ValueError(f"max_samples has to be a positive number of passes, but got {cap}")
+        if task is not Task.CLASSIFICATION:
+            samples, used = _sample_interval(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, seed, rows, task,
+                                             tau, level, cancelled)
+            return Prediction(mode, _summarize_used(samples, used, task, tau, level, x.shape[0]), seed,
+                              samples if return_samples else None, captured)
         rule = rule if rule is not None and stop == "decision" else DecisionRule()
         samples, used = _sample_decision(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, rule, seed, rows,
                                          cancelled)
@@ -163,6 +169,40 @@ def _summarize_used(samples: Tensor, used: Tensor, task: Task, tau: float | None
         idx = torch.nonzero(used == n).squeeze(1)
         parts.append((idx, U.summarize(samples[:n, idx], task, tau=tau, level=level)))
     return _merge(parts, b)
+
+
+def _sample_interval(
+    engine: MCEngine, x: Tensor, first: int, cap: int, delta: float, seed: int | Tensor, rows: Tensor | None, task: Task,
+    tau: float | None, level: float, cancelled: Callable[[], bool] | None,
+) -> tuple[Tensor, Tensor]:
+    """Regression: rounds of passes of the open rows until both interval ends are known within
+    :data:`~mcdrop.core.stopping.INTERVAL_FRACTION` of the width (or the cap); NaN beyond."""
+    b = x.shape[0]
+    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
+    out: Tensor | None = None
+    used = torch.zeros(b, dtype=torch.int64)
+    active = torch.arange(b)
+    n = 0
+    while active.numel() and n < cap:
+        m = first if n == 0 else next_round(n, cap)
+        index = active.to(x.device)
+        row_seed = seed[active] if isinstance(seed, Tensor) else seed
+        new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
+        if out is None:
+            out = torch.full((cap, b, *new.shape[2:]), math.nan, dtype=new.dtype)
+        out[n:m, active] = new
+        used[active] = m
+        n = m
+        part = out[:n, active]
+        if task is Task.HOMOSCEDASTIC:
+            if tau is None or not tau > 0:
+                raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
+            done = interval_settled(part, 1.0 / tau, level, delta)
+        else:
+            done = interval_settled(part[..., 0], part[..., 1].exp(), level, delta)
+        active = active[~done]
+    assert out is not None
+    return out, used
 
 
 def _sample_decision(

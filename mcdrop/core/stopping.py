@@ -33,14 +33,20 @@ Cost.  No valid test can settle faster than the data allow: a mean of [0, 1] val
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
 
-__all__ = ["DecisionRule", "DecisionTests", "next_round", "settled"]
+from mcdrop.core.uncertainty import mixture_interval
 
+__all__ = ["INTERVAL_FRACTION", "DecisionRule", "DecisionTests", "interval_settled", "next_round", "settled"]
+
+INTERVAL_FRACTION = 0.05
+"""Regression: a row stops when each end of its prediction interval is known within this share of its width."""
 CAP = 0.95
 """Bets use at most this share of their range (a single pass at the far end keeps 5% of the capital)."""
 GRID = tuple(j / 10 for j in range(1, 10))
@@ -204,3 +210,31 @@ def next_round(n: int, cap: int) -> int:
     """Passes after the round that follows ``n``: a quarter more (at least 2), at most ``cap``: 8, 10, 12, 15, 18,
     22, 27, ..."""
     return min(cap, n + max(2, n // 4))
+
+
+def interval_settled(means: Tensor, variances: Tensor | float, level: float, delta: float,
+                     fraction: float = INTERVAL_FRACTION) -> Tensor:
+    """Regression: whether both ends of each row's central interval of ``(1/S) sum_s N(mu_s, sigma_s^2)`` are known
+    within ``fraction`` of its width, ``z_{1 - delta/4} se(q) <= fraction (high - low)`` for each end ``q``.
+
+    An end solves ``G(q) = mean_s F_s(q) = a`` with ``F_s`` the CDF of pass ``s``; by the delta method its Monte
+    Carlo standard error is ``se(q) = sd_s(F_s(q)) / (sqrt(S) g(q))``, ``g`` the mixture's density.  A normal
+    approximation, not an anytime-valid bound (the passes' outputs are unbounded).
+
+    Shapes: means ``(S, B)``, variances ``(S, B)`` or a number -> ``(B,)`` bool.
+    """
+    s = means.shape[0]
+    if s < 2:
+        return torch.zeros(means.shape[1], dtype=torch.bool)
+    mu = means.double()
+    var = torch.as_tensor(variances, dtype=torch.float64).expand_as(mu)
+    sd = var.clamp_min(1e-300).sqrt()
+    low, high = mixture_interval(mu, var, level)
+    z = NormalDist().inv_cdf(1.0 - delta / 4.0)
+    done = torch.ones(means.shape[1], dtype=torch.bool)
+    for q in (low, high):
+        u = (q.double() - mu) / sd
+        density = (torch.exp(-0.5 * u * u) / (math.sqrt(2.0 * math.pi) * sd)).mean(0)
+        se = torch.special.ndtr(u).std(0, correction=1) / (math.sqrt(s) * density.clamp_min(1e-300))
+        done &= z * se <= fraction * (high - low).double()
+    return done

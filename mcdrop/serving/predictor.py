@@ -148,9 +148,9 @@ class Predictor:
             if options.max_samples is not None and options.max_samples > cap:
                 raise InvalidRequest(f"max_samples is {options.max_samples}, but this server allows at most {cap}",
                                      "max_samples")
-        if options.stop is not None and served.card.task is not Task.CLASSIFICATION:
-            raise InvalidRequest(f"stop settles a classifier's decisions, but model {served.card.name!r} is a "
-                                 f"{served.card.task.value} model (use tolerance)", "stop")
+        if options.stop == "class" and served.card.task is not Task.CLASSIFICATION:
+            raise InvalidRequest(f"stop='class' settles a classifier's class, but model {served.card.name!r} is a "
+                                 f"{served.card.task.value} model (use stop='decision')", "stop")
         calibration = served.calibration
         asks = {"coverage": options.coverage, "selective_risk": options.selective_risk,
                 "selective_coverage": options.selective_coverage}

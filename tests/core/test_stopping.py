@@ -142,10 +142,29 @@ def test_predict_settled_classes_agree_with_many_passes():
     assert wrong <= binomial_bound(200, 0.01 + 0.01)  # delta, plus the reference's own rare errors near ties
 
 
-def test_predict_refuses_stop_for_regression_and_with_tolerance():
+def test_predict_refuses_stop_class_for_regression_and_stop_with_tolerance():
     torch.manual_seed(0)
     reg = MCEngine(DropoutMLP(3, [8], 1, dropout=0.2, head="homoscedastic", tau=1.0))
-    with pytest.raises(ValueError, match="settles a classifier"):
-        predict(reg, torch.randn(2, 3), stop="decision", seed=0)
+    with pytest.raises(ValueError, match="settles a classifier's class"):
+        predict(reg, torch.randn(2, 3), stop="class", seed=0)
     with pytest.raises(ValueError, match="tolerance has to be None"):
         predict(MCEngine(mlp()), torch.randn(2, 6), stop="decision", tolerance=0.1, seed=0)
+
+
+@pytest.mark.parametrize("head", ["homoscedastic", "heteroscedastic"])
+def test_regression_stops_when_the_interval_ends_are_known_within_a_fraction_of_the_width(head):
+    """The ends at a row's stopping N lie within 5% of the width of those of 20,000 passes on most rows (the rule is
+    a normal approximation at delta = 0.05 per row: allow 3 delta)."""
+    torch.manual_seed(1)
+    model = DropoutMLP(3, [32], 1, dropout=0.3, head=head, tau=4.0 if head == "homoscedastic" else None)
+    engine = MCEngine(model)
+    x = torch.randn(120, 3) * 2
+    got = predict(engine, x, stop="decision", delta=0.05, max_samples=2000, seed=2)
+    n = got.summary.n_samples
+    assert n.min() >= 8 and len(torch.unique(n)) > 1
+    ref = predict(engine, x, n_samples=20000, seed=7).summary
+    width = ref.interval_high - ref.interval_low
+    off = torch.maximum((got.summary.interval_low - ref.interval_low).abs(),
+                        (got.summary.interval_high - ref.interval_high).abs())
+    bad = int(((off > 0.05 * width) & (n < 2000)).sum())
+    assert bad <= binomial_bound(120, 3 * 0.05)

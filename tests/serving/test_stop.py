@@ -60,7 +60,10 @@ def test_bad_stop_requests(predictor, models):
     with pytest.raises(InvalidRequest, match="stop applies to mc mode"):
         predictor.predict_array(x, stop="decision", mode="deterministic")
     with pytest.raises(InvalidRequest, match="is a homoscedastic model"):
-        predictor.predict_array(np.zeros((2, 3)), stop="decision", model="tiny-reg")
+        predictor.predict_array(np.zeros((2, 3)), stop="class", model="tiny-reg")
+    reg = predictor.predict_array(np.random.default_rng(0).normal(size=(5, 3)), stop="decision", model="tiny-reg",
+                                  max_samples=100)
+    assert reg.n_samples.min() >= 8 and reg.n_samples.max() <= 100
     tight = Predictor([str(models["tiny-calibrated"])], limits=Limits(max_cost=1000.0))
     with pytest.raises(TooLarge, match="max_samples"):  # the budget counts the cap
         tight.predict_array(x, stop="class", max_samples=2000)
