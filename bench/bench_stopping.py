@@ -7,6 +7,8 @@ so a row's first n passes are the same in every run.  For each configuration: me
 the rows whose decisions differ from those of fixed N = 2000: the class, the abstention (the card's default
 risk), the 90% LAC conformal set.  ``stop=class`` settles the class only; ``stop=decision`` the class and the
 abstention and the 90% LAC set.
+3. ``--service``: a real server (``bentoml serve`` of the bundled model), the test set in requests of 1,000 rows
+(.npy bodies, one at a time), rows/s of fixed N = 50 and of ``stop=class`` (cap 50), median of ``--repeats``.
 2. ``--score``: ``mcdrop score`` end to end on the test set's IDX file (10,000 images, read, scored, written to
 CSV), wall-clock seconds of fixed N = 50 and of the stopping runs, median of ``--repeats``.
 """
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000)
     parser.add_argument("--score", action="store_true", help="only section 2: mcdrop score end to end")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--service", action="store_true", help="only section 3: through a real server")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default="/work/shared/data")
@@ -60,6 +63,9 @@ def main() -> None:
     print(f"# {cpu}, {args.threads} threads, {len(x)} Fashion-MNIST test rows, seed {args.seed}")
     if args.score:
         score_section(args)
+        return
+    if args.service:
+        service_section(args, x)
         return
     ref, ref_s = run(predictor, x, n_samples=2000, seed=args.seed)
     configs = [("fixed N=50", {"n_samples": 50}),
@@ -110,6 +116,30 @@ def score_section(args: argparse.Namespace) -> None:
             base = base or seconds
             print(f"| {name} | {seconds:.2f} | {len(rows) / seconds:.0f} | {base / seconds:.2f}x | {passes:.1f} |",
                   flush=True)
+
+
+def service_section(args: argparse.Namespace, x: np.ndarray) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mcdrop.client import Client
+    from tests.server import running_server
+
+    runs = {"fixed N=50": {"n_samples": 50}, "stop=class, cap 50": {"stop": "class", "max_samples": 50},
+            "stop=class, cap 50, delta 0.01": {"stop": "class", "max_samples": 50, "delta": 0.01}}
+    print("| service, 1,000-row .npy requests | seconds (median) | rows/s | vs fixed N=50 | mean passes |")
+    print("|---|---|---|---|---|")
+    with running_server({"MCDROP_MAX_ROWS": "1000"}) as url, Client(url, timeout=300) as client:
+        client.predict(x[:10], n_samples=2, seed=0)
+        base = None
+        for name, options in runs.items():
+            times, passes = [], 0.0
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                result = client.predict(x, seed=args.seed, **options)
+                times.append(time.perf_counter() - start)
+                passes = float(result.n_samples.mean())
+            seconds = statistics.median(times)
+            base = base or seconds
+            print(f"| {name} | {seconds:.2f} | {len(x) / seconds:.0f} | {base / seconds:.2f}x | {passes:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ a row that stops keeps its first N samples, so its answer equals a fixed-N call 
 first round has at least :data:`~mcdrop.request.MIN_ADAPTIVE_SAMPLES` passes: the standard error estimated
 from fewer cannot tell whether the tolerance is met.
 
-Decision-based stopping (``stop="decision"``, classifiers) draws rounds of passes (8, then a quarter more each
-round, at least 2, up to the cap) and stops a row once anytime-valid tests say its decisions (class, and the ``rule``'s
+Decision-based stopping (``stop="decision"``, classifiers) draws rounds of passes (8, 16, 24, 36, ...: half as many
+more each round, up to the cap) and stops a row once anytime-valid tests say its decisions (class, and the ``rule``'s
 abstention and conformal set) are those of infinitely many passes, with probability at least ``1 - delta``
 (:mod:`mcdrop.core.stopping`).  Only open rows are sampled in a round; a row's first ``n`` passes are the same
 whatever the rule, so a row that stops at ``n`` answers as a fixed-``n`` call with the same seed.

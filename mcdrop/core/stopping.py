@@ -207,9 +207,9 @@ def _aps_settled(lo: Tensor, hi: Tensor, rule: DecisionRule) -> Tensor:
 
 
 def next_round(n: int, cap: int) -> int:
-    """Passes after the round that follows ``n``: a quarter more (at least 2), at most ``cap``: 8, 10, 12, 15, 18,
-    22, 27, ..."""
-    return min(cap, n + max(2, n // 4))
+    """Passes after the round that follows ``n``: half as many more (at least 8), at most ``cap``: 8, 16, 24, 36,
+    54, 81, ...  Fewer, larger rounds cost a few passes per row but fewer engine calls (each with a fixed cost)."""
+    return min(cap, n + max(8, n // 2))
 
 
 def interval_settled(means: Tensor, variances: Tensor | float, level: float, delta: float,
