@@ -3,7 +3,8 @@
 POOL is read in chunks (CSV, Parquet, .npy, .npz or IDX, as ``mcdrop score`` reads); every chunk gets
 ``--samples`` MC passes with consistent masks (one network per pass for the whole pool), so the answer does
 not depend on --batch-size.  bald, entropy and margin keep a running top K (memory stays flat); batchbald
-keeps the pool's class probabilities (samples x rows x classes float32) and selects greedily at the end;
+keeps the pool's class probabilities (samples x rows x classes float32) and selects greedily at the end, at
+a cost per pick of up to 1,000 label configurations x samples x rows x classes (subsample a large pool first);
 random runs no passes.  With --url the pool is sent to a running service's ``POST /acquire`` in one request.
 Output: CSV ``rank,row,score`` (row: the row number in POOL) to OUTPUT or standard output.
 
