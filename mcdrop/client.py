@@ -44,7 +44,15 @@ from pydantic import ValidationError
 from mcdrop import wire
 from mcdrop.inputs import to_model_range
 from mcdrop.request import Mode, new_seed
-from mcdrop.schemas import Limits, ModelsResponse, PredictRequest, PredictResponse, PredictResult
+from mcdrop.schemas import (
+    AcquireRequest,
+    AcquireResponse,
+    Limits,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    PredictResult,
+)
 
 __all__ = ["APIError", "AsyncClient", "Client", "ClientError", "RequestTimeout", "ResponseError", "UnavailableError"]
 
@@ -124,6 +132,21 @@ def build_request(inputs: Any, options: dict[str, Any]) -> tuple[PredictRequest,
     if request.mode is Mode.MC and request.seed is None:
         request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
     return request, is_array
+
+
+def acquire_body(inputs: Any, k: int, options: dict[str, Any]) -> bytes:
+    """The JSON body of ``POST /acquire`` (checked by the shared schema; a seed drawn if none is given)."""
+    array, _ = _as_array(inputs)
+    fields = {k_: v for k_, v in options.items() if v is not None}
+    fields.setdefault("seed", new_seed())
+    try:
+        request = AcquireRequest.model_validate({"inputs": array, "k": k, **fields}, strict=False)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        message = str(first.get("msg", "invalid"))
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from err
+    return _json_body(request)  # type: ignore[arg-type]
 
 
 def _json_body(request: PredictRequest) -> bytes:
@@ -341,6 +364,14 @@ class Client(_Base):
         parts = [call.read(self._send("POST", "/predict", deadline, **call.http_args(part))) for part in call.slices]
         return PredictResult.concat(parts)
 
+    def acquire(self, pool: Any, k: int, *, method: str = "bald", **options: Any) -> AcquireResponse:
+        """The ``k`` rows of ``pool`` to label next by ``method`` (bald, batchbald, entropy, margin, random), best
+        first (``POST /acquire``, one request: the pool must fit the server's limits).  Options: ``model``,
+        ``n_samples``, ``seed``."""
+        body = acquire_body(pool, k, {"method": method, **options})
+        response = self._send("POST", "/acquire", content=body, headers={"content-type": "application/json"})
+        return AcquireResponse.model_validate_json(response.content)
+
 
 class AsyncClient(_Base):
     """Asyncio client with the methods of :class:`Client`; the slices of a large input go out concurrently
@@ -406,3 +437,9 @@ class AsyncClient(_Base):
                 return call.read(await self._send("POST", "/predict", deadline, **call.http_args(part)))
 
         return PredictResult.concat(list(await asyncio.gather(*(one(p) for p in call.slices))))
+
+    async def acquire(self, pool: Any, k: int, *, method: str = "bald", **options: Any) -> AcquireResponse:
+        """See :meth:`Client.acquire`."""
+        body = acquire_body(pool, k, {"method": method, **options})
+        response = await self._send("POST", "/acquire", content=body, headers={"content-type": "application/json"})
+        return AcquireResponse.model_validate_json(response.content)

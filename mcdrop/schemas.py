@@ -19,7 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -41,6 +43,9 @@ from mcdrop.request import (
 __all__ = [
     "FLOAT32_MAX",
     "AbstainReason",
+    "AcquireMethod",
+    "AcquireRequest",
+    "AcquireResponse",
     "ClassificationPrediction",
     "ErrorResponse",
     "Limits",
@@ -186,6 +191,13 @@ class RequestOptions(BaseModel):
                     f"{MIN_ADAPTIVE_SAMPLES} passes)")
     max_samples: int | None = Field(None, ge=1, le=1_000_000, description=f"adaptive sampling cap; at least n_samples "
                                     f"(with tolerance: at least max(n_samples, {MIN_ADAPTIVE_SAMPLES})), else 400")
+    stop: Literal["decision", "class"] | None = Field(
+        None, description="stop each row when its decisions will not change with more passes, with probability at "
+                          "least 1 - delta: 'decision' settles the class, the conformal set and the abstention, 'class' "
+                          "the class only; regression ('decision'): both interval ends known within 5% of the width "
+                          "(a normal approximation); rounds start at 8 passes, max_samples caps them (mc mode)")
+    delta: float = Field(1e-3, gt=0, lt=1, description="stop's risk: the chance that a row's settled decisions differ "
+                                                       "from those of infinitely many passes")
     level: float = Field(DEFAULT_LEVEL, gt=0, lt=1, description="central prediction-interval level (regression)")
     coverage: float | None = Field(None, gt=0, lt=1, description="conformal prediction sets (classification) or "
                                                                  "intervals (regression) with this coverage")
@@ -200,7 +212,13 @@ class RequestOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RequestOptions:
-        if self.max_samples is not None:
+        if self.stop is not None:
+            if self.mode is not Mode.MC or self.tolerance is not None:
+                raise PydanticCustomError("stop", "stop applies to mc mode without tolerance", {})
+            if self.n_samples != DEFAULT_N_SAMPLES:
+                raise PydanticCustomError("n_samples", "n_samples applies to fixed N; with stop, rounds start at {first} "
+                                          "passes and max_samples caps them", {"first": MIN_ADAPTIVE_SAMPLES})
+        if self.max_samples is not None and self.stop is None:
             first = max(self.n_samples, MIN_ADAPTIVE_SAMPLES) if self.tolerance is not None else self.n_samples
             if self.max_samples < first:
                 raise PydanticCustomError("max_samples", "max_samples ({m}) must be at least {what} ({first})",
@@ -527,3 +545,51 @@ class ModelsResponse(BaseModel):
             if card.name == name:
                 return card
         raise KeyError(f"unknown model {name!r}: the server serves {', '.join(c.name for c in self.models)}")
+
+
+# ------------------------------------------------------------------------------------------------ acquisition
+
+AcquireMethod = Literal["bald", "batchbald", "entropy", "margin", "random"]
+
+
+class AcquireRequest(BaseModel):
+    """A pool of unlabelled inputs and how many of them to label next (``POST /acquire``).
+
+    The MC passes use consistent masks (one network per pass for every row), so a row's score does not depend
+    on its position in the pool and BatchBALD's joint entropy is that of one network applied to the pool.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=(), arbitrary_types_allowed=True,
+                              json_schema_extra=_openapi30_bounds)
+
+    model: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH,
+                              description="name of a served classifier; default: the default model")
+    method: AcquireMethod = Field("bald", description="bald, batchbald (greedy, joint), entropy, margin or random")
+    n_samples: int = Field(DEFAULT_N_SAMPLES, ge=1, le=1_000_000, description="MC passes (consistent masks)")
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="seed of the masks (and of random / sampled "
+                                                                  "configurations); none: drawn and returned")
+    inputs: Inputs
+    k: int = Field(ge=1, le=1_000_000, description="how many pool rows to return, best first")
+
+    @field_validator("k")
+    @classmethod
+    def _k_fits(cls, k: int, info: ValidationInfo) -> int:
+        inputs = info.data.get("inputs")
+        if inputs is not None and k > len(inputs):
+            raise PydanticCustomError("k_too_large", "k ({k}) must be at most the pool's {rows} rows",
+                                      {"k": k, "rows": len(inputs)})
+        return k
+
+
+class AcquireResponse(BaseModel):
+    """The ``k`` pool rows to label next, best first, with their scores (BatchBALD: the batch's value so far)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    model_version: str
+    method: AcquireMethod
+    seed: int
+    n_samples: int
+    indices: list[int]
+    scores: list[float]

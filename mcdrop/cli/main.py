@@ -12,11 +12,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from mcdrop.cli import bench, calibrate, evaluate, report, score, serve, study, train
+from mcdrop.cli import acquire, bench, calibrate, evaluate, report, score, serve, study, train
 from mcdrop.cli.common import CLIError
 
 COMMANDS = {"score": score, "train": train, "evaluate": evaluate, "report": report, "bench": bench, "serve": serve,
-            "study": study, "calibrate": calibrate}
+            "study": study, "calibrate": calibrate, "acquire": acquire}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,10 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="seed of the dropout masks (default: random, logged)")
     p.add_argument("--tolerance", type=float, metavar="TOL",
                    help="adaptive sampling: double N until the MC standard error is at most TOL")
+    p.add_argument("--stop", choices=["decision", "class"],
+                   help="stop each row when its decisions (decision: class, set, abstention; class: the class) will not "
+                        "change with more passes, with probability 1 - DELTA; --max-samples caps the passes")
+    p.add_argument("--delta", type=float, metavar="DELTA", help="--stop's risk (default 0.001)")
     p.add_argument("--max-samples", type=int, metavar="N",
                    help=f"cap of adaptive sampling (default {DEFAULT_MAX_SAMPLES}, or the server's limit)")
     p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
@@ -95,7 +99,8 @@ def add_parser(sub: Any, name: str) -> None:
 
 _FLAGS = {"n_samples": "--samples", "max_samples": "--max-samples", "tolerance": "--tolerance", "seed": "--seed",
           "level": "--level", "mode": "--mode", "coverage": "--coverage", "set_method": "--set-method",
-          "selective_risk": "--selective-risk", "selective_coverage": "--selective-coverage", "model": "--model"}
+          "selective_risk": "--selective-risk", "selective_coverage": "--selective-coverage", "model": "--model",
+          "stop": "--stop", "delta": "--delta"}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

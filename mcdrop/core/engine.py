@@ -6,7 +6,10 @@ Conventions, used throughout mcdrop:
 * **Explicit randomness.**  Randomness enters only through ``seed`` (an int, or one per row); the global
   torch RNG is never touched.  A row's masks are a function of (seed, row position in its request, sample
   index, dropout layer) alone (:mod:`mcdrop.core.rng`), never of the other rows in the batch or of the chunk
-  size.
+  size.  In the **consistent** mode (``sample(..., consistent=True)``) every row takes row position 0, so a
+  pass's masks depend on (seed, sample index, layer) alone: the ``S`` passes are ``S`` networks, each applied
+  to every row of the pool (the joint samples BatchBALD needs); each row's own samples are distributed as in
+  the default mode.
 * **Reproducible.**  The same call on the same machine is bit-identical.  Other batch compositions, chunk
   sizes, thread counts or CPUs give the same masks but may round the float32 sums differently: outputs
   agree within 1e-5 of the row's largest output, probabilities and entropies within 1e-5 absolute (README,
@@ -336,6 +339,7 @@ class MCEngine:
         rows: Tensor | None = None,
         first_sample: int = 0,
         cancelled: Callable[[], bool] | None = None,
+        consistent: bool = False,
     ) -> Tensor:
         """``n_samples`` stochastic forward passes of every row of ``x``.
 
@@ -347,6 +351,7 @@ class MCEngine:
             rows: each input's row position for the masks, default ``0..B-1``. Shape: ``(B,)``.
             first_sample: index of the first sample (samples ``first_sample .. first_sample + S - 1``).
             cancelled: checked before every chunk; when it returns True, :class:`SamplingCancelled` is raised.
+            consistent: one network per pass for all rows (every row at position 0; ``rows`` must be None).
 
         Returns:
             model outputs. Shape: ``(S, B, ...)``.
@@ -354,6 +359,10 @@ class MCEngine:
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples has to be a positive int, but got {n_samples!r}")
         b = x.shape[0]
+        if consistent and rows is not None:
+            raise ValueError("consistent=True gives every row position 0, so rows has to be None")
+        if consistent:
+            rows = torch.zeros(b, dtype=torch.int64, device=x.device)
         rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device, torch.int64)
         if rows.shape != (b,):
             raise ValueError(f"rows needs one position per input row, shape ({b},), but got {tuple(rows.shape)}")

@@ -8,6 +8,12 @@ main estimate (:func:`~mcdrop.core.uncertainty.main_stderr`) is at most ``tolera
 a row that stops keeps its first N samples, so its answer equals a fixed-N call with the same seed.  The
 first round has at least :data:`~mcdrop.request.MIN_ADAPTIVE_SAMPLES` passes: the standard error estimated
 from fewer cannot tell whether the tolerance is met.
+
+Decision-based stopping (``stop="decision"``, classifiers) draws rounds of passes (8, 16, 24, 36, ...: half as many
+more each round, up to the cap) and stops a row once anytime-valid tests say its decisions (class, and the ``rule``'s
+abstention and conformal set) are those of infinitely many passes, with probability at least ``1 - delta``
+(:mod:`mcdrop.core.stopping`).  Only open rows are sampled in a round; a row's first ``n`` passes are the same
+whatever the rule, so a row that stops at ``n`` answers as a fixed-``n`` call with the same seed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import Tensor, nn
 
 from mcdrop.core import uncertainty as U
 from mcdrop.core.engine import MCEngine
+from mcdrop.core.stopping import DecisionRule, DecisionTests, interval_settled, next_round, settled
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, MIN_ADAPTIVE_SAMPLES, Mode, Task, new_seed
 
 __all__ = ["Prediction", "model_task", "predict"]
@@ -71,6 +78,10 @@ def predict(
     return_samples: bool = False,
     features: Sequence[str] = (),
     cancelled: Callable[[], bool] | None = None,
+    consistent: bool = False,
+    stop: str | None = None,
+    delta: float = 1e-3,
+    rule: DecisionRule | None = None,
 ) -> Prediction:
     """Predictions with uncertainty for every row of ``x``.
 
@@ -89,6 +100,14 @@ def predict(
         features: names of modules whose deterministic outputs to return (e.g. for an OOD density); in MC
             mode they cost one extra deterministic pass.
         cancelled: see :meth:`MCEngine.sample`.
+        consistent: one network per pass for every row (see :meth:`MCEngine.sample`); fixed N only.
+        stop: ``"decision"``: stop each row when its decisions are settled (regression: when both interval ends
+            are known within 5% of the width, :func:`~mcdrop.core.stopping.interval_settled`), ``"class"``: its class
+            (``tolerance`` None);
+            rounds start at ``MIN_ADAPTIVE_SAMPLES`` passes, ``max_samples`` caps them (default
+            ``DEFAULT_MAX_SAMPLES``).
+        delta: decision stopping's risk: the chance that any row's decisions differ from those of its mean.
+        rule: the decisions besides the class (abstention threshold, conformal set); default: the class only.
     """
     mode = Mode(mode)
     inferred_task, inferred_tau = model_task(engine.model)
@@ -104,8 +123,31 @@ def predict(
         return Prediction(mode, summary, None, out if return_samples else None, captured if features else None)
     captured = _cpu(engine.deterministic_features(x, features)[1]) if features else None
     seed = new_seed() if seed is None else seed
+    if stop is not None:
+        if stop not in ("decision", "class"):
+            raise ValueError(f"stop has to be 'decision', 'class' or None, but got {stop!r}")
+        if tolerance is not None or consistent:
+            raise ValueError("stop='decision' decides the number of passes itself: tolerance has to be None and "
+                             "consistent False")
+        if task is not Task.CLASSIFICATION and stop == "class":
+            raise ValueError(f"stop='class' settles a classifier's class, but the task is {task.value}")
+        cap = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
+        if cap < 1:
+            raise ValueError(f"max_samples has to be a positive number of passes, but got {cap}")
+        if task is not Task.CLASSIFICATION:
+            samples, used = _sample_interval(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, seed, rows, task,
+                                             tau, level, cancelled)
+            return Prediction(mode, _summarize_used(samples, used, task, tau, level, x.shape[0]), seed,
+                              samples if return_samples else None, captured)
+        rule = rule if rule is not None and stop == "decision" else DecisionRule()
+        samples, used = _sample_decision(engine, x, min(MIN_ADAPTIVE_SAMPLES, cap), cap, delta, rule, seed, rows,
+                                         cancelled)
+        return Prediction(mode, _summarize_used(samples, used, task, tau, level, x.shape[0]), seed,
+                          samples if return_samples else None, captured)
+    if consistent and tolerance is not None:
+        raise ValueError("consistent masks are for fixed n_samples; tolerance has to be None")
     if tolerance is None:
-        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled).cpu()
+        samples = engine.sample(x, n_samples, seed=seed, rows=rows, cancelled=cancelled, consistent=consistent).cpu()
         return Prediction(mode, U.summarize(samples, task, tau=tau, level=level), seed,
                           samples if return_samples else None, captured)
     if not tolerance > 0:
@@ -116,11 +158,84 @@ def predict(
         raise ValueError(f"max_samples ({cap}) has to be at least the first round of adaptive sampling ({first} = "
                          f"max(n_samples, {MIN_ADAPTIVE_SAMPLES}))")
     samples, used = _sample_adaptive(engine, x, first, cap, tolerance, seed, rows, task, cancelled)
+    return Prediction(mode, _summarize_used(samples, used, task, tau, level, x.shape[0]), seed,
+                      samples if return_samples else None, captured)
+
+
+def _summarize_used(samples: Tensor, used: Tensor, task: Task, tau: float | None, level: float, b: int) -> Any:
+    """One summary of rows that used different numbers of passes (``samples`` NaN beyond a row's ``used``)."""
     parts = []
     for n in torch.unique(used).tolist():
         idx = torch.nonzero(used == n).squeeze(1)
         parts.append((idx, U.summarize(samples[:n, idx], task, tau=tau, level=level)))
-    return Prediction(mode, _merge(parts, x.shape[0]), seed, samples if return_samples else None, captured)
+    return _merge(parts, b)
+
+
+def _sample_interval(
+    engine: MCEngine, x: Tensor, first: int, cap: int, delta: float, seed: int | Tensor, rows: Tensor | None, task: Task,
+    tau: float | None, level: float, cancelled: Callable[[], bool] | None,
+) -> tuple[Tensor, Tensor]:
+    """Regression: rounds of passes of the open rows until both interval ends are known within
+    :data:`~mcdrop.core.stopping.INTERVAL_FRACTION` of the width (or the cap); NaN beyond."""
+    b = x.shape[0]
+    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
+    out: Tensor | None = None
+    used = torch.zeros(b, dtype=torch.int64)
+    active = torch.arange(b)
+    n = 0
+    while active.numel() and n < cap:
+        m = first if n == 0 else next_round(n, cap)
+        index = active.to(x.device)
+        row_seed = seed[active] if isinstance(seed, Tensor) else seed
+        new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
+        if out is None:
+            out = torch.full((cap, b, *new.shape[2:]), math.nan, dtype=new.dtype)
+        out[n:m, active] = new
+        used[active] = m
+        n = m
+        part = out[:n, active]
+        if task is Task.HOMOSCEDASTIC:
+            if tau is None or not tau > 0:
+                raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
+            done = interval_settled(part, 1.0 / tau, level, delta)
+        else:
+            done = interval_settled(part[..., 0], part[..., 1].exp(), level, delta)
+        active = active[~done]
+    assert out is not None
+    return out, used
+
+
+def _sample_decision(
+    engine: MCEngine, x: Tensor, first: int, cap: int, delta: float, rule: DecisionRule, seed: int | Tensor,
+    rows: Tensor | None, cancelled: Callable[[], bool] | None,
+) -> tuple[Tensor, Tensor]:
+    """Rounds of passes of the open rows until each row's decisions are settled (or the cap); NaN beyond."""
+    b = x.shape[0]
+    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
+    out: Tensor | None = None
+    used = torch.zeros(b, dtype=torch.int64)
+    active = torch.arange(b)
+    tests: DecisionTests | None = None
+    n = 0
+    while active.numel() and n < cap:
+        m = first if n == 0 else next_round(n, cap)
+        index = active.to(x.device)
+        row_seed = seed[active] if isinstance(seed, Tensor) else seed
+        new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
+        if out is None:
+            out = torch.full((cap, b, *new.shape[2:]), math.nan, dtype=new.dtype)
+            tests = DecisionTests(b, new.shape[-1], delta, rule.levels(), rule.full_grid)
+        assert tests is not None
+        out[n:m, active] = new
+        used[active] = m
+        n = m
+        tests.update(torch.softmax(new.double(), -1))
+        lower, upper = tests.bounds()
+        done = settled(tests.mean, lower, upper, rule.select(active))
+        active = active[~done]
+        tests.select(torch.nonzero(~done).squeeze(1))
+    assert out is not None
+    return out, used
 
 
 def _sample_adaptive(

@@ -202,6 +202,9 @@ def create_app(state: Callable[[], State]) -> Starlette:
 
     routes = [Route("/predict", predict, methods=["POST"]), Route("/models", models, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
+    from mcdrop.service.acquire_route import acquire_endpoint  # here: that module imports this one
+
+    routes.append(Route("/acquire", acquire_endpoint(state), methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 

@@ -28,7 +28,7 @@ from mcdrop.core.prediction import predict
 from mcdrop.core.runtime import resolve_device
 from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
 from mcdrop.inputs import range_note
-from mcdrop.request import Mode, new_seed
+from mcdrop.request import Mode, Task, new_seed
 from mcdrop.schemas import (
     Limits,
     ModelCard,
@@ -37,6 +37,7 @@ from mcdrop.schemas import (
     RequestOptions,
 )
 from mcdrop.serving.errors import Cancelled, InvalidRequest, OutputOverflow, PredictError, TooLarge, UnknownModel
+from mcdrop.serving.stopping import stopping_options
 
 __all__ = ["Predictor", "Served", "request_error"]
 
@@ -133,7 +134,8 @@ class Predictor:
         if request.mode is Mode.DETERMINISTIC:
             passes = 1
         else:
-            passes = (request.max_samples or self.limits.max_samples) if request.tolerance is not None else request.n_samples
+            adaptive = request.tolerance is not None or request.stop is not None
+            passes = (request.max_samples or self.limits.max_samples) if adaptive else request.n_samples
             passes += 1 if served.calibration is not None and served.calibration.density is not None else 0
         return len(request.inputs) * passes * served.cost
 
@@ -147,6 +149,9 @@ class Predictor:
             if options.max_samples is not None and options.max_samples > cap:
                 raise InvalidRequest(f"max_samples is {options.max_samples}, but this server allows at most {cap}",
                                      "max_samples")
+        if options.stop == "class" and served.card.task is not Task.CLASSIFICATION:
+            raise InvalidRequest(f"stop='class' settles a classifier's class, but model {served.card.name!r} is a "
+                                 f"{served.card.task.value} model (use stop='decision')", "stop")
         calibration = served.calibration
         asks = {"coverage": options.coverage, "selective_risk": options.selective_risk,
                 "selective_coverage": options.selective_coverage}
@@ -180,7 +185,7 @@ class Predictor:
                                  f"{served.card.input_size} features per row", "inputs")
         budget = self.limits.max_cost
         if budget is not None and (cost := self.cost(request)) > budget:
-            passes = "max_samples" if request.tolerance is not None else "n_samples"
+            passes = "max_samples" if request.tolerance is not None or request.stop is not None else "n_samples"
             raise TooLarge(f"this request needs {cost:.3g} multiply-adds (rows x {passes} x {served.cost:.3g} for model "
                            f"{served.card.name!r}), beyond this server's budget of {budget:.3g} (MCDROP_MAX_COST): "
                            f"send fewer rows or fewer passes", passes if request.mode is Mode.MC else "inputs")
@@ -207,7 +212,7 @@ class Predictor:
                 answers[i] = err
                 continue
             key = (req.model or self.default, req.mode, req.n_samples if req.mode is Mode.MC else 0, req.level,
-                   req.return_samples, i if req.tolerance is not None else -1)
+                   req.return_samples, i if req.tolerance is not None or req.stop is not None else -1)
             groups.setdefault(key, []).append(i)
         for indices in groups.values():
             group = [requests[i] for i in indices]
@@ -240,9 +245,11 @@ class Predictor:
         result = predict(
             served.engine, x, task=served.card.task, tau=served.card.tau, mode=first.mode, n_samples=first.n_samples,
             seed=seed, rows=rows, tolerance=first.tolerance,
-            max_samples=first.max_samples or (self.limits.max_samples if first.tolerance is not None else None),
+            max_samples=first.max_samples or (self.limits.max_samples if first.tolerance is not None or first.stop
+                                              else None),
             level=first.level, return_samples=first.return_samples,
-            features=served.calibration.feature_layers if served.calibration else (), cancelled=cancelled)
+            features=served.calibration.feature_layers if served.calibration else (), cancelled=cancelled,
+            **stopping_options(first, served.calibration, seed, rows))
         extras = (served.calibration.annotate(result.summary, result.features, group, sizes, seeds)
                   if served.calibration else None)
         finite = _finite_rows(result.summary)

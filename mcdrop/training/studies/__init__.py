@@ -20,6 +20,7 @@ STUDIES: dict[str, str] = {
     "weight-decay": "5. dropout, weight decay and both: additive, diminishing or cancelling?",
     "dropconnect": "6. dropout on the weights (DropConnect) vs on the activations",
     "noise": "7. Gaussian multiplicative noise and Concrete dropout vs dropout",
+    "active-learning": "8. what to label next: random, entropy, BALD and BatchBALD from 100 to 1,100 labels",
 }
 """Study names and what each answers, in the chapter's order."""
 
