@@ -369,8 +369,9 @@ class Client(_Base):
         first (``POST /acquire``, one request: the pool must fit the server's limits).  Options: ``model``,
         ``n_samples``, ``seed``."""
         body = acquire_body(pool, k, {"method": method, **options})
-        response = self._send("POST", "/acquire", content=body, headers={"content-type": "application/json"})
-        return AcquireResponse.model_validate_json(response.content)
+        response = self._send("POST", "/acquire", self._deadline(), content=body,
+                              headers={"content-type": "application/json"})
+        return _readable(f"POST {self.base_url}/acquire", AcquireResponse.model_validate_json, response.content)
 
 
 class AsyncClient(_Base):
@@ -441,5 +442,6 @@ class AsyncClient(_Base):
     async def acquire(self, pool: Any, k: int, *, method: str = "bald", **options: Any) -> AcquireResponse:
         """See :meth:`Client.acquire`."""
         body = acquire_body(pool, k, {"method": method, **options})
-        response = await self._send("POST", "/acquire", content=body, headers={"content-type": "application/json"})
-        return AcquireResponse.model_validate_json(response.content)
+        response = await self._send("POST", "/acquire", self._deadline(), content=body,
+                                    headers={"content-type": "application/json"})
+        return _readable(f"POST {self.base_url}/acquire", AcquireResponse.model_validate_json, response.content)
