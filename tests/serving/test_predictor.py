@@ -150,3 +150,22 @@ def test_work_puts_every_model_on_the_slowest_ones_scale(predictor):
         seconds_alone = predictor.cost(req) / rates[name]
         assert predictor.work(req) / predictor.rate == pytest.approx(seconds_alone, rel=1e-12)
         assert predictor.work(req) <= predictor.cost(req) * (1 + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor()  # the bundled default model: wide enough for the fused MC kernel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["mc", "deterministic"])
+def test_an_overflowing_row_is_refused_in_both_modes_on_the_fused_path(shipped, mode):
+    """On the shipped model a row of 3e38 got finite logits from the fused MC kernel (MC answered 200) while
+    deterministic mode refused it; both now raise OutputOverflow, which the doors turn into 422 / one line."""
+    rows = np.full((3, 784), 0.5, np.float32)
+    rows[2] = 3e38
+    with pytest.raises(OutputOverflow, match=r"inputs\[2\]"):
+        shipped.predict_array(rows, mode=mode, n_samples=16, seed=1)
+    assert shipped.predict_array(rows[:2], mode=mode, n_samples=16, seed=1).probabilities.shape == (2, 10)
+    if mode == "mc":
+        assert shipped.served().engine._plan is not None, "the fused path did not run"
