@@ -58,8 +58,12 @@ def test_imported_samples_equal_mcengine_on_the_original(exported, name):
 
 
 def test_plain_mlps_become_dropout_mlps_for_the_fused_kernel(exported):
+    from mcdrop.core import kernels
+
     for name in ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "mlp_heteroscedastic_columns"):
-        assert isinstance(load_artifact(exported[name][4]).model, DropoutMLP), name
+        model = load_artifact(exported[name][4]).model
+        assert isinstance(model, DropoutMLP), name
+        assert (MCEngine(model)._plan is not None) == (kernels.load() is not None), name
     for name in ("cnn_classifier", "residual_classifier", "two_inputs_regressor", "heteroscedastic", "binary_logit"):
         assert isinstance(load_artifact(exported[name][4]).model, ImportedNet), name
 
