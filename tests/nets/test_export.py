@@ -129,6 +129,22 @@ class UsesFFT(nn.Module):
         return self.drop(self.fc(torch.fft.fft(x).real))
 
 
+class TrainBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.drop(h * 0.9 if self.training else h)
+
+
+def test_forward_branching_on_training_beyond_dropout_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="computes something different in train and eval mode"):
+        mcdrop.export_model(TrainBranch(), tmp_path / "m", task="classification", example_input=torch.randn(3, 4))
+
+
 def test_an_unsupported_layer_is_named_with_where_it_is_and_what_is_supported(tmp_path):
     with pytest.raises(ExportError, match=r"layer 'attn' \(MultiheadAttention\) cannot be imported.*supported layers.*Linear"):
         mcdrop.export_model(WithAttention(), tmp_path / "m", task="classification", example_input=torch.randn(3, 4))
