@@ -42,6 +42,17 @@ def test_calibrate_a_csv_with_class_names(classifier, tmp_path, capsys):
     assert art.card.temperature is not None and art.calibration.density is not None
 
 
+def test_calibrate_a_parquet_column(classifier, tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder, x, y = classifier
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(6)}, "label": y, "other": np.zeros(len(y))})
+    pq.write_table(table, tmp_path / "held.parquet")
+    assert main(["calibrate", str(folder), str(tmp_path / "held.parquet"), "--target", "label", "--columns",
+                 ",".join(f"f{i}" for i in range(6)), "-o", str(tmp_path / "out"), "-n", "5"]) == 0
+    assert "on 300 rows" in capsys.readouterr().out
+
+
 def test_calibrate_npy_with_a_labels_file(classifier, tmp_path, capsys):
     folder, x, y = classifier
     np.save(tmp_path / "x.npy", x)

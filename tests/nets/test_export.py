@@ -58,8 +58,12 @@ def test_imported_samples_equal_mcengine_on_the_original(exported, name):
 
 
 def test_plain_mlps_become_dropout_mlps_for_the_fused_kernel(exported):
+    from mcdrop.core import kernels
+
     for name in ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "mlp_heteroscedastic_columns"):
-        assert isinstance(load_artifact(exported[name][4]).model, DropoutMLP), name
+        model = load_artifact(exported[name][4]).model
+        assert isinstance(model, DropoutMLP), name
+        assert (MCEngine(model)._plan is not None) == (kernels.load() is not None), name
     for name in ("cnn_classifier", "residual_classifier", "two_inputs_regressor", "heteroscedastic", "binary_logit"):
         assert isinstance(load_artifact(exported[name][4]).model, ImportedNet), name
 
@@ -123,6 +127,22 @@ class UsesFFT(nn.Module):
 
     def forward(self, x):
         return self.drop(self.fc(torch.fft.fft(x).real))
+
+
+class TrainBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.drop(h * 0.9 if self.training else h)
+
+
+def test_forward_branching_on_training_beyond_dropout_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="computes something different in train and eval mode"):
+        mcdrop.export_model(TrainBranch(), tmp_path / "m", task="classification", example_input=torch.randn(3, 4))
 
 
 def test_an_unsupported_layer_is_named_with_where_it_is_and_what_is_supported(tmp_path):
