@@ -1,0 +1,125 @@
+"""Abstention under covariate shift (issue 22, items 1-2, exploration): accuracy, share answered and error among
+answered on shifted copies of the Fashion-MNIST test images, for the shipped rule and a combined one.
+
+Shifts (torchvision transforms of the test images, two strengths each): design kinds, looked at while choosing the
+combined rule: translation, blur, additive noise; held-out kinds, measured once: scale, occlusion, contrast.
+
+Rules, both calibrated on clean held-out training images only (never on shifted ones):
+
+* ``shipped``: abstain when ``ood_score`` is above the card's threshold (95% of clean images pass) or
+  ``1 - confidence`` is above the card's threshold for a 2% selective risk;
+* ``combined``: each signal s_k in (ood_score, MC mutual information, 1 - confidence) is turned into its
+  percentile F_k(s_k) among the clean *temperature* rows; the input's uncertainty is max_k F_k (its least typical
+  signal); the threshold on it is the largest whose Clopper-Pearson 95% bound on the error among answered
+  *calibration* rows is <= 2% (:func:`mcdrop.core.selective.risk_threshold`).
+
+Run: ``flock /tmp/mcdrop-cpu.lock .venv/bin/python bench/bench_shift.py --model fashion-mnist --n 10000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+
+from mcdrop.core import selective
+from mcdrop.core.artifacts import load_artifact
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.prediction import predict
+from mcdrop.training.calibrate import features
+from mcdrop.training.classifier import split_indices
+from mcdrop.training.configs import ClassifierConfig
+from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+
+DESIGN = ("translate", "blur", "noise")
+HELD_OUT = ("scale", "occlusion", "contrast")
+
+
+def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> torch.Tensor:
+    """``images`` ``(N, 28, 28)`` in [0, 1] -> a shifted copy; ``strength`` 1 (mild) or 2 (strong)."""
+    g = torch.Generator().manual_seed(seed)
+    x = images.unsqueeze(1)
+    if kind == "translate":
+        k = (3, 5)[strength - 1]
+        sign = torch.randint(0, 2, (len(x),), generator=g) * 2 - 1
+        out = torch.stack([F.affine(im, angle=0.0, translate=[int(s) * k, 0], scale=1.0, shear=[0.0])
+                           for im, s in zip(x, sign, strict=True)])
+    elif kind == "scale":
+        s = (0.75, 1.3)[strength - 1]
+        out = F.affine(x, angle=0.0, translate=[0, 0], scale=s, shear=[0.0])
+    elif kind == "blur":
+        sigma = (1.0, 1.6)[strength - 1]
+        out = F.gaussian_blur(x, kernel_size=[7, 7], sigma=[sigma, sigma])
+    elif kind == "contrast":
+        out = F.adjust_contrast(x, (0.5, 0.3)[strength - 1])
+    elif kind == "noise":
+        out = (x + (0.15, 0.3)[strength - 1] * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    elif kind == "occlusion":
+        size = (10, 14)[strength - 1]
+        out = x.clone()
+        corners = torch.randint(0, 28 - size + 1, (len(x), 2), generator=g)
+        for im, (i, j) in zip(out, corners.tolist(), strict=True):
+            im[:, i:i + size, j:j + size] = 0.0
+    else:
+        raise ValueError(f"unknown shift {kind!r}")
+    return out.squeeze(1).clamp(0, 1)
+
+
+def signals(engine: MCEngine, calibration, x: torch.Tensor, n: int, seed: int) -> dict[str, np.ndarray]:
+    s = predict(engine, x, n_samples=n, seed=seed).summary
+    ood = calibration.density.score(features(engine, x, calibration.feature_layers)).double().numpy()
+    return {"ood": ood, "mi": s.mutual_information.double().numpy(), "unc": 1 - s.confidence.double().numpy(),
+            "pred": s.predicted_class.numpy()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="fashion-mnist")
+    p.add_argument("--n", type=int, default=10000, help="test images per set")
+    p.add_argument("--samples", type=int, default=50)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    artifact = load_artifact(args.model)
+    cal, engine, card = artifact.calibration, MCEngine(artifact.model), artifact.card
+    config = ClassifierConfig(**{k: v for k, v in card.training.items() if k in ClassifierConfig.__dataclass_fields__})
+    train_x, train_y = load_fashion_mnist(None, train=True)
+    parts = split_indices(len(train_y), config)
+    xf = fashion_mnist_features(train_x)
+    temp = signals(engine, cal, xf[parts["temperature"]], args.samples, 0)
+    calib = signals(engine, cal, xf[parts["calibration"]], args.samples, 0)
+    y_cal = train_y[parts["calibration"]].numpy()
+    keys = ("ood", "mi", "unc")
+    ref = {k: np.sort(temp[k]) for k in keys}
+
+    def combined(sig: dict[str, np.ndarray]) -> np.ndarray:
+        return np.max([np.searchsorted(ref[k], sig[k], side="right") / len(ref[k]) for k in keys], axis=0)
+
+    t_comb = selective.risk_threshold(combined(calib), (calib["pred"] != y_cal).astype(float), 0.02, 0.05)
+    t_ood, t_unc = cal.ood_threshold, cal.uncertainty_threshold("mc")
+    x_test, y_test = load_fashion_mnist(None, train=False)
+    images, labels = x_test[:args.n].float() / 255, y_test[:args.n].numpy()
+    sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in DESIGN + HELD_OUT for s in (1, 2)]
+    print(f"{card.name}: MC N={args.samples}, {args.n} test images per set; combined threshold {t_comb:.4f} "
+          f"(max percentile among clean rows)")
+    print("| set | kind | accuracy | shipped: answered | shipped: error among answered | combined: answered | "
+          "combined: error among answered |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, x in sets:
+        sig = signals(engine, cal, x.reshape(len(x), -1), args.samples, 0)
+        wrong = sig["pred"] != labels
+        rules = {"shipped": (sig["ood"] <= t_ood) & (sig["unc"] <= t_unc), "combined": combined(sig) <= t_comb}
+        cells = []
+        for answered in rules.values():
+            err = wrong[answered].mean() if answered.any() else float("nan")
+            cells += [f"{answered.mean():.1%}", f"{err:.1%} ({int(wrong[answered].sum())}/{int(answered.sum())})"]
+        kind = "clean" if name == "clean" else ("design" if name.split()[0] in DESIGN else "held out")
+        print(f"| {name} | {kind} | {1 - wrong.mean():.3f} | " + " | ".join(cells) + " |")
+    print(f"({time.perf_counter() - start:.0f} s, torch threads 2)")
+
+
+if __name__ == "__main__":
+    main()
