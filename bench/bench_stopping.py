@@ -127,7 +127,8 @@ def service_section(args: argparse.Namespace, x: np.ndarray) -> None:
             "stop=class, cap 50, delta 0.01": {"stop": "class", "max_samples": 50, "delta": 0.01}}
     print("| service, 1,000-row .npy requests | seconds (median) | rows/s | vs fixed N=50 | mean passes |")
     print("|---|---|---|---|---|")
-    with running_server({"MCDROP_MAX_ROWS": "1000"}) as url, Client(url, timeout=300) as client:
+    env = {"MCDROP_MAX_ROWS": "1000", "MCDROP_REQUEST_TIMEOUT": "600"}  # a slow start-up estimate must not refuse
+    with running_server(env) as url, Client(url, timeout=600) as client:
         client.predict(x[:10], n_samples=2, seed=0)
         base = None
         for name, options in runs.items():
