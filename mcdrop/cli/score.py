@@ -82,6 +82,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--precision", choices=["float32", "tf32", "bfloat16"], default=None,
+                   help="local scoring arithmetic: float32, tf32 (CUDA) or bfloat16 (default $MCDROP_PRECISION, else float32)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request with --url (120)")
     p.set_defaults(run=run)
 
@@ -129,6 +131,7 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
     from mcdrop.cli.common import setup_torch
     from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.core.precision import check_precision
     from mcdrop.core.runtime import resolve_device
     from mcdrop.schemas import RequestOptions
     from mcdrop.serving.errors import PredictError
@@ -136,11 +139,16 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
 
     setup_torch(args.threads)
     try:
-        resolve_device(args.device)
+        device = resolve_device(args.device)
     except ValueError as err:
         raise CLIError(f"--device: {err}", 2) from err
+    precision = args.precision or os.environ.get("MCDROP_PRECISION", "").strip() or None
     try:
-        predictor = Predictor([args.model] if args.model else None, device=args.device)
+        check_precision(precision, device)
+    except ValueError as err:
+        raise CLIError(f"{'--precision' if args.precision else 'MCDROP_PRECISION'}: {err}", 2) from err
+    try:
+        predictor = Predictor([args.model] if args.model else None, device=args.device, precision=precision)
     except (ArtifactError, FileNotFoundError) as err:
         raise CLIError(f"--model: {err}", 2 if isinstance(err, ModelNotFoundError) else 1) from err
 
@@ -235,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
     if args.device != "cpu" and (args.engine == "ray" or args.url):
         raise CLIError("--device applies to local scoring (a server picks its device with MCDROP_DEVICE)", 2)
+    if args.precision is not None and (args.engine == "ray" or args.url):
+        raise CLIError("--precision applies to local scoring (a server takes MCDROP_PRECISION)", 2)
     if args.engine == "ray":
         return _run_ray(args, options, say)
     for flag in ("address", "actors", "blocks"):
