@@ -235,7 +235,11 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
         id_index = _select(id_column, names, None)[0]
     use = _select(columns, names, id_index)
     pending = [] if has_header else [first]
-    chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
+    if records.line_num == 1 and _arrow_csv() is not None:  # the first line is the first record: Arrow can start
+        fh.close()
+        chunks = _arrow_csv_chunks(path, has_header, len(names), use, id_index, chunk_rows)
+    else:
+        chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
     return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes)
 
 
@@ -293,6 +297,89 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
             good_ids.append(ids[r - start])
     x = np.asarray(good, dtype=np.float32).reshape(len(good), len(use))
     return Chunk(start, x, np.asarray(rows, dtype=np.int64), good_ids if ids is not None else None, bad)
+
+
+# ------------------------------------------------------------------------------------- CSV with Arrow
+
+
+def _arrow_csv() -> Any:
+    """pyarrow.csv when pyarrow is installed (the ``parquet`` extra), else None."""
+    try:
+        import pyarrow.csv
+    except ImportError:
+        return None
+    return pyarrow.csv
+
+
+class _ArrowFallback(Exception):
+    """Arrow cannot parse this part of the file exactly as the csv module would: hand over to it."""
+
+
+def _arrow_csv_chunks(path: Path, has_header: bool, n_cols: int, use: list[int], id_index: int | None,
+                      chunk_rows: int) -> Iterator[Chunk]:
+    """The rows of a CSV file parsed by Arrow's multithreaded C++ reader (about 5x the csv module's speed on wide
+    numeric files), as the csv module would give them: numbers parsed as float64 and rounded to float32 (as
+    ``np.array(strings, float32)`` does), blank lines skipped.  Anything else -- a ragged row, an empty or
+    non-numeric cell, a line too long for a block -- hands the file over to :func:`_csv_chunks` from the first row
+    not yet yielded, which reports bad rows with their numbers exactly as before."""
+    import pyarrow as pa
+
+    pc = _arrow_csv()
+    names = [f"c{i}" for i in range(n_cols)]
+    include = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
+    types = {name: pa.string() if id_index is not None and name == names[id_index] else pa.float64() for name in include}
+    start, buffered, buffered_ids = 0, [], []
+    try:
+        try:
+            reader = pc.open_csv(path, read_options=pc.ReadOptions(column_names=names, skip_rows=int(has_header)),
+                                 parse_options=pc.ParseOptions(newlines_in_values=True),
+                                 convert_options=pc.ConvertOptions(column_types=types, include_columns=include,
+                                                                   strings_can_be_null=False, null_values=[""]))
+            for batch in reader:
+                if any(column.null_count for column in batch.columns[:len(use)]):
+                    raise _ArrowFallback
+                x = np.column_stack([column.to_numpy(zero_copy_only=False) for column in batch.columns[:len(use)]])
+                buffered.append(x.astype(np.float32))
+                if id_index is not None:
+                    buffered_ids += [v.strip() for v in batch.column(len(use)).to_pylist()]
+                while sum(len(b) for b in buffered) >= chunk_rows:
+                    start = yield from _emit(buffered, buffered_ids, start, chunk_rows, id_index is not None)
+        except (pa.ArrowInvalid, _ArrowFallback):
+            buffered, buffered_ids = [], []
+            raise _ArrowFallback from None
+        while buffered:
+            start = yield from _emit(buffered, buffered_ids, start, chunk_rows, id_index is not None)
+    except _ArrowFallback:
+        yield from _csv_chunks_from(path, start, n_cols, use, id_index, chunk_rows, has_header)
+
+
+def _emit(buffered: list[np.ndarray], ids: list[str], start: int, chunk_rows: int, with_ids: bool) -> Iterator[Chunk]:
+    """Yield the first ``chunk_rows`` buffered rows (fewer at the end) as one chunk; return the next start."""
+    x = np.concatenate(buffered) if len(buffered) > 1 else buffered[0]
+    head, rest = x[:chunk_rows], x[chunk_rows:]
+    buffered[:] = [rest] if len(rest) else []
+    chunk = _check(head, start)
+    if with_ids:
+        taken, ids[:] = ids[:len(head)], ids[len(head):]
+        chunk.ids = [taken[r - start] for r in chunk.rows.tolist()] if chunk.bad else taken
+    yield chunk
+    return start + len(head)
+
+
+def _csv_chunks_from(path: Path, first_row: int, n_cols: int, use: list[int], id_index: int | None, chunk_rows: int,
+                     has_header: bool) -> Iterator[Chunk]:
+    """:func:`_csv_chunks` from row ``first_row`` on (rows counted as it counts them), with row numbers kept."""
+    fh = path.open("r", newline="", encoding="utf-8-sig")
+    records = csv.reader(fh)
+    rows = (r for r in records if any(c.strip() for c in r))
+    skip = first_row + int(has_header)
+    for _ in itertools.islice(rows, skip):
+        pass
+    for chunk in _csv_chunks(fh, records, [], n_cols, use, id_index, chunk_rows, str(path)):
+        chunk.start += first_row
+        chunk.rows = chunk.rows + first_row
+        chunk.bad = [(r + first_row, why) for r, why in chunk.bad]
+        yield chunk
 
 
 # -------------------------------------------------------------------------------------------- Parquet
