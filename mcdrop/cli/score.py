@@ -406,6 +406,52 @@ def _write_bad_rows(path: Path | None, bad_rows: list[tuple[int, str]]) -> None:
         raise CLIError(f"--bad-rows: {err}", 2) from err
 
 
+def prefetch(chunks: Any, depth: int = 2) -> Any:
+    """``chunks`` read ahead by a background thread (at most ``depth`` waiting), in order: the next chunk is parsed
+    while this one is scored (the engine releases the GIL); the reader's exceptions are raised here, in turn."""
+    import queue
+    import threading
+
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    break
+            else:
+                put(("end", None))
+        except BaseException as err:  # handed to the consumer
+            put(("error", err))
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()  # the reader's file, when the consumer stopped early
+
+    reader = threading.Thread(target=read, name="mcdrop-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -438,7 +484,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
         return done
 
     try:
-        for chunk in source.chunks:
+        for chunk in prefetch(source.chunks):
             if chunk.bad:
                 if not args.skip_bad_rows:
                     row, reason = chunk.bad[0]

@@ -312,3 +312,37 @@ def test_precision_flag(tmp_path, models, local):
                           (["--precision", "bfloat16", "--url", "http://127.0.0.1:9"], "--precision applies to local")):
         run = mcdrop("score", src, "-o", tmp_path / "x.csv", "--model", models["tiny-cls"], *args, check=False)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_prefetch_keeps_order_raises_in_turn_and_stops_the_reader():
+    import threading
+
+    from mcdrop.cli.score import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad row 3")
+
+    got = []
+    with pytest.raises(ValueError, match="bad row 3"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    for item in prefetch(endless()):
+        if item == 5:
+            break
+    assert closed.wait(5)  # the consumer stopped: the reader closed its source
