@@ -92,6 +92,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--threads", type=int, help="torch threads (local scoring)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="where the model runs for local scoring: cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--precision", choices=["float32", "tf32", "bfloat16"], default=None,
+                   help="local scoring arithmetic: float32, tf32 (CUDA) or bfloat16 (default $MCDROP_PRECISION, else float32)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="with --url: seconds each batch may take, its requests and retries together (120)")
     p.set_defaults(run=run)
@@ -143,6 +145,7 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
     from mcdrop.cli.common import setup_torch
     from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.core.precision import check_precision
     from mcdrop.core.runtime import resolve_device
     from mcdrop.schemas import RequestOptions
     from mcdrop.serving.errors import PredictError
@@ -150,11 +153,16 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
 
     setup_torch(args.threads)
     try:
-        resolve_device(args.device)
+        device = resolve_device(args.device)
     except ValueError as err:
         raise CLIError(f"--device: {err}", 2) from err
+    precision = args.precision or os.environ.get("MCDROP_PRECISION", "").strip() or None
     try:
-        predictor = Predictor([args.model] if args.model else None, device=args.device)
+        check_precision(precision, device)
+    except ValueError as err:
+        raise CLIError(f"{'--precision' if args.precision else 'MCDROP_PRECISION'}: {err}", 2) from err
+    try:
+        predictor = Predictor([args.model] if args.model else None, device=args.device, precision=precision)
     except (ArtifactError, FileNotFoundError) as err:
         raise CLIError(f"--model: {err}", 2 if isinstance(err, ModelNotFoundError) else 1) from err
 
@@ -264,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--output {args.output} is INPUT; choose another file", 2)
     if args.device != "cpu" and (args.engine == "ray" or args.url):
         raise CLIError("--device applies to local scoring (a server picks its device with MCDROP_DEVICE)", 2)
+    if args.precision is not None and (args.engine == "ray" or args.url):
+        raise CLIError("--precision applies to local scoring (a server takes MCDROP_PRECISION)", 2)
     if args.engine == "ray":
         return _run_ray(args, options, say)
     for flag in ("address", "actors", "blocks"):
@@ -442,6 +452,52 @@ def _warn_range(x: np.ndarray, card: Any) -> bool:
     return note is not None
 
 
+def prefetch(chunks: Any, depth: int = 2) -> Any:
+    """``chunks`` read ahead by a background thread (at most ``depth`` waiting), in order: the next chunk is parsed
+    while this one is scored (the engine releases the GIL); the reader's exceptions are raised here, in turn."""
+    import queue
+    import threading
+
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    break
+            else:
+                put(("end", None))
+        except BaseException as err:  # handed to the consumer
+            put(("error", err))
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()  # the reader's file, when the consumer stopped early
+
+    reader = threading.Thread(target=read, name="mcdrop-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -475,7 +531,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
         return done
 
     try:
-        for chunk in source.chunks:
+        for chunk in prefetch(source.chunks):
             if chunk.bad:
                 if not args.skip_bad_rows:
                     row, reason = chunk.bad[0]

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from mcdrop.core import functional as F
-from mcdrop.core import kernels, rng
+from mcdrop.core import kernels, rng, runtime
 from mcdrop.core.layers import MCDropoutLayer
 from mcdrop.core.mlp_plan import MLPPlan
 
@@ -273,7 +273,8 @@ class MCEngine:
         model: any ``nn.Module`` whose dim 0 is the batch, with dropout modules of a registered class
             (mcdrop's layers, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
             ``nn.FeatureAlphaDropout``; see :func:`register_dropout`).
-        element_budget: the most numbers the widest activation of one chunk may hold.
+        element_budget: the most numbers the widest activation of one chunk may hold; None sizes it for the
+            input's device (:func:`mcdrop.core.runtime.element_budget_for`: 2**24 on a CPU, more on a large GPU).
         share_prefix: compute the layers before the first dropout once per input (True), replicate the
             input for every sample (False), or decide with the first call's probe (None).
         fast: sample a :class:`~mcdrop.core.models.DropoutMLP` with the fused kernels
@@ -284,12 +285,12 @@ class MCEngine:
             call is sampled, whatever its ``training`` argument; False refuses a model that makes them.
     """
 
-    def __init__(self, model: nn.Module, *, element_budget: int = 1 << 24, share_prefix: bool | None = None,
+    def __init__(self, model: nn.Module, *, element_budget: int | None = None, share_prefix: bool | None = None,
                  fast: bool = True, functional_dropout: bool = False) -> None:
-        if element_budget < 1:
+        if element_budget is not None and element_budget < 1:
             raise ValueError(f"element_budget has to be a positive number of elements, but got {element_budget}")
         self.model = model
-        self.element_budget = int(element_budget)
+        self.element_budget = None if element_budget is None else int(element_budget)
         self.share_prefix = share_prefix
         self.fast = fast
         self.functional_dropout = functional_dropout
@@ -376,7 +377,8 @@ class MCEngine:
         out: Tensor | None = None
         with torch.inference_mode():
             plan = self._plan if x.device.type == "cpu" and x.dtype == torch.float32 else None
-            for r0, r1, s0, s1 in self._chunks(b, n_samples, probe.row_cost):
+            budget = self.element_budget or runtime.element_budget_for(x.device)
+            for r0, r1, s0, s1 in self._chunks(b, n_samples, probe.row_cost, budget):
                 if cancelled is not None and cancelled():
                     raise SamplingCancelled(f"sampling stopped after {s0} of {n_samples} passes of rows {r0}..{b - 1}")
                 samples = torch.arange(first_sample + s0, first_sample + s1, dtype=torch.int64, device=x.device)
@@ -539,9 +541,9 @@ class MCEngine:
             "or pass functional_dropout=True"
         )
 
-    def _chunks(self, b: int, s: int, row_cost: int) -> Iterator[tuple[int, int, int, int]]:
+    def _chunks(self, b: int, s: int, row_cost: int, budget: int) -> Iterator[tuple[int, int, int, int]]:
         """(row start, row end, sample start, sample end) covering ``b x s`` pairs within the budget."""
-        pairs = max(1, self.element_budget // row_cost)
+        pairs = max(1, budget // row_cost)
         if s <= pairs:
             rows_per = max(1, pairs // s)
             for r0 in range(0, b, rows_per):

@@ -13,6 +13,8 @@ Inverted dropout: a unit is kept with probability ``1 - p`` and scaled by ``1 / 
 ``E[h'] = h``.  Keyed masks compare a ``b``-bit uniform with ``t = round(p * 2**b)`` (:func:`quantized_rate`:
 ``b = 1`` for p = 1/2, ``b = 8`` for p = k/256, ``b = 16`` when no shorter lane is exact); the drop rate actually
 used, ``t / 2**b``, is within ``2**-17`` of ``p`` and the scale uses it, so ``E[h'] = h`` holds exactly.
+On CUDA the keyed masks are hashed, compared and applied by one Triton kernel (:mod:`mcdrop.core.triton_masks`):
+the same bits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from mcdrop.core import rng
+from mcdrop.core import rng, triton_masks
 
 __all__ = [
     "channel_dropout",
@@ -165,6 +167,8 @@ def keep_mask(keys: Tensor, n: int, p: float, dtype: torch.dtype = torch.float32
 
     Shape: keys ``(S, B)`` -> ``(S, B, n)``.
     """
+    if triton_masks.enabled(keys.device):  # CUDA: one fused kernel, the same bits
+        return triton_masks.keep_mask(keys, n, p, dtype)
     bits, threshold, _ = quantized_rate(p)
     words = rng.random_words(keys, -(-n // (64 // bits)))
     if bits in (8, 16):  # one pass: compare the lanes straight into the float mask
@@ -199,6 +203,8 @@ def mc_dropout(x: Tensor, keys: Tensor, p: float) -> Tensor:
         return x if expanded else x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *feat)
     if p >= 1.0:
         return torch.zeros((s * b, *feat), dtype=x.dtype, device=x.device)
+    if triton_masks.enabled(x.device):  # CUDA: masks hashed, compared and applied in one kernel
+        return triton_masks.mc_dropout(x, keys, p, expanded)
     n = math.prod(feat)
     _, _, p_used = quantized_rate(p)
     mask = keep_mask(keys, n, p, x.dtype)
@@ -222,6 +228,8 @@ def mc_channel_dropout(x: Tensor, keys: Tensor, p: float) -> Tensor:
     grouped = x.reshape(s if expanded else 1, b, c, -1)
     if p >= 1.0:
         return torch.zeros((s * b, *feat), dtype=x.dtype, device=x.device)
+    if p > 0.0 and triton_masks.enabled(x.device):
+        return triton_masks.mc_channel_dropout(x, keys, p, expanded)
     _, _, p_used = quantized_rate(p)
     mask = keep_mask(keys, c, p, x.dtype).mul_(1.0 / (1.0 - p_used))
     return (grouped * mask.unsqueeze(-1)).view(s * b, *feat)

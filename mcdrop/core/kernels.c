@@ -243,6 +243,33 @@ int mcdrop_openmp(void) {
 #endif
 }
 
+/* Part t of nt of mlp_sample's work: pairs [t * step, (t + 1) * step) with step = ceil(pairs / nt), workspace t;
+   adds that part's counts to nnz (atomically when `atomic`). */
+static void sample_part(int t, int nt, int atomic, int64_t pairs, int64_t batch, int64_t n_layers, const int64_t *dims,
+                        const float *const *wt, const float *const *bias, const uint64_t *stream, const int32_t *bits,
+                        const int32_t *threshold, const float *scale, int32_t input_mode, const int64_t *row_keys,
+                        uint64_t key, const int64_t *rows, int64_t sample0, const float *z, const float *base, float *out,
+                        float *ybuf, int32_t *idx, float *val, int32_t *cnt, const float **init, uint64_t *words,
+                        int64_t block, int64_t stride, int64_t ybuf_stride, int64_t words_stride, int64_t *nnz) {
+    const int64_t step = (pairs + nt - 1) / nt, p0 = t * step, p1 = p0 + step < pairs ? p0 + step : pairs;
+    int64_t counts[64] = {0};
+    if (p0 < p1)
+        mlp_rows(p0, p1, batch, n_layers, dims, wt, bias, stream, bits, threshold, scale, input_mode, row_keys,
+                 key, rows, sample0, z, base, out, ybuf + t * ybuf_stride, idx + t * block * stride,
+                 val + t * block * stride, cnt + t * block, init + t * block, words + t * words_stride, block,
+                 stride, counts);
+    for (int64_t l = 0; l < n_layers && l < 64; ++l) {
+        if (atomic) {
+#if defined(_OPENMP)
+#pragma omp atomic
+#endif
+            nnz[l] += counts[l];
+        } else {
+            nnz[l] += counts[l];
+        }
+    }
+}
+
 /* mlp_rows over pairs 0..pairs split in `threads` contiguous ranges; thread t uses workspace t (ybuf, idx, val,
    cnt, init, words at t times their given strides) and adds its counts to nnz. Without OpenMP: one thread. */
 void mlp_sample(int32_t threads, int64_t pairs, int64_t batch, int64_t n_layers, const int64_t *dims,
@@ -260,19 +287,23 @@ void mlp_sample(int32_t threads, int64_t pairs, int64_t batch, int64_t n_layers,
         t = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        const int64_t step = (pairs + nt - 1) / nt, p0 = t * step, p1 = p0 + step < pairs ? p0 + step : pairs;
-        int64_t counts[64] = {0};
-        if (p0 < p1)
-            mlp_rows(p0, p1, batch, n_layers, dims, wt, bias, stream, bits, threshold, scale, input_mode, row_keys,
-                     key, rows, sample0, z, base, out, ybuf + t * ybuf_stride, idx + t * block * stride,
-                     val + t * block * stride, cnt + t * block, init + t * block, words + t * words_stride, block,
-                     stride, counts);
-        for (int64_t l = 0; l < n_layers && l < 64; ++l) {
-#if defined(_OPENMP)
-#pragma omp atomic
-#endif
-            nnz[l] += counts[l];
-        }
+        sample_part(t, nt, 1, pairs, batch, n_layers, dims, wt, bias, stream, bits, threshold, scale, input_mode,
+                    row_keys, key, rows, sample0, z, base, out, ybuf, idx, val, cnt, init, words, block, stride,
+                    ybuf_stride, words_stride, nnz);
     }
     (void)threads;
+}
+
+/* Part `part` of `parts` of mlp_sample (the same split, the same arguments), on the calling thread: how a build
+   without OpenMP still uses several cores, the caller running the parts on its own threads (ctypes releases the
+   GIL).  nnz must be the part's own array (no atomics). */
+void mlp_sample_part(int32_t part, int32_t parts, int64_t pairs, int64_t batch, int64_t n_layers, const int64_t *dims,
+                     const float *const *wt, const float *const *bias, const uint64_t *stream, const int32_t *bits,
+                     const int32_t *threshold, const float *scale, int32_t input_mode, const int64_t *row_keys,
+                     uint64_t key, const int64_t *rows, int64_t sample0, const float *z, const float *base, float *out,
+                     float *ybuf, int32_t *idx, float *val, int32_t *cnt, const float **init, uint64_t *words,
+                     int64_t block, int64_t stride, int64_t ybuf_stride, int64_t words_stride, int64_t *nnz) {
+    sample_part(part, parts, 0, pairs, batch, n_layers, dims, wt, bias, stream, bits, threshold, scale, input_mode,
+                row_keys, key, rows, sample0, z, base, out, ybuf, idx, val, cnt, init, words, block, stride,
+                ybuf_stride, words_stride, nnz);
 }

@@ -6,7 +6,9 @@ CPU, and opens it with ``ctypes`` (which releases the GIL). Built with OpenMP it
 uses: the process loads one libgomp, so torch's threads, which spin for a while after each parallel operation,
 do the work instead of competing with other threads for the cores. ``MCDROP_KERNEL_CFLAGS`` adds compiler
 flags (the tests build the AVX2 and SSE variants on an AVX-512 machine with ``-mno-avx512f`` and ``-mno-avx``).
-With no compiler, a failed build, or ``MCDROP_KERNELS=0``, :func:`load` returns None after one log line.
+With no compiler, a failed build, or ``MCDROP_KERNELS=0``, :func:`load` returns None after one log line.  Where
+``-fopenmp`` fails (a gcc without libgomp's development files) the kernel is built without OpenMP, logged once,
+and :meth:`Kernels.sample` runs its parts on a Python thread pool instead (:func:`describe` says which).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["Kernels", "load"]
+__all__ = ["Kernels", "describe", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +42,61 @@ class Kernels:
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, i32, u64, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_void_p
+        common = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
+                  ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
         self.mlp_sample = library.mlp_sample
-        self.mlp_sample.argtypes = [i32, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
-                                    ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
+        self.mlp_sample.argtypes = [i32, *common]
         self.mlp_sample.restype = None
+        self.mlp_sample_part = library.mlp_sample_part
+        self.mlp_sample_part.argtypes = [i32, i32, *common]
+        self.mlp_sample_part.restype = None
         self.openmp = bool(library.mcdrop_openmp())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def threads(self, pairs: int) -> int:
-        """Threads for ``pairs`` passes: torch's count (the same OpenMP pool), fewer for small calls, 1 without
-        OpenMP."""
-        if not self.openmp:
-            return 1
+        """Threads for ``pairs`` passes: torch's count (with OpenMP, the same pool torch uses), fewer for small
+        calls."""
         return max(1, min(torch.get_num_threads(), pairs // MIN_PAIRS_PER_THREAD))
+
+    def sample(self, threads: int, *args: Any) -> None:
+        """``mlp_sample(threads, *args)``: on OpenMP threads, or, in a build without OpenMP, as ``threads`` parts on
+        a thread pool (``mlp_sample_part``; ctypes releases the GIL).  The parts are the same pair ranges either way,
+        and each pair's sums do not depend on the split, so the outputs are the same bits."""
+        if self.openmp or threads == 1:
+            self.mlp_sample(threads, *args)
+            return
+        nnz = args[-1]
+        counts = [type(nnz)() for _ in range(threads)]
+        pool = self._executor(threads)
+        futures = [pool.submit(self.mlp_sample_part, t, threads, *args[:-1], counts[t]) for t in range(threads)]
+        for future in futures:
+            future.result()
+        for part in counts:
+            for layer, value in enumerate(part):
+                nnz[layer] += value
+
+    def _executor(self, threads: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < threads:
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mcdrop-kernel")
+            return self._pool
+
+    def describe(self) -> str:
+        """One line for diagnostics: how the kernel runs on this machine."""
+        how = "OpenMP threads shared with torch" if self.openmp else \
+            "a thread pool (built without OpenMP: the compiler lacks -fopenmp or libgomp's files)"
+        return f"fused MLP kernel: {how}, up to {torch.get_num_threads()} threads"
+
+
+def describe() -> str:
+    """One line: the fused kernel's state here (for ``mcdrop bench`` and logs)."""
+    kernels = load()
+    if kernels is None:
+        why = "switched off (MCDROP_KERNELS=0)" if os.environ.get("MCDROP_KERNELS", "1") == "0" else \
+            "unavailable (no C compiler or a failed build; see the log)"
+        return f"fused MLP kernel: {why}; MC passes use torch operations"
+    return kernels.describe()
 
 
 _loaded: dict[str, Kernels | None] = {}
@@ -88,6 +135,9 @@ def load() -> Kernels | None:
             except (OSError, subprocess.SubprocessError, RuntimeError) as err:
                 log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
                             err)
+            if kernels is not None and not kernels.openmp:
+                log.warning("mcdrop: the fused MC kernel was built without OpenMP (the compiler has no working "
+                            "-fopenmp); it splits its work over a thread pool instead")
             _loaded["kernels"] = kernels
         return _loaded["kernels"]
 

@@ -168,7 +168,7 @@ class MLPPlan:
         threads = self.kernels.threads(pairs)
         ybuf, idx, val, cnt, init, words = self._workspace(w, threads)
         nnz = (ctypes.c_int64 * n_layers)()
-        self.kernels.mlp_sample(
+        self.kernels.sample(
             threads, pairs, b, n_layers, w.dims, w.wt_ptr, w.bias_ptr, w.streams, w.bits, w.thresholds, w.scales,
             w.input_mode, row_keys.data_ptr() if row_keys is not None else None,
             key & 0xFFFFFFFFFFFFFFFF if isinstance(key, int) else 0, rows.data_ptr(), int(samples[0]) if s else 0,

@@ -266,7 +266,9 @@ def _sample_adaptive(
 
 
 def _cpu(features: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: value.cpu() for name, value in features.items()}
+    """Features on the CPU, in float32 at least (a bfloat16 model's hidden activations are widened)."""
+    return {name: value.cpu().float() if value.dtype in (torch.bfloat16, torch.float16) else value.cpu()
+            for name, value in features.items()}
 
 
 def _merge(parts: list[tuple[Tensor, Any]], b: int) -> Any:

@@ -15,7 +15,7 @@ import ctypes.util
 
 import torch
 
-__all__ = ["DEVICES", "release_free_memory", "resolve_device", "tune_allocator"]
+__all__ = ["DEVICES", "element_budget_for", "release_free_memory", "resolve_device", "tune_allocator"]
 
 DEVICES = "cpu, cuda, cuda:N or auto (cuda when one is available, else cpu)"
 
@@ -52,8 +52,8 @@ def release_free_memory() -> bool:
 def resolve_device(spec: str | None) -> torch.device:
     """The device named by ``spec`` (:data:`DEVICES`; None is cpu), checked against this machine.
 
-    On CUDA, float32 matrix products are kept in full float32 (no TF32), so answers agree with the CPU within
-    README "Reproducibility"'s tolerances.  Raises ValueError naming what was expected and what is available.
+    Settles nothing else: the precision (TF32 or not) is set explicitly by :func:`mcdrop.core.precision.apply_precision`.
+    Raises ValueError naming what was expected and what is available.
     """
     text = (spec or "cpu").strip().lower()
     if text == "auto":
@@ -69,6 +69,27 @@ def resolve_device(spec: str | None) -> torch.device:
     count = torch.cuda.device_count()
     if index and int(index) >= count:
         raise ValueError(f"device {spec!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
     return torch.device(text)
+
+
+CPU_ELEMENT_BUDGET = 1 << 24
+"""Numbers in the widest activation of one chunk on a CPU: 64 MB of float32, measured best on 2 cores
+(BENCHMARKS.md); larger chunks leave the caches without doing fewer operations."""
+MAX_ELEMENT_BUDGET = 1 << 28
+"""The most on a GPU (1 GiB of float32 per activation): the H200 measurement in issue 23 took 57 ms at 2**28
+against 76 ms at 2**24 for B = 4096, N = 100."""
+GPU_MEMORY_SHARE = 64
+"""A GPU chunk's widest activation may take 1/64 of the device's memory: a pass holds a few activations of that
+width at once (input, output, masks), and the server may run several calls and models side by side."""
+
+
+def element_budget_for(device: torch.device, memory_bytes: int | None = None) -> int:
+    """The engine's chunk budget on ``device``: :data:`CPU_ELEMENT_BUDGET` on a CPU; on a GPU the largest power of two
+    within ``memory_bytes / (4 * GPU_MEMORY_SHARE)`` float32 numbers (``memory_bytes``: the device's total memory,
+    read from CUDA when None), clamped to ``[CPU_ELEMENT_BUDGET, MAX_ELEMENT_BUDGET]``."""
+    if device.type != "cuda":
+        return CPU_ELEMENT_BUDGET
+    if memory_bytes is None:
+        memory_bytes = torch.cuda.get_device_properties(device).total_memory
+    numbers = max(1, memory_bytes // (4 * GPU_MEMORY_SHARE))
+    return max(CPU_ELEMENT_BUDGET, min(MAX_ELEMENT_BUDGET, 1 << (numbers.bit_length() - 1)))

@@ -345,9 +345,6 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
     return Chunk(start, x, np.asarray(rows, dtype=np.int64), good_ids if ids is not None else None, bad)
 
 
-# -------------------------------------------------------------------------------------------- Parquet
-
-
 def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_rows: int,
                   row_groups: list[int] | None = None, rows: tuple[int, int] | None = None) -> InputFile:
     try:

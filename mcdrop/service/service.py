@@ -24,7 +24,7 @@ from mcdrop.service import bentoml_fixes, protocol
 from mcdrop.service.app import create_app
 from mcdrop.service.guard import Guard
 from mcdrop.serving import drift
-from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig
+from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig, workers_from_env
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
 
@@ -98,7 +98,7 @@ class _Guard(Guard):
                          body_timeout_s=config.body_timeout_s, body_deadline_s=config.body_deadline_s)
 
 
-@bentoml.service(name="mcdrop", workers=1, http={"host": "127.0.0.1", "port": 3000},
+@bentoml.service(name="mcdrop", workers=workers_from_env(strict=False), http={"host": "127.0.0.1", "port": 3000},
                  traffic={"timeout": BACKSTOP_TIMEOUT_S})
 class MCDrop:
     """Monte Carlo dropout predictions with uncertainty."""
@@ -111,10 +111,11 @@ class MCDrop:
         self.config = ServiceConfig.from_env()
         protocol.HeaderDeadlineProtocol.timeout_s = self.config.header_timeout_s
         tune_allocator()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        if threads := self.config.worker_threads():
+            torch.set_num_threads(threads)
         limits = self.config.limits
-        self.predictor = Predictor(self.config.models or None, limits=limits, device=self.config.device)
+        self.predictor = Predictor(self.config.models or None, limits=limits, device=self.config.device,
+                                   precision=self.config.precision)
         slice_cost = self.config.slice_cost or max(DEFAULT_SLICE_COST, SLICE_SECONDS * self.predictor.rate)
         self.scheduler = Scheduler(self.predictor, slice_cost=slice_cost, max_rows=limits.max_rows,
                                    batch_wait_ms=self.config.batch_wait_ms, timeout_s=limits.timeout_s or 60.0,
@@ -138,6 +139,7 @@ class MCDrop:
 
         from mcdrop.core import kernels
         from mcdrop.core.artifacts import ArtifactError, load_artifact
+        from mcdrop.core.precision import check_precision
         from mcdrop.core.runtime import resolve_device
         from mcdrop.serving.config import SettingError
 
@@ -149,9 +151,13 @@ class MCDrop:
                 for ref in config.models or [None]:
                     load_artifact(ref)
                 try:
-                    resolve_device(config.device)
+                    device = resolve_device(config.device)
                 except ValueError as err:
                     raise SettingError("MCDROP_DEVICE", str(err)) from None
+                try:
+                    check_precision(config.precision, device)
+                except ValueError as err:
+                    raise SettingError("MCDROP_PRECISION", str(err)) from None
         except (SettingError, ArtifactError) as err:
             print(f"mcdrop: cannot serve: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None

@@ -16,7 +16,10 @@ from pathlib import Path
 from mcdrop.request import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, DEFAULT_MAX_SAMPLES
 from mcdrop.schemas import Limits
 
-__all__ = ["LOOPBACK_HOSTS", "SETTINGS", "ServiceConfig", "SettingError"]
+__all__ = ["LOOPBACK_HOSTS", "PRECISIONS", "SETTINGS", "ServiceConfig", "SettingError", "workers_from_env"]
+
+PRECISIONS = ("float32", "tf32", "bfloat16")
+"""mcdrop.core.precision.PRECISIONS, repeated here to keep this module torch-free (a test checks they agree)."""
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -46,6 +49,9 @@ SETTINGS: dict[str, str] = {
                          f"of work at the throughput measured at start-up, at least {DEFAULT_SLICE_COST:g})",
     "MCDROP_THREADS": "torch threads (default: torch's choice)",
     "MCDROP_DEVICE": "cpu, cuda, cuda:N or auto (cuda when one is available) (default cpu)",
+    "MCDROP_PRECISION": "float32, tf32 (CUDA only) or bfloat16 (default float32; README \"Reproducibility\")",
+    "MCDROP_WORKERS": "server processes, each with its own models and scheduler (default 1); with MCDROP_THREADS unset "
+                      "each takes cores / workers torch threads",
     "MCDROP_ALLOWED_HOSTS": "Host header values accepted, comma-separated, or * (default: loopback names)",
     "MCDROP_ALLOWED_ORIGINS": "browser origins allowed to call the API (CORS), comma-separated (default: none)",
     "MCDROP_API_KEY": "bearer token required on every endpoint but /livez and /readyz (default: none)",
@@ -98,6 +104,15 @@ class ServiceConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     body_deadline_s: float = 60.0
+    precision: str = "float32"
+    workers: int = 1
+
+    def worker_threads(self, cores: int | None = None) -> int | None:
+        """Torch threads per worker: MCDROP_THREADS, else ``cores // workers`` (at least 1) when there are several
+        workers (so they do not oversubscribe the cores), else None (torch's choice)."""
+        if self.threads or self.workers == 1:
+            return self.threads
+        return max(1, (cores or os.cpu_count() or 1) // self.workers)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -126,6 +141,9 @@ class ServiceConfig:
         device = env.get("MCDROP_DEVICE", "").strip().lower() or "cpu"
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
             raise SettingError("MCDROP_DEVICE", f"expected cpu, cuda, cuda:N or auto, but got {device!r}")
+        precision = env.get("MCDROP_PRECISION", "").strip().lower() or "float32"
+        if precision not in PRECISIONS:
+            raise SettingError("MCDROP_PRECISION", f"expected one of {', '.join(PRECISIONS)}, but got {precision!r}")
         docs = env.get("MCDROP_DOCS", "0").strip().lower()
         if docs not in ("0", "1", "true", "false", ""):
             raise SettingError("MCDROP_DOCS", f"expected 0 or 1, but got {docs!r}")
@@ -144,4 +162,17 @@ class ServiceConfig:
             header_timeout_s=_number(env, "MCDROP_HEADER_TIMEOUT", 10.0, minimum=0.001),
             body_timeout_s=_number(env, "MCDROP_BODY_TIMEOUT", 30.0, minimum=0.001),
             body_deadline_s=_number(env, "MCDROP_BODY_DEADLINE", 60.0, minimum=0.001),
+            precision=precision,
+            workers=workers_from_env(env),
         )
+
+
+def workers_from_env(env: Mapping[str, str] | None = None, *, strict: bool = True) -> int:
+    """MCDROP_WORKERS (default 1).  The service reads it when its class is defined (BentoML takes the worker count
+    from the decorator) with ``strict=False``, 1 for a bad value, which :meth:`ServiceConfig.from_env` then reports."""
+    try:
+        return int(_number(os.environ if env is None else env, "MCDROP_WORKERS", 1, integer=True, minimum=1))
+    except SettingError:
+        if strict:
+            raise
+        return 1

@@ -24,6 +24,7 @@ from mcdrop.core.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
 from mcdrop.core.calibration import Calibration
 from mcdrop.core.engine import MCEngine, SamplingCancelled
 from mcdrop.core.models import DropoutMLP
+from mcdrop.core.precision import apply_precision, check_precision
 from mcdrop.core.prediction import predict
 from mcdrop.core.runtime import resolve_device
 from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
@@ -75,19 +76,22 @@ class Predictor:
     Args:
         models: names or paths; default: the default model.
         limits: the server's request limits.
-        element_budget: the engine's chunk budget.
+        element_budget: the engine's chunk budget (None: sized for the device).
         device: where the models run (:data:`mcdrop.core.runtime.DEVICES`); answers are computed on the CPU
             from the samples. Raises ValueError for a device this machine lacks.
+        precision: float32 (default), tf32 (CUDA) or bfloat16 (:mod:`mcdrop.core.precision`); ValueError for one the
+            device does not support.
     """
 
     def __init__(self, models: Sequence[str] | None = None, *, limits: Limits | None = None,
-                 element_budget: int = 1 << 24, device: str | None = None) -> None:
+                 element_budget: int | None = None, device: str | None = None, precision: str | None = None) -> None:
         self.limits = limits or Limits()
         self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         self._served: dict[str, Served] = {}
         for ref in models or [DEFAULT_MODEL]:
             artifact = load_artifact(ref)
-            artifact.model.to(self.device)
+            apply_precision(artifact.model.to(self.device), self.precision, self.device)
             if artifact.card.name in self._served:
                 raise ArtifactError(f"two models are named {artifact.card.name!r}; model names must be unique")
             engine = MCEngine(artifact.model, element_budget=element_budget)

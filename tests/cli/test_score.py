@@ -289,3 +289,60 @@ def test_local_and_remote_scoring_agree(tmp_path, models):
         assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
     proc = mcdrop("score", src, "-o", tmp_path / "x.csv", "--url", url, check=False)  # server gone
     assert proc.returncode == 1 and "--url" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_precision_flag(tmp_path, models, local):
+    """--precision bfloat16 scores on the CPU within the bound stated from bfloat16's unit roundoff; tf32 is refused
+    on the CPU with one line; the flag is for local scoring only."""
+    import torch
+
+    from mcdrop.core.precision import probability_tolerance
+
+    src = write_csv(tmp_path / "in.csv", X[:20])
+    mcdrop("score", src, "-o", tmp_path / "bf.csv", "--model", models["tiny-cls"], "-n", "16", "--seed", "3",
+           "--precision", "bfloat16")
+    want = local.predict_array(X[:20], n_samples=16, seed=3)
+    engine = local.served("tiny-cls").engine
+    logits = engine.sample(torch.from_numpy(X[:20]), 16, seed=3)
+    layers = sum(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
+    bound = probability_tolerance("bfloat16", layers, float(logits.abs().max()))
+    diff = np.abs(probabilities(read_csv(tmp_path / "bf.csv")) - want.probabilities).max()
+    assert diff <= bound
+    for args, message in ((["--precision", "tf32"], "--precision: precision 'tf32' needs a CUDA device"),
+                          (["--precision", "bfloat16", "--url", "http://127.0.0.1:9"], "--precision applies to local")):
+        run = mcdrop("score", src, "-o", tmp_path / "x.csv", "--model", models["tiny-cls"], *args, check=False)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_prefetch_keeps_order_raises_in_turn_and_stops_the_reader():
+    import threading
+
+    from mcdrop.cli.score import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad row 3")
+
+    got = []
+    with pytest.raises(ValueError, match="bad row 3"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    for item in prefetch(endless()):
+        if item == 5:
+            break
+    assert closed.wait(5)  # the consumer stopped: the reader closed its source

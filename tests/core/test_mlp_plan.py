@@ -256,3 +256,32 @@ def test_an_overflowing_row_gives_non_finite_outputs_like_the_generic_path(monke
     assert not torch.isfinite(want[:, [1, 3]]).all(-1).any(), "the generic path's overflowing rows are not all non-finite"
     assert not torch.isfinite(got[:, [1, 3]]).all(-1).any()
     assert_outputs_close(got[:, [0, 2]], want[:, [0, 2]])
+
+
+def test_a_build_without_openmp_splits_over_a_thread_pool_with_the_same_bits(monkeypatch, tmp_path, caplog):
+    """A compiler without working -fopenmp (here: -fno-openmp) gives a kernel that runs one thread by itself; the
+    plan then runs mlp_sample_part on a thread pool: the same pair ranges as the OpenMP build, the same bits."""
+    m = model(input_dropout=0.1, dropout=(0.3, 5 / 256))
+    x = torch.randn(40, 30)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with_openmp = MCEngine(m)
+        want = with_openmp.sample(x, 16, seed=2)  # 640 pairs: two parts
+        monkeypatch.setenv("MCDROP_CACHE", str(tmp_path))
+        monkeypatch.setenv("MCDROP_KERNEL_CFLAGS", "-fno-openmp")
+        monkeypatch.setattr(kernels, "_loaded", {})
+        with caplog.at_level(logging.WARNING, logger="mcdrop.core.kernels"):
+            built = kernels.load()
+        assert built is not None and not built.openmp and built.threads(640) == 2
+        assert "thread pool" in kernels.describe()
+        assert len([r for r in caplog.records if "without OpenMP" in r.message]) == 1
+        part, parts = built.mlp_sample_part, []
+        monkeypatch.setattr(built, "mlp_sample_part", lambda *a: parts.append(a[:2]) or part(*a))
+        pooled = MCEngine(m)
+        got = pooled.sample(x, 16, seed=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(parts) == [(0, 2), (1, 2)] and pooled._plan is not None
+    assert torch.equal(got, want)
+    assert pooled._plan.nnz == with_openmp._plan.nnz  # the parts' counts are summed

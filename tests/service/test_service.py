@@ -228,3 +228,39 @@ def test_server_started_elsewhere_finds_its_models_by_name(models, tmp_path):
     env = {"MCDROP_MODELS": str(Path(models["tiny-cls"]).parent), "MCDROP_SERVE_MODELS": "tiny-reg"}
     with running_server(env) as base:
         assert httpx.get(f"{base}/models").json()["default"] == "tiny-reg"
+
+
+def _workers_of(port: int) -> list[str]:
+    """Command lines of the BentoML worker processes descended from the `bentoml serve` listening on ``port``."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(entry.name)] = (ppid, cmd)
+    leader = next(pid for pid, (_, cmd) in procs.items() if " serve " in cmd and f"--port {port}" in cmd)
+
+    def descends(pid: int) -> bool:
+        while pid in procs and pid != leader:
+            pid = procs[pid][0]
+        return pid == leader
+
+    return [cmd for pid, (_, cmd) in procs.items() if "_bentoml_impl.worker" in cmd and descends(pid)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes through /proc")
+def test_mcdrop_workers_starts_that_many_processes_each_answering(models):
+    """MCDROP_WORKERS=2: two worker processes (each with its models and scheduler), answers as with one."""
+    port = free_port()
+    env = {"MCDROP_SERVE_MODELS": str(models["tiny-cls"]), "MCDROP_WORKERS": "2"}
+    with running_server(env, port=port, timeout=180) as base:
+        assert len(_workers_of(port)) == 2
+        x = [[0.5, -1.0, 2.0, 0.1]] * 3
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: post(base, {"inputs": x, "n_samples": 20, "seed": 5}).json(), range(8)))
+        assert all(a == answers[0] for a in answers)

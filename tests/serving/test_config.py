@@ -44,3 +44,33 @@ def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(SettingError) as err:
         ServiceConfig.from_env(env)
     assert err.value.variable == variable and str(err.value).startswith(variable)
+
+
+def test_precision_and_workers():
+    default = ServiceConfig.from_env({})
+    assert default.precision == "float32" and default.workers == 1 and default.worker_threads(16) is None
+    config = ServiceConfig.from_env({"MCDROP_PRECISION": " BFloat16 ", "MCDROP_WORKERS": "4"})
+    assert config.precision == "bfloat16" and config.workers == 4
+    assert config.worker_threads(16) == 4 and config.worker_threads(2) == 1  # cores shared, at least one each
+    pinned = ServiceConfig.from_env({"MCDROP_WORKERS": "4", "MCDROP_THREADS": "2"})
+    assert pinned.worker_threads(16) == 2  # MCDROP_THREADS wins
+
+
+def test_precision_names_match_the_librarys():
+    from mcdrop.core.precision import PRECISIONS
+    from mcdrop.serving.config import PRECISIONS as CONFIG_PRECISIONS
+
+    assert CONFIG_PRECISIONS == PRECISIONS
+
+
+@pytest.mark.parametrize(("env", "variable"), [({"MCDROP_PRECISION": "fp16"}, "MCDROP_PRECISION"),
+                                               ({"MCDROP_WORKERS": "0"}, "MCDROP_WORKERS"),
+                                               ({"MCDROP_WORKERS": "two"}, "MCDROP_WORKERS")])
+def test_bad_precision_or_workers_name_the_variable(env, variable):
+    from mcdrop.serving.config import workers_from_env
+
+    with pytest.raises(SettingError) as err:
+        ServiceConfig.from_env(env)
+    assert err.value.variable == variable
+    if variable == "MCDROP_WORKERS":
+        assert workers_from_env(env, strict=False) == 1  # the service's decorator: from_env reports it
