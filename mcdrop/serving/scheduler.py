@@ -19,8 +19,10 @@ about ``slice_cost``:
   longer than its time left (at the measured rate) gets its 504 at once rather than at the deadline.
 * **Overload.**  Work is admitted only if the backlog (queued work / the rate of large work) leaves it time to
   finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.
-* **Pricing.**  A request's seconds are its multiply-adds over the rate of *large* work: the predictor's
-  start-up measurement on a large slice, then a moving average over engine calls of at least half a slice.
+* **Pricing.**  A request's seconds are its multiply-adds over the rate of *large* work: the larger of the
+  predictor's start-up measurement on a large slice and a moving average over engine calls of at least half a
+  slice.  Never below the start-up rate: a pessimistic average (large slices that ran while the machine was
+  busy) would otherwise refuse every large request, and with none admitted nothing would correct it.
   One-row batches run far fewer multiply-adds per second (the per-call overhead dominates), so a rate averaged
   over all calls priced a maximum-size request 16-45x too high under one-row traffic and refused it on an
   empty queue (issue 21).  Small requests priced at the large rate are priced low, but they are batched and
@@ -124,6 +126,7 @@ class Scheduler:
         self.slice_cost, self.max_rows = float(slice_cost), max_rows
         self.batch_wait, self.timeout_s = batch_wait_ms / 1e3, timeout_s
         self.rate = float(rate)  # multiply-adds per second of large work: the admission price (see the module docs)
+        self.start_rate = self.rate  # the start-up estimate: the price's floor
         self.slice_rate = 0.0  # the same, measured here only (0: no large work has run yet)
         self._jobs: list[_Job] = []
         self._cond = threading.Condition()
@@ -269,7 +272,7 @@ class Scheduler:
             return
         rate = cost / elapsed  # the first measurement replaces the start-up estimate, then a moving average
         self.slice_rate = 0.8 * self.slice_rate + 0.2 * rate if self.slice_rate else rate
-        self.rate = self.slice_rate
+        self.rate = max(self.slice_rate, self.start_rate)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         with self._cond:

@@ -187,4 +187,15 @@ def test_one_row_traffic_does_not_raise_the_price_of_large_work(predictor):
         return await scheduler.submit(big, timeout_s=max(10 * price, 1.0))
 
     assert len(asyncio.run(main())) == 4096
-    assert scheduler.slice_rate > 0 and scheduler.rate == scheduler.slice_rate  # large work did measure it
+    assert scheduler.slice_rate > 0 and scheduler.rate == max(scheduler.slice_rate, predictor.rate)  # large work measured
+
+
+def test_slow_large_work_does_not_lock_out_large_requests(predictor):
+    """Large slices that ran slowly (a busy machine) must not price every later large request out: with none
+    admitted, nothing would correct the estimate.  The price never exceeds the start-up rate's; a request that
+    then cannot finish gets its 504 early (test above)."""
+    scheduler = Scheduler(predictor, rate=predictor.rate, slice_cost=512 * 200 * PASS_COST)
+    big = req(4096, n=200)
+    price = scheduler.seconds(big)
+    scheduler._measure(512 * 200 * PASS_COST, 1e3 * 512 * 200 * PASS_COST / predictor.rate)  # a slice 1000x slower
+    assert scheduler.slice_rate < predictor.rate / 100 and scheduler.seconds(big) == price
