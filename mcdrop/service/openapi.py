@@ -8,7 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from mcdrop import __version__
-from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
+from mcdrop.schemas import AcquireRequest, AcquireResponse, ErrorResponse, ModelsResponse, PredictRequest, PredictResponse
 from mcdrop.serving.config import SETTINGS
 
 __all__ = ["openapi_document"]
@@ -60,7 +60,8 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0.3 description of every route, its bodies, and every error status."""
     _, defs = models_json_schema(
         [(PredictRequest, "validation"), (PredictResponse, "serialization"), (ErrorResponse, "serialization"),
-         (ModelsResponse, "serialization")], ref_template="#/components/schemas/{model}")
+         (ModelsResponse, "serialization"), (AcquireRequest, "validation"), (AcquireResponse, "serialization")],
+        ref_template="#/components/schemas/{model}")
     schemas = _nullable_30(defs["$defs"])
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     errors = {code: {"description": text, "content": {"application/json": {"schema": ref("ErrorResponse")}}}
@@ -90,6 +91,16 @@ def openapi_document() -> dict[str, Any]:
                                                                     ".npy array, one record per row, one field per "
                                                                     "column; metadata as JSON in X-MCDrop-Meta"}}}},
                               **{c: errors[c] for c in ("400", "401", "403", "404", "408", "413", "415", "422", "503", "504")}},
+            }},
+            "/acquire": {"post": {
+                "summary": "The k rows of an unlabelled pool to label next (active learning)",
+                "description": "BALD, BatchBALD, entropy, margin or random over MC passes with consistent masks (one "
+                               "network per pass for the whole pool); the pool is bounded by the body size and by "
+                               "rows x passes x the model's cost (MCDROP_MAX_COST) as /predict is.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("AcquireRequest")}}},
+                "responses": {"200": {"description": "the chosen rows, best first, with their scores", "content": {
+                    "application/json": {"schema": ref("AcquireResponse")}}},
+                              **{c: errors[c] for c in ("400", "401", "403", "404", "408", "413", "415", "503")}},
             }},
             "/models": {"get": {"summary": "The served models' cards, the default model and the limits", "responses": {
                 "200": {"description": "models and limits", "content": {"application/json": {"schema": ref("ModelsResponse")}}},

@@ -245,8 +245,8 @@ def test_openapi_document_matches_the_answers(app):
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "GET /models"}
-    operations = [op for op in operations if op.path in ("/predict", "/models")]  # the rest are BentoML's
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "GET /models", "POST /acquire"}
+    operations = [op for op in operations if op.path in ("/predict", "/models", "/acquire")]  # the rest are BentoML's
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
