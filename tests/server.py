@@ -86,13 +86,17 @@ def group_alive(pgid: int) -> list[int]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if group_alive(proc.pid):  # a worker that outlived its main process
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    """SIGTERM to the server's process group, SIGKILL after 20 s; whatever stops the wait (a signal to the caller,
+    a worker outliving its main process), nothing of the group is left running."""
+    try:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    finally:
+        if group_alive(proc.pid):
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
