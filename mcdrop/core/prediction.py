@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from mcdrop.core import uncertainty as U
 from mcdrop.core.engine import MCEngine
-from mcdrop.core.stopping import DecisionRule, DecisionTests, interval_settled, next_round, settled
+from mcdrop.core.stopping import DecisionRule, DecisionTests, interval_settled, next_round
+from mcdrop.core.stopping import settled as settled_decisions
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, MIN_ADAPTIVE_SAMPLES, Mode, Task, new_seed
 
 __all__ = ["Prediction", "model_task", "predict"]
@@ -171,12 +172,15 @@ def _summarize_used(samples: Tensor, used: Tensor, task: Task, tau: float | None
     return _merge(parts, b)
 
 
-def _sample_interval(
-    engine: MCEngine, x: Tensor, first: int, cap: int, delta: float, seed: int | Tensor, rows: Tensor | None, task: Task,
-    tau: float | None, level: float, cancelled: Callable[[], bool] | None,
+def _sample_rounds(
+    engine: MCEngine, x: Tensor, first: int, cap: int, seed: int | Tensor, rows: Tensor | None,
+    cancelled: Callable[[], bool] | None, settled: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """Regression: rounds of passes of the open rows until both interval ends are known within
-    :data:`~mcdrop.core.stopping.INTERVAL_FRACTION` of the width (or the cap); NaN beyond."""
+    """Rounds of passes of the open rows (``first``, then :func:`~mcdrop.core.stopping.next_round`) until
+    ``settled(new, part, active)`` says each row is done, or the cap.  A row's passes are those of a fixed-n request
+    with the same seed (masks keyed by row and sample).  Returns samples ``(cap, B, ...)``, NaN beyond a row's
+    passes, and the passes each row used ``(B,)``.  ``settled`` gets the round's new samples ``(m - n, A, ...)``, all
+    samples so far of the open rows ``(m, A, ...)`` and their indices ``(A,)``; it returns a bool ``(A,)``."""
     b = x.shape[0]
     rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
     out: Tensor | None = None
@@ -193,16 +197,30 @@ def _sample_interval(
         out[n:m, active] = new
         used[active] = m
         n = m
-        part = out[:n, active]
-        if task is Task.HOMOSCEDASTIC:
-            if tau is None or not tau > 0:
-                raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
-            done = interval_settled(part, 1.0 / tau, level, delta)
-        else:
-            done = interval_settled(part[..., 0], part[..., 1].exp(), level, delta)
+        done = settled(new, out[:n, active], active)
         active = active[~done]
     assert out is not None
     return out, used
+
+
+def _sample_interval(
+    engine: MCEngine, x: Tensor, first: int, cap: int, delta: float, seed: int | Tensor, rows: Tensor | None, task: Task,
+    tau: float | None, level: float, cancelled: Callable[[], bool] | None,
+) -> tuple[Tensor, Tensor]:
+    """Regression: rounds of passes of the open rows until both interval ends are known within
+    :data:`~mcdrop.core.stopping.INTERVAL_FRACTION` of the width (or the cap); NaN beyond."""
+    noise = 0.0
+    if task is Task.HOMOSCEDASTIC:
+        if tau is None or not tau > 0:
+            raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
+        noise = 1.0 / tau
+
+    def settled(_new: Tensor, part: Tensor, _active: Tensor) -> Tensor:
+        if task is Task.HOMOSCEDASTIC:
+            return interval_settled(part, noise, level, delta)
+        return interval_settled(part[..., 0], part[..., 1].exp(), level, delta)
+
+    return _sample_rounds(engine, x, first, cap, seed, rows, cancelled, settled)
 
 
 def _sample_decision(
@@ -210,32 +228,19 @@ def _sample_decision(
     rows: Tensor | None, cancelled: Callable[[], bool] | None,
 ) -> tuple[Tensor, Tensor]:
     """Rounds of passes of the open rows until each row's decisions are settled (or the cap); NaN beyond."""
-    b = x.shape[0]
-    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
-    out: Tensor | None = None
-    used = torch.zeros(b, dtype=torch.int64)
-    active = torch.arange(b)
-    tests: DecisionTests | None = None
-    n = 0
-    while active.numel() and n < cap:
-        m = first if n == 0 else next_round(n, cap)
-        index = active.to(x.device)
-        row_seed = seed[active] if isinstance(seed, Tensor) else seed
-        new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
-        if out is None:
-            out = torch.full((cap, b, *new.shape[2:]), math.nan, dtype=new.dtype)
-            tests = DecisionTests(b, new.shape[-1], delta, rule.levels(), rule.full_grid)
-        assert tests is not None
-        out[n:m, active] = new
-        used[active] = m
-        n = m
-        tests.update(torch.softmax(new.double(), -1))
-        lower, upper = tests.bounds()
-        done = settled(tests.mean, lower, upper, rule.select(active))
-        active = active[~done]
-        tests.select(torch.nonzero(~done).squeeze(1))
-    assert out is not None
-    return out, used
+    tests: list[DecisionTests] = []  # made at the first round, when the number of classes is known
+
+    def settled(new: Tensor, _part: Tensor, active: Tensor) -> Tensor:
+        if not tests:
+            tests.append(DecisionTests(x.shape[0], new.shape[-1], delta, rule.levels(), rule.full_grid))
+        test = tests[0]
+        test.update(torch.softmax(new.double(), -1))
+        lower, upper = test.bounds()
+        done = settled_decisions(test.mean, lower, upper, rule.select(active))
+        test.select(torch.nonzero(~done).squeeze(1))
+        return done
+
+    return _sample_rounds(engine, x, first, cap, seed, rows, cancelled, settled)
 
 
 def _sample_adaptive(
