@@ -178,6 +178,15 @@ def keep_mask(keys: Tensor, n: int, p: float, dtype: torch.dtype = torch.float32
     return drop_lanes(words, n, bits, threshold).logical_not_().to(dtype)
 
 
+def _edge_rate(x: Tensor, p: float, s: int, b: int, expanded: bool) -> Tensor | None:
+    """The output at p = 0 (``x`` for every sample) or p >= 1 (zeros), ``(S*B, *F)``; None for 0 < p < 1."""
+    if p == 0.0:
+        return x if expanded else x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+    if p >= 1.0:
+        return torch.zeros((s * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    return None
+
+
 def _split(x: Tensor, keys: Tensor) -> tuple[int, int, bool]:
     s, b = keys.shape
     rows = x.shape[0]
@@ -199,10 +208,9 @@ def mc_dropout(x: Tensor, keys: Tensor, p: float) -> Tensor:
     """
     s, b, expanded = _split(x, keys)
     feat = x.shape[1:]
-    if p == 0.0:
-        return x if expanded else x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *feat)
-    if p >= 1.0:
-        return torch.zeros((s * b, *feat), dtype=x.dtype, device=x.device)
+    edge = _edge_rate(x, p, s, b, expanded)
+    if edge is not None:
+        return edge
     if triton_masks.enabled(x.device):  # CUDA: masks hashed, compared and applied in one kernel
         return triton_masks.mc_dropout(x, keys, p, expanded)
     n = math.prod(feat)
@@ -249,10 +257,9 @@ def mc_alpha_dropout(x: Tensor, keys: Tensor, p: float, *, feature: bool = False
     """
     s, b, expanded = _split(x, keys)
     feat = x.shape[1:]
-    if p == 0.0:
-        return x if expanded else x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *feat)
-    if p >= 1.0:
-        return torch.zeros((s * b, *feat), dtype=x.dtype, device=x.device)
+    edge = _edge_rate(x, p, s, b, expanded)
+    if edge is not None:
+        return edge
     _, _, p_used = quantized_rate(p)
     a = 1.0 / math.sqrt((SELU_ALPHA**2 * p_used + 1.0) * (1.0 - p_used))
     if feature:
