@@ -48,8 +48,9 @@ def conformal_p_values(reference: np.ndarray, scores: np.ndarray, u: np.ndarray)
     """Online smoothed conformal p-values of ``scores`` in order: each against ``reference`` (sorted ascending)
     and the scores before it.  Shapes: reference ``(m,)``, scores ``(B,)``, u ``(B,)`` uniforms -> ``(B,)``."""
     s = np.asarray(scores, dtype=np.float64)
-    greater = len(reference) - np.searchsorted(reference, s, side="right")
-    equal = np.searchsorted(reference, s, side="right") - np.searchsorted(reference, s, side="left")
+    right = np.searchsorted(reference, s, side="right")
+    greater = len(reference) - right
+    equal = right - np.searchsorted(reference, s, side="left")
     earlier = np.tril(np.ones((len(s), len(s)), dtype=bool), -1)  # earlier[i, j]: j comes before i
     greater = greater + (earlier & (s[None, :] > s[:, None])).sum(1)
     equal = equal + (earlier & (s[None, :] == s[:, None])).sum(1)
@@ -200,7 +201,7 @@ class DriftMonitor:
 
     def _state(self) -> DriftState:
         n = len(self._flags)
-        return DriftState(inputs=self._inputs, window=n, ood_share=float(np.mean(self._flags)) if n else 0.0,
+        return DriftState(inputs=self._inputs, window=n, ood_share=sum(self._flags) / n if n else 0.0,
                           ks=ks_uniform(np.asarray(self._p)), martingale=self._martingale.value, alarm=self._alarm)
 
 

@@ -158,7 +158,8 @@ class Scheduler:
         if request.mode is Mode.MC and request.seed is None:
             request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        cost, need = self.predictor.work(request), self.seconds(request)
+        cost = self.predictor.work(request)
+        need = cost / self.rate  # self.seconds(request), without pricing the request twice
         backlog = self.backlog_seconds()
         if backlog + need > timeout:
             raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
