@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mcdrop.schemas import AcquireRequest
-from mcdrop.service.app import STATUS, _validation_response, error_response
+from mcdrop.service.app import STATUS, _validation_response, error_response, parse_in_one_thread
 from mcdrop.serving import acquisition
 from mcdrop.serving.errors import PredictError
 
@@ -38,7 +38,7 @@ def acquire_endpoint(state: Callable[[], Any]) -> Callable[[Request], Any]:
         if not body.strip():
             return error_response("the request body is empty; expected a JSON object with inputs and k", "body", 400)
         try:
-            parsed = await anyio.to_thread.run_sync(AcquireRequest.model_validate_json, body)
+            parsed = await parse_in_one_thread(AcquireRequest.model_validate_json, body)
         except ValidationError as err:
             return _validation_response(err)
         try:

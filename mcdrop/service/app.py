@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -89,6 +89,7 @@ def _query_options(request: Request) -> dict[str, Any]:
 THREAD_PARSE_BYTES = 256 * 1024
 """Bodies larger than this are parsed and validated in a worker thread: a 16 MB body takes about half a second,
 which would otherwise stall every other connection (and /livez) on the event loop."""
+T = TypeVar("T")
 _PARSER = ThreadPoolExecutor(1, thread_name_prefix="mcdrop-parse")
 """The one thread that parses large bodies.  glibc gives each thread that allocates its own heap (arena), and
 a thread's freed memory stays in its arena: spread over a pool's threads, every 16 MB body left its worker about
@@ -105,6 +106,19 @@ async def _parse(request: Request) -> PredictRequest:
     if len(body) > THREAD_PARSE_BYTES:
         return await asyncio.get_running_loop().run_in_executor(_PARSER, _decode_large, body, options)
     return _decode(body, options)
+
+
+async def parse_in_one_thread(parse: Callable[[bytes], T], body: bytes) -> T:
+    """``parse(body)`` on the one parsing thread (:data:`_PARSER`), its transient memory then returned to the OS (as
+    :func:`_decode_large`): for routes other than ``/predict`` that read large JSON bodies."""
+
+    def run() -> T:
+        try:
+            return parse(body)
+        finally:
+            release_free_memory()
+
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, run)
 
 
 def _decode_large(body: bytes, options: dict[str, Any] | None) -> PredictRequest:

@@ -95,7 +95,8 @@ class _Guard(Guard):
         config = ServiceConfig.from_env()
         super().__init__(app, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins,
                          api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs,
-                         body_timeout_s=config.body_timeout_s, body_deadline_s=config.body_deadline_s)
+                         body_timeout_s=config.body_timeout_s, body_deadline_s=config.body_deadline_s,
+                         body_paths=("/predict", "/acquire"))  # size, pace and type of every body read
 
 
 @bentoml.service(name="mcdrop", workers=workers_from_env(strict=False), http={"host": "127.0.0.1", "port": 3000},

@@ -107,3 +107,23 @@ def test_real_server_with_the_blocking_client(models):
         assert err.value.status == 413 and err.value.field == "n_samples"
         drawn = c.acquire(POOL, 2, method="entropy")
         assert isinstance(drawn.seed, int)
+
+
+@pytest.mark.integration
+def test_the_servers_guard_checks_acquire_bodies_as_predict_bodies(models):
+    """An /acquire body is checked by the guard as a /predict body is: a stalled body gets 408 after
+    MCDROP_BODY_TIMEOUT (the route alone would wait for it), an oversized one 413 before it is read whole."""
+    import socket
+    from urllib.parse import urlsplit
+
+    env = {"MCDROP_SERVE_MODELS": str(models["tiny-cls"]), "MCDROP_MAX_BODY_BYTES": "1024", "MCDROP_BODY_TIMEOUT": "0.5"}
+    with running_server(env) as url:
+        host = urlsplit(url)
+        with socket.create_connection((host.hostname, host.port), timeout=10) as sock:
+            sock.sendall(b"POST /acquire HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")  # then nothing
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408")
+        big = httpx.post(f"{url}/acquire", content=b"[" + b"0," * 2000 + b"0]",
+                         headers={"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["field"] == "body"
