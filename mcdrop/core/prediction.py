@@ -175,12 +175,14 @@ def _summarize_used(samples: Tensor, used: Tensor, task: Task, tau: float | None
 def _sample_rounds(
     engine: MCEngine, x: Tensor, first: int, cap: int, seed: int | Tensor, rows: Tensor | None,
     cancelled: Callable[[], bool] | None, settled: Callable[[Tensor, Tensor, Tensor], Tensor],
+    step: Callable[[int], int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Rounds of passes of the open rows (``first``, then :func:`~mcdrop.core.stopping.next_round`) until
-    ``settled(new, part, active)`` says each row is done, or the cap.  A row's passes are those of a fixed-n request
-    with the same seed (masks keyed by row and sample).  Returns samples ``(cap, B, ...)``, NaN beyond a row's
-    passes, and the passes each row used ``(B,)``.  ``settled`` gets the round's new samples ``(m - n, A, ...)``, all
-    samples so far of the open rows ``(m, A, ...)`` and their indices ``(A,)``; it returns a bool ``(A,)``."""
+    """Rounds of passes of the open rows (``first``, then ``step(n)``, default
+    :func:`~mcdrop.core.stopping.next_round`) until ``settled(new, samples, active)`` says each row is done, or the
+    cap.  A row's passes are those of a fixed-n request with the same seed (masks keyed by row and sample).  Returns
+    samples ``(cap, B, ...)``, NaN beyond a row's passes, and the passes each row used ``(B,)``.  ``settled`` gets the
+    round's new samples ``(m - n, A, ...)``, all samples so far ``(m, B, ...)`` (a view: index it by ``active``)
+    and the open rows' indices ``(A,)``; it returns a bool ``(A,)``."""
     b = x.shape[0]
     rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
     out: Tensor | None = None
@@ -188,7 +190,7 @@ def _sample_rounds(
     active = torch.arange(b)
     n = 0
     while active.numel() and n < cap:
-        m = first if n == 0 else next_round(n, cap)
+        m = first if n == 0 else next_round(n, cap) if step is None else step(n)
         index = active.to(x.device)
         row_seed = seed[active] if isinstance(seed, Tensor) else seed
         new = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n, cancelled=cancelled).cpu()
@@ -197,7 +199,7 @@ def _sample_rounds(
         out[n:m, active] = new
         used[active] = m
         n = m
-        done = settled(new, out[:n, active], active)
+        done = settled(new, out[:n], active)
         active = active[~done]
     assert out is not None
     return out, used
@@ -215,7 +217,8 @@ def _sample_interval(
             raise ValueError(f"a homoscedastic model needs its noise precision tau > 0, but got {tau}")
         noise = 1.0 / tau
 
-    def settled(_new: Tensor, part: Tensor, _active: Tensor) -> Tensor:
+    def settled(_new: Tensor, samples: Tensor, active: Tensor) -> Tensor:
+        part = samples[:, active]
         if task is Task.HOMOSCEDASTIC:
             return interval_settled(part, noise, level, delta)
         return interval_settled(part[..., 0], part[..., 1].exp(), level, delta)
@@ -230,7 +233,7 @@ def _sample_decision(
     """Rounds of passes of the open rows until each row's decisions are settled (or the cap); NaN beyond."""
     tests: list[DecisionTests] = []  # made at the first round, when the number of classes is known
 
-    def settled(new: Tensor, _part: Tensor, active: Tensor) -> Tensor:
+    def settled(new: Tensor, _samples: Tensor, active: Tensor) -> Tensor:
         if not tests:
             tests.append(DecisionTests(x.shape[0], new.shape[-1], delta, rule.levels(), rule.full_grid))
         test = tests[0]
@@ -247,27 +250,13 @@ def _sample_adaptive(
     engine: MCEngine, x: Tensor, first: int, cap: int, tolerance: float, seed: int | Tensor, rows: Tensor | None,
     task: Task, cancelled: Callable[[], bool] | None,
 ) -> tuple[Tensor, Tensor]:
-    b = x.shape[0]
-    rows = torch.arange(b, dtype=torch.int64, device=x.device) if rows is None else rows.to(x.device)
-    first_out = engine.sample(x, first, seed=seed, rows=rows, cancelled=cancelled).cpu()
-    out = torch.full((cap, *first_out.shape[1:]), math.nan, dtype=first_out.dtype)
-    out[:first] = first_out
-    used = torch.full((b,), first, dtype=torch.int64)
-    active = torch.arange(b)
-    n = first
-    while active.numel() and n < cap:
-        done = U.main_stderr(out[:n, active], task) <= tolerance
-        active = active[~done.cpu()]
-        if not active.numel():
-            break
-        m = min(2 * n, cap)
-        index = active.to(x.device)
-        row_seed = seed[active] if isinstance(seed, Tensor) else seed
-        out[n:m, active] = engine.sample(x[index], m - n, seed=row_seed, rows=rows[index], first_sample=n,
-                                         cancelled=cancelled).cpu()
-        used[active] = m
-        n = m
-    return out, used
+    """Adaptive sampling: the open rows' passes doubled until the MC standard error of the main estimate is at
+    most ``tolerance`` (or the cap); NaN beyond."""
+
+    def settled(_new: Tensor, samples: Tensor, active: Tensor) -> Tensor:
+        return (U.main_stderr(samples[:, active], task) <= tolerance).cpu()
+
+    return _sample_rounds(engine, x, first, cap, seed, rows, cancelled, settled, step=lambda n: min(2 * n, cap))
 
 
 def _cpu(features: dict[str, Tensor]) -> dict[str, Tensor]:
