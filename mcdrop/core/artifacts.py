@@ -31,6 +31,7 @@ from mcdrop.core.models import build_model, describe_architecture, multiply_adds
 from mcdrop.schemas import ModelCard
 
 __all__ = [
+    "COMPUTED_CARD_FIELDS",
     "DEFAULT_MODEL",
     "Artifact",
     "ArtifactError",
@@ -104,6 +105,11 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
         f"model {str(name_or_path)!r} not found: expected a model folder or one of the models on the model path "
         f"({names}; searched {where})"
     )
+
+
+COMPUTED_CARD_FIELDS = frozenset({"architecture", "weights_file", "weights_sha256", "parameter_shapes", "cost", "created",
+                                  "library_version", "calibration_file", "calibration_sha256", "calibration"})
+"""The card fields :func:`save_model` fills in itself (leave them out of the ``card`` passed to it)."""
 
 
 def save_model(model: nn.Module, directory: Path, card: dict[str, object], calibration: Calibration | None = None,

@@ -31,11 +31,10 @@ import torch
 from torch import Tensor
 
 from mcdrop.core import conformal
-from mcdrop.core.artifacts import load_artifact, save_model
+from mcdrop.core.artifacts import COMPUTED_CARD_FIELDS, load_artifact, save_model
 from mcdrop.core.calibration import Calibration
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.ood import fit_feature_density
-from mcdrop.core.prediction import predict
 from mcdrop.request import Task
 
 __all__ = ["CalibrationDataError", "CalibrationReport", "calibrate_model"]
@@ -192,9 +191,7 @@ def calibrate_model(model: str | os.PathLike[str], x: Any, y: Any, *, output: st
     meta = {**calibration.meta, "source": "mcdrop calibrate", "rows": {"density": len(ya), "fit": len(yb),
                                                                       "calibration": n_cal},
             "max_coverage": n_cal / (n_cal + 1)}
-    fields = card.model_dump(exclude={"architecture", "weights_file", "weights_sha256", "parameter_shapes", "cost",
-                                      "created", "library_version", "calibration_file", "calibration_sha256",
-                                      "calibration"})
+    fields = card.model_dump(exclude=set(COMPUTED_CARD_FIELDS))
     fields.update(updates)
     target = Path(output) if output is not None else art.directory
     save_model(net, target, fields, Calibration(card.task, meta, calibration.tensors(), card.class_names), meta)
@@ -206,15 +203,10 @@ def _calibrate_regression(net: Any, engine: MCEngine, density_rows: tuple[Tensor
                           task: Task, tau: float | None, n_samples: int, seed: int, dim: int, ood_tpr: float) -> Calibration:
     """Normalised conformal scores ``|y - mu| / sigma`` in both modes, and an OOD density when the model names its
     feature layers (one Gaussian per layer, standardised on the fit rows)."""
-    from mcdrop.request import Mode
-    from mcdrop.training.calibrate import features
+    from mcdrop.training.calibrate import features, ood_threshold, regression_conformal_tensors
 
     x_cal, y_cal = calibration
-    tensors: dict[str, Tensor] = {}
-    for mode in Mode:
-        s = predict(engine, x_cal, task=task, tau=tau, mode=mode, n_samples=n_samples, seed=seed).summary
-        scores = ((y_cal.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()  # type: ignore[union-attr]
-        tensors[f"conformal.{mode.value}.regression"] = torch.from_numpy(np.sort(scores))
+    tensors = regression_conformal_tensors(engine, x_cal, y_cal, n_samples, seed, task=task, tau=tau)
     meta: dict[str, Any] = {"mc_samples": n_samples, "seed": seed}
     layers = list(net.feature_layers()) if hasattr(net, "feature_layers") else []
     if layers:
@@ -222,8 +214,7 @@ def _calibrate_regression(net: Any, engine: MCEngine, density_rows: tuple[Tensor
         density = fit_feature_density(features(engine, xa, layers), torch.zeros(len(xa), dtype=torch.int64),
                                       features(engine, xb, layers), 1, dim)
         ood = density.score(features(engine, x_cal, layers)).double().numpy()
-        k = math.ceil(ood_tpr * (len(ood) + 1))
         meta.update({"feature_layers": layers, "density_dim": dim, "ood_tpr": ood_tpr,
-                     "ood_threshold": float(np.sort(ood)[min(k, len(ood)) - 1])})
+                     "ood_threshold": ood_threshold(ood, ood_tpr)})
         tensors.update(density.tensors())
     return Calibration(task, meta, tensors)

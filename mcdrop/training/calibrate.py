@@ -32,7 +32,7 @@ from mcdrop.core.prediction import predict
 from mcdrop.request import Mode, Task
 
 __all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
-           "ood_metrics", "ood_report", "ood_scores"]
+           "ood_metrics", "ood_report", "ood_scores", "ood_threshold", "regression_conformal_tensors"]
 
 LEVELS = (0.8, 0.9, 0.95)
 
@@ -70,8 +70,7 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
                                   features(engine, temperature[0], layers), n_classes, dim)
     x_cal, y_cal = calibration
     ood = density.score(features(engine, x_cal, layers)).double().numpy()
-    k = math.ceil(ood_tpr * (len(ood) + 1))
-    ood_threshold = float(np.sort(ood)[min(k, len(ood)) - 1])
+    threshold = ood_threshold(ood, ood_tpr)
     tensors = density.tensors()
     tensors["ood.calibration_scores"] = torch.from_numpy(np.sort(ood))
     for mode in Mode:
@@ -81,7 +80,7 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
     meta: dict[str, Any] = {
-        "feature_layers": layers, "density_dim": dim, "ood_threshold": ood_threshold, "ood_tpr": ood_tpr,
+        "feature_layers": layers, "density_dim": dim, "ood_threshold": threshold, "ood_tpr": ood_tpr,
         "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
         "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,
         "rows": {"density": len(train[1]), "standardisation": len(temperature[1]), "calibration": len(y_cal)},
@@ -96,15 +95,28 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
 def calibrate_regressor(model: nn.Module, *, calibration: tuple[Tensor, Tensor], n_samples: int = 1000,
                         seed: int = 0) -> Calibration:
     """Normalised conformal scores ``|y - mu| / sigma`` of held-out rows, in both modes (no density)."""
-    engine = MCEngine(model)
     x_cal, y_cal = calibration
-    tensors: dict[str, Tensor] = {}
-    for mode in Mode:
-        s = predict(engine, x_cal, mode=mode, n_samples=n_samples, seed=seed).summary
-        scores = ((y_cal.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()  # type: ignore[union-attr]
-        tensors[f"conformal.{mode.value}.regression"] = torch.from_numpy(np.sort(scores))
+    tensors = regression_conformal_tensors(MCEngine(model), x_cal, y_cal, n_samples, seed)
     meta = {"mc_samples": n_samples, "seed": seed, "rows": {"calibration": len(y_cal)}}
     return Calibration(Task.HOMOSCEDASTIC, meta, tensors)
+
+
+def regression_conformal_tensors(engine: MCEngine, x: Tensor, y: Tensor, n_samples: int, seed: int, *,
+                                 task: Task | None = None, tau: float | None = None) -> dict[str, Tensor]:
+    """Sorted normalised conformal scores ``|y - mu| / sigma`` of held-out rows, in both modes."""
+    tensors: dict[str, Tensor] = {}
+    for mode in Mode:
+        s = predict(engine, x, task=task, tau=tau, mode=mode, n_samples=n_samples, seed=seed).summary
+        scores = ((y.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()  # type: ignore[union-attr]
+        tensors[f"conformal.{mode.value}.regression"] = torch.from_numpy(np.sort(scores))
+    return tensors
+
+
+def ood_threshold(scores: np.ndarray, tpr: float) -> float:
+    """The OOD threshold that keeps a share ``tpr`` of in-distribution rows: the ``ceil(tpr (n + 1))``-th smallest
+    of the ``n`` held-out scores (the conformal quantile; the largest when that rank exceeds ``n``)."""
+    k = math.ceil(tpr * (len(scores) + 1))
+    return float(np.sort(scores)[min(k, len(scores)) - 1])
 
 
 def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tensor, Tensor], *,
