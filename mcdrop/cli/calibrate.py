@@ -115,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.is_file():
         raise CLIError(f"DATA {args.data}: no such file", 2)
     try:
-        card = load_artifact(args.model).card
+        art = load_artifact(args.model)  # loaded once: checked here, calibrated below
     except ArtifactError as err:
         raise CLIError(str(err), 2 if isinstance(err, ModelNotFoundError) else 1) from err
+    card = art.card
     wanted = {"regression": "homoscedastic"}.get(args.task, args.task)
     if wanted is not None and wanted != card.task.value and not (args.task == "regression" and card.task != "classification"):
         raise CLIError(f"--task {args.task}: model {card.name!r} is a {card.task.value} model", 2)
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise CLIError(f"DATA {args.data}: expected a .csv, .parquet or .npy file", 2)
     try:
-        report = calibrate_model(args.model, x, y, output=args.output, n_samples=args.samples, seed=args.seed)
+        report = calibrate_model(art, x, y, output=args.output, n_samples=args.samples, seed=args.seed)
     except CalibrationDataError as err:
         raise CLIError(f"DATA {args.data}: {err}") from err
     except ArtifactError as err:

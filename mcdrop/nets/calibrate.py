@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mcdrop.core import conformal
-from mcdrop.core.artifacts import COMPUTED_CARD_FIELDS, load_artifact, save_model
+from mcdrop.core.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
 from mcdrop.core.calibration import Calibration
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.ood import fit_feature_density
@@ -112,13 +112,14 @@ def _labels(y: Any, task: Task, class_names: Sequence[str] | None, n_classes: in
     return torch.from_numpy(codes.astype(np.int64))
 
 
-def calibrate_model(model: str | os.PathLike[str], x: Any, y: Any, *, output: str | os.PathLike[str] | None = None,
+def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *, output: str | os.PathLike[str] | None = None,
                     n_samples: int = 50, seed: int = 0, ood_tpr: float = 0.95, default_risk: float = 0.02,
                     density_dim: int = 64) -> CalibrationReport:
     """Fit a model folder's calibration on held-out rows ``(x, y)`` and write it into the folder (or ``output``).
 
     Args:
-        model: a model folder or name (the folder is rewritten whole, see :func:`~mcdrop.core.artifacts.save_model`).
+        model: a model folder or name, or an :class:`~mcdrop.core.artifacts.Artifact` already loaded (the folder
+            is rewritten whole, see :func:`~mcdrop.core.artifacts.save_model`).
         x: inputs ``(N, D)``, ``D`` the model's input width (an array or tensor).
         y: labels ``(N,)``: class indices or class names (classification), target values (regression).
         output: write the calibrated folder here instead of replacing the model's.
@@ -130,7 +131,7 @@ def calibrate_model(model: str | os.PathLike[str], x: Any, y: Any, *, output: st
 
     Raises :class:`CalibrationDataError` for data of the wrong width, labels outside the classes or too few rows.
     """
-    art = load_artifact(model)
+    art = model if isinstance(model, Artifact) else load_artifact(model)
     card, net = art.card, art.model
     xs = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if xs.dim() != 2:
