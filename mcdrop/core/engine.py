@@ -201,13 +201,21 @@ def _replica(model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
     return clone(model, ""), layers
 
 
+_KEYED_FUNCTIONAL: dict[Any, Callable[[Tensor, Tensor, float], Tensor]] = {
+    nn.functional.dropout: F.mc_dropout, torch.dropout: F.mc_dropout,
+    nn.functional.dropout1d: F.mc_channel_dropout, nn.functional.dropout2d: F.mc_channel_dropout,
+    nn.functional.dropout3d: F.mc_channel_dropout, nn.functional.alpha_dropout: F.mc_alpha_dropout,
+    nn.functional.feature_alpha_dropout: lambda x, keys, p: F.mc_alpha_dropout(x, keys, p, feature=True),
+}
+
+
+def _dropout_p(args: Any, kwargs: dict[str, Any]) -> float:
+    """The rate of a functional dropout call (``F.dropout(input, p=0.5, ...)`` and its kin)."""
+    return float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
+
+
 class _FunctionalDropoutSpy(TorchFunctionMode):
     """Records functional dropout calls with p > 0 made while a probe pass runs."""
-
-    _FUNCTIONS = frozenset({
-        nn.functional.dropout, nn.functional.dropout1d, nn.functional.dropout2d, nn.functional.dropout3d,
-        nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout, torch.dropout,
-    })
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,19 +223,11 @@ class _FunctionalDropoutSpy(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in self._FUNCTIONS:
-            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
-            if float(p) > 0:
-                self.calls.append((getattr(func, "__name__", str(func)), float(p)))
+        if func in _KEYED_FUNCTIONAL:
+            p = _dropout_p(args, kwargs)
+            if p > 0:
+                self.calls.append((getattr(func, "__name__", str(func)), p))
         return func(*args, **kwargs)
-
-
-_KEYED_FUNCTIONAL: dict[Any, Callable[[Tensor, Tensor, float], Tensor]] = {
-    nn.functional.dropout: F.mc_dropout, torch.dropout: F.mc_dropout,
-    nn.functional.dropout1d: F.mc_channel_dropout, nn.functional.dropout2d: F.mc_channel_dropout,
-    nn.functional.dropout3d: F.mc_channel_dropout, nn.functional.alpha_dropout: F.mc_alpha_dropout,
-    nn.functional.feature_alpha_dropout: lambda x, keys, p: F.mc_alpha_dropout(x, keys, p, feature=True),
-}
 
 
 class _FunctionalDropoutKeyer(TorchFunctionMode):
@@ -244,7 +244,7 @@ class _FunctionalDropoutKeyer(TorchFunctionMode):
         if keyed is None:
             return func(*args, **kwargs)
         x = kwargs["input"] if "input" in kwargs else args[0]
-        p = float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
+        p = _dropout_p(args, kwargs)
         if p == 0.0:
             return x
         index = self.first + self.count
