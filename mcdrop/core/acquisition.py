@@ -54,7 +54,8 @@ class Acquisition:
 
 
 def _entropy(p: Tensor) -> Tensor:
-    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    """:func:`mcdrop.core.uncertainty.entropy` on probabilities: ``-sum_c p_c log p_c``. Shape: ``(*, C)`` -> ``(*)``."""
+    return torch.special.entr(p).sum(-1)
 
 
 def scores(probs: Tensor, method: str, *, seed: int = 0, rows: Tensor | None = None) -> Tensor:
