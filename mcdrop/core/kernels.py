@@ -52,6 +52,7 @@ class Kernels:
         self.mlp_sample_part.restype = None
         self.openmp = bool(library.mcdrop_openmp())
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self._pool_lock = threading.Lock()
 
     def threads(self, pairs: int) -> int:
@@ -78,8 +79,11 @@ class Kernels:
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None or self._pool._max_workers < threads:
+            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one ends
+                old, self._pool_size = self._pool, threads
                 self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mcdrop-kernel")
+                if old is not None:
+                    old.shutdown(wait=False)
             return self._pool
 
     def describe(self) -> str:
