@@ -65,7 +65,7 @@ static void fill_words(uint64_t key, int64_t n_words, uint64_t *restrict words) 
 /* A unit that is NaN, or +infinity (-infinity too without the ReLU), is always listed, kept or dropped: the
    generic path's relu(NaN) = NaN and NaN * 0 = inf * 0 = NaN carry it to the output, and so does the listing, so
    an overflowing input gives a non-finite output here too (the predictor's OutputOverflow), never finite logits. */
-#define NONFINITE(v, relu) (((v) != (v)) | ((v) == __builtin_inff()) | (!(relu) & ((v) == -__builtin_inff())))
+#define NONFINITE(v, relu) (!(((relu) ? (v) : __builtin_fabsf(v)) < __builtin_inff())) /* one unordered compare */
 
 /* (idx, val) of the units f < n that survive: v = relu ? y*alpha + bias : -y, a candidate when v > 0 (relu) or
    v != 0, and its lane s (bits wide, little-endian in the words, signed) says keep (s >= t) when keep = 1, dropped
@@ -89,6 +89,7 @@ static int32_t list_units(const float *restrict y, float alpha, const float *res
     if (bits == 16 || bits == 8) { /* 16 units at a time: compare, compress, store (c <= f0, so within n) */
         const __m512 va = _mm512_set1_ps(alpha), vs = _mm512_set1_ps(relu ? scale : -scale);
         const __m512 zero = _mm512_setzero_ps(), inf = _mm512_set1_ps(__builtin_inff());
+        const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
         const __m512i vt = _mm512_set1_epi32(t), step = _mm512_set1_epi32(16);
         __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         for (; f0 + 16 <= n; f0 += 16, iota = _mm512_add_epi32(iota, step)) {
@@ -99,8 +100,9 @@ static int32_t list_units(const float *restrict y, float alpha, const float *res
                 : _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)words + f0)));
             __mmask16 m = relu ? _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) : _mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ);
             m &= keep ? _mm512_cmpge_epi32_mask(s, vt) : _mm512_cmplt_epi32_mask(s, vt);
-            m |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, inf, _CMP_EQ_OQ)
-                 | (relu ? 0 : _mm512_cmp_ps_mask(v, _mm512_sub_ps(zero, inf), _CMP_EQ_OQ)); /* NONFINITE */
+            /* NONFINITE: not (v < inf), NaN included, on |v| without the ReLU (one compare) */
+            m |= _mm512_cmp_ps_mask(relu ? v : _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), magnitude)),
+                                    inf, _CMP_NLT_UQ);
             _mm512_storeu_ps(val + c, _mm512_maskz_compress_ps(m, _mm512_mul_ps(v, vs)));
             _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(m, iota));
             c += __builtin_popcount(m);
