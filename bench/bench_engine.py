@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcdrop import DropoutMLP, MCEngine
-from mcdrop.core.runtime import tune_allocator
+from mcdrop.sampling.runtime import tune_allocator
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -96,7 +96,7 @@ def reference(args: argparse.Namespace) -> list[str]:
             rows.append(f"| {b} | {n} | {t_loop:.2f} | {t_rep:.2f} | {t_ours:.2f} | {t_gen:.2f} | {t_floor:.2f} "
                         f"| {t_rep / t_ours:.2f}x | {t_ours / t_floor:.2f}x |")
             print(rows[-1], flush=True)
-    densities = ", ".join(f"{d:.2f}" for d in fused._plan.densities()[1:]) if fused._plan else "n/a"
+    densities = ", ".join(f"{d:.2f}" for d in fused._fast_path().densities()[1:]) if fused._fast_path() else "n/a"
     return [*rows, "", f"Densities of the hidden layers' inputs measured by the kernel (share that survive ReLU and "
                        f"dropout): {densities}; the first layer runs once per input (no input dropout)."]
 
@@ -115,7 +115,7 @@ def shipped_inputs(name: str, root: str | None) -> torch.Tensor | None:
 
 
 def shipped(args: argparse.Namespace, peak: float) -> list[str]:
-    from mcdrop.core.artifacts import load_artifact
+    from mcdrop.nets.artifacts import load_artifact
 
     n = 50
     rows = ["| model | B | generic ms | fused ms | speed-up | generic rows/s | fused rows/s | dense floor ms "
@@ -175,7 +175,7 @@ def crossover(args: argparse.Namespace) -> list[str]:
              "runs once per input on both paths), hidden dropout 0.1, biases raised to make the hidden layers denser, "
              "256 rows x 50 passes (the engine's density guard switched off):", "",
              "| hidden densities | fused ms | generic ms | fused / generic |", "|---|---:|---:|---:|"]
-    from mcdrop.core import mlp_plan
+    from mcdrop.nets import mlp_plan
 
     judged, mlp_plan.DENSITY_PAIRS = mlp_plan.DENSITY_PAIRS, 1 << 62
     try:
@@ -188,7 +188,7 @@ def crossover(args: argparse.Namespace) -> list[str]:
             fused, generic = MCEngine(model), MCEngine(model, fast=False)
             t_fused = median_ms(lambda: fused.sample(x, n, seed=0), args.repeats)
             t_gen = median_ms(lambda: generic.sample(x, n, seed=0), args.repeats)
-            densities = ", ".join(f"{d:.2f}" for d in fused._plan.densities()[1:])
+            densities = ", ".join(f"{d:.2f}" for d in fused._fast_path().densities()[1:])
             rows.append(f"| {densities} | {t_fused:.2f} | {t_gen:.2f} | {t_fused / t_gen:.2f} |")
             print(rows[-1], flush=True)
     finally:
@@ -197,9 +197,9 @@ def crossover(args: argparse.Namespace) -> list[str]:
 
 
 def cnn(args: argparse.Namespace) -> list[str]:
-    from mcdrop.core.artifacts import load_artifact
-    from mcdrop.core.layers import MCDropoutLayer
-    from mcdrop.core.models import multiply_adds
+    from mcdrop.nets.artifacts import load_artifact
+    from mcdrop.nets.models import multiply_adds
+    from mcdrop.sampling.layers import MCDropoutLayer
 
     n = 50
     model = load_artifact("fashion-cnn").model

@@ -9,7 +9,7 @@ each call; milliseconds unless named.  Shipped ``fashion-mnist`` (784-1024-1024-
 random inputs, N = 100 passes, B = 1, 256, 4096 rows:
 
 * **engine**: ``MCEngine(model).sample(x, N)`` in float32 (keyed masks by the Triton kernel on CUDA), the same with
-  ``MCDROP_TRITON=0`` (masks by torch operations), and in tf32 and bfloat16 (:mod:`mcdrop.core.precision`);
+  ``MCDROP_TRITON=0`` (masks by torch operations), and in tf32 and bfloat16 (:mod:`mcdrop.sampling.precision`);
 * **replicate**: the batch repeated N times through the model in train mode (torch's own dropout, no keys);
 * **dense floor**: the three matrix products of N * B rows alone, float32 and tf32;
 * **masks alone**: the keyed masks of the three dropout layers (``stream_keys`` + ``keep_mask``), Triton and torch.
@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mcdrop import MCEngine  # noqa: E402
-from mcdrop.core import functional as F  # noqa: E402
-from mcdrop.core import rng  # noqa: E402
-from mcdrop.core.artifacts import load_artifact  # noqa: E402
-from mcdrop.core.precision import apply_precision, check_precision  # noqa: E402
+from mcdrop.nets.artifacts import load_artifact  # noqa: E402
+from mcdrop.sampling import functional as F  # noqa: E402
+from mcdrop.sampling import rng  # noqa: E402
+from mcdrop.sampling.precision import apply_precision, check_precision  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.rows if args.rows is not None else (500 if smoke else 1_000_000)
     lines = [f"# mcdrop on {describe(device)}", ""]
     if args.tests:
-        tests = ["tests/core/test_triton_masks.py", "tests/core/test_precision.py", "tests/core/test_runtime.py"]
+        tests = ["tests/sampling/test_triton_masks.py", "tests/sampling/test_precision.py", "tests/sampling/test_runtime.py"]
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
                               cwd=ROOT, capture_output=True, text=True)
         lines += ["CUDA tests: " + (proc.stdout.strip().splitlines() or ["(no output)"])[-1], ""]

@@ -27,8 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import mcdrop
-from mcdrop.core.artifacts import load_artifact
-from mcdrop.core.engine import MCEngine
+from mcdrop.nets.artifacts import load_artifact
+from mcdrop.sampling.engine import MCEngine
 
 
 class Block(nn.Module):

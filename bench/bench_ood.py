@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from mcdrop.core.artifacts import load_artifact
-from mcdrop.core.engine import MCEngine
+from mcdrop.nets.artifacts import load_artifact
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.calibrate import calibrate_classifier, ood_report
 from mcdrop.training.classifier import ClassifierConfig, split_indices, train_classifier
 from mcdrop.training.data import FASHION_MNIST_CLASSES, fashion_mnist_features, load_fashion_mnist

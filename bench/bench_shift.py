@@ -11,7 +11,7 @@ Rules, both calibrated on clean held-out training images only (never on shifted 
 * ``combined``: each signal s_k in (ood_score, MC mutual information, 1 - confidence) is turned into its
   percentile F_k(s_k) among the clean *temperature* rows; the input's uncertainty is max_k F_k (its least typical
   signal); the threshold on it is the largest whose Clopper-Pearson 95% bound on the error among answered
-  *calibration* rows is <= 2% (:func:`mcdrop.core.selective.risk_threshold`).
+  *calibration* rows is <= 2% (:func:`mcdrop.uncertainty.selective.risk_threshold`).
 
 Run: ``flock /tmp/mcdrop-cpu.lock .venv/bin/python bench/bench_shift.py --model fashion-mnist --n 10000``.
 """
@@ -25,14 +25,14 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 
-from mcdrop.core import selective
-from mcdrop.core.artifacts import load_artifact
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.prediction import predict
+from mcdrop.nets.artifacts import load_artifact
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
 from mcdrop.training.calibrate import features
 from mcdrop.training.classifier import split_indices
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+from mcdrop.uncertainty import selective
 
 DESIGN = ("translate", "blur", "noise")
 HELD_OUT = ("scale", "occlusion", "contrast")

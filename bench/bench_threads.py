@@ -52,7 +52,7 @@ def engine_rate(threads: int, batch: int, samples: int, repeats: int, fast: bool
     import torch
 
     from mcdrop import MCEngine
-    from mcdrop.core.artifacts import load_artifact
+    from mcdrop.nets.artifacts import load_artifact
 
     torch.set_num_threads(threads)
     engine = MCEngine(load_artifact("fashion-mnist").model, fast=fast)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
 
-    from mcdrop.core import kernels
+    from mcdrop.sampling import kernels
 
     threads = args.threads or default_threads()
     lines = [f"Thread scaling on {cpu_name()}; shipped fashion-mnist, N = {args.samples}, engine batch {args.batch} "

@@ -1,10 +1,11 @@
 """mcdrop: Monte Carlo dropout uncertainty.
 
-The sampling core (:mod:`mcdrop.core`: layers, models, the MC engine, uncertainty math, calibration), the
+Sampling (:mod:`mcdrop.sampling`: keyed RNG, dropout layers, the MC engine), networks (:mod:`mcdrop.nets`: models,
+artifacts, importing a user's network), uncertainty math (:mod:`mcdrop.uncertainty`), the
 service's predictor (:mod:`mcdrop.serving`), the HTTP service (:mod:`mcdrop.service`), training
 (:mod:`mcdrop.training`), file readers and writers (:mod:`mcdrop.io`), and the torch-free request vocabulary,
 schemas and client (:mod:`mcdrop.request`, :mod:`mcdrop.schemas`, :mod:`mcdrop.client`).  See
-:mod:`mcdrop.core.engine` for the conventions shared by everything: samples first ``(S, B, ...)``,
+:mod:`mcdrop.sampling.engine` for the conventions shared by everything: samples first ``(S, B, ...)``,
 randomness only through a seed.
 
 The names below are loaded on first use, so ``import mcdrop`` (and the client) imports no torch.
@@ -17,16 +18,17 @@ _EXPORTS = {
     "AsyncClient": "mcdrop.client", "Client": "mcdrop.client",
     "Mode": "mcdrop.request", "Task": "mcdrop.request",
     "PredictRequest": "mcdrop.schemas", "PredictResult": "mcdrop.schemas",
-    "DropoutConfigError": "mcdrop.core.engine", "MCEngine": "mcdrop.core.engine",
-    "SamplingCancelled": "mcdrop.core.engine", "dropout_layers": "mcdrop.core.engine",
-    "register_dropout": "mcdrop.core.engine",
-    "ChannelDropout": "mcdrop.core.layers", "DropConnectLinear": "mcdrop.core.layers", "Dropout": "mcdrop.core.layers",
-    "GaussianDropout": "mcdrop.core.layers", "MCDropoutLayer": "mcdrop.core.layers",
-    "DropoutMLP": "mcdrop.core.models",
-    "Prediction": "mcdrop.core.prediction", "predict": "mcdrop.core.prediction",
-    "ClassificationSummary": "mcdrop.core.uncertainty", "RegressionSummary": "mcdrop.core.uncertainty",
-    "summarize": "mcdrop.core.uncertainty",
-    "load_artifact": "mcdrop.core.artifacts", "load_model": "mcdrop.core.artifacts", "save_model": "mcdrop.core.artifacts",
+    "DropoutConfigError": "mcdrop.sampling.engine", "MCEngine": "mcdrop.sampling.engine",
+    "SamplingCancelled": "mcdrop.sampling.engine", "dropout_layers": "mcdrop.sampling.engine",
+    "register_dropout": "mcdrop.sampling.engine", "register_fast_path": "mcdrop.sampling.engine",
+    "ChannelDropout": "mcdrop.sampling.layers", "DropConnectLinear": "mcdrop.sampling.layers",
+    "Dropout": "mcdrop.sampling.layers",
+    "GaussianDropout": "mcdrop.sampling.layers", "MCDropoutLayer": "mcdrop.sampling.layers",
+    "DropoutMLP": "mcdrop.nets.models",
+    "Prediction": "mcdrop.sampling.prediction", "predict": "mcdrop.sampling.prediction",
+    "ClassificationSummary": "mcdrop.uncertainty.summaries", "RegressionSummary": "mcdrop.uncertainty.summaries",
+    "summarize": "mcdrop.uncertainty.summaries",
+    "load_artifact": "mcdrop.nets.artifacts", "load_model": "mcdrop.nets.artifacts", "save_model": "mcdrop.nets.artifacts",
     "Predictor": "mcdrop.serving.predictor",
     "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export", "calibrate_model": "mcdrop.nets.calibrate",
 }

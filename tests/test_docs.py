@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcdrop.core.engine import MCEngine
+from mcdrop.sampling.engine import MCEngine
 from tests.server import ROOT, running_server
 from tests.tolerances import assert_outputs_close
 

@@ -75,8 +75,8 @@ def test_wheel_outside_the_checkout_scores_serves_and_trains(wheel, tmp_path):
     env["BENTOML_DO_NOT_TRACK"] = "True"
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = subprocess.run([str(bin_ / "python"), "-c", "import mcdrop, mcdrop.core.artifacts as a; "
-                            "import mcdrop.core.kernels as k; print(mcdrop.__file__); print(a.bundled_models_dir()); "
+    where = subprocess.run([str(bin_ / "python"), "-c", "import mcdrop, mcdrop.nets.artifacts as a; "
+                            "import mcdrop.sampling.kernels as k; print(mcdrop.__file__); print(a.bundled_models_dir()); "
                             "print(k.load() is not None or k.shutil.which('cc') is None)"], cwd=work,
                            env={**env, "MCDROP_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
                            check=True).stdout.split()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from mcdrop import DropoutMLP
-from mcdrop.core.artifacts import save_model
+from mcdrop.nets.artifacts import save_model
 
 
 def write_tiny_models(directory: Path) -> dict[str, Path]:

@@ -108,10 +108,10 @@ def _local(args: argparse.Namespace, source: Any, scale: float, rows: list[np.nd
     import torch
 
     from mcdrop.cli.common import setup_torch
-    from mcdrop.core.acquisition import acquire_pool
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError
     from mcdrop.request import Task
     from mcdrop.serving.predictor import Predictor
+    from mcdrop.uncertainty.acquisition import acquire_pool
 
     setup_torch(args.threads)
     try:

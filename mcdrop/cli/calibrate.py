@@ -106,7 +106,7 @@ def _npy(path: Path, labels: Path | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, load_artifact
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, load_artifact
     from mcdrop.nets.calibrate import CalibrationDataError, calibrate_model
 
     setup_torch(args.threads)

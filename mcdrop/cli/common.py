@@ -27,7 +27,7 @@ def setup_torch(threads: int | None) -> None:
 
     import torch
 
-    from mcdrop.core.runtime import tune_allocator
+    from mcdrop.sampling.runtime import tune_allocator
 
     tune_allocator()
     threads = threads or int(os.environ.get("MCDROP_THREADS") or 0)

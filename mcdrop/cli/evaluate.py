@@ -108,8 +108,8 @@ def _coverage_table(report: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, load_artifact
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, load_artifact
+    from mcdrop.sampling.engine import MCEngine
     from mcdrop.training.calibrate import coverage_report, ood_report
     from mcdrop.training.data import DataNotFoundError, fashion_mnist_features, load_fashion_mnist, load_uci
     from mcdrop.training.evaluation import evaluate_classifier, evaluate_regressor

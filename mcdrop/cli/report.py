@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mcdrop.cli.evaluate import _card_samples
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, load_artifact
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, load_artifact
     from mcdrop.training.data import DataNotFoundError, fashion_mnist_features, load_fashion_mnist, load_uci
     from mcdrop.training.report import classifier_report, regressor_report, write_page
 

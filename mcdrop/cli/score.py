@@ -144,9 +144,9 @@ def _scale(spec: str, dtype: np.dtype[Any]) -> float:
 
 def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, Any]:
     from mcdrop.cli.common import setup_torch
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError
-    from mcdrop.core.precision import check_precision
-    from mcdrop.core.runtime import resolve_device
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError
+    from mcdrop.sampling.precision import check_precision
+    from mcdrop.sampling.runtime import resolve_device
     from mcdrop.schemas import RequestOptions
     from mcdrop.serving.errors import PredictError
     from mcdrop.serving.predictor import Predictor
@@ -334,7 +334,7 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         from mcdrop.distributed import ray_score
     except ImportError as err:
         raise CLIError(f"--engine ray needs Ray: pip install 'mcdrop[ray]' ({err})", 2) from err
-    from mcdrop.core.artifacts import ArtifactError, ModelNotFoundError, resolve_model
+    from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, resolve_model
     from mcdrop.schemas import PredictResult
 
     try:

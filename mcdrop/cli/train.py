@@ -111,8 +111,8 @@ def _add_uci(which: Any) -> None:
 def run_uci(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.core.artifacts import save_model
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.nets.artifacts import save_model
+    from mcdrop.sampling.engine import MCEngine
     from mcdrop.training.calibrate import calibrate_regressor, coverage_report
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
@@ -184,8 +184,8 @@ def run_uci(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcdrop.core.artifacts import save_model
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.nets.artifacts import save_model
+    from mcdrop.sampling.engine import MCEngine
     from mcdrop.training.classifier import ClassifierConfig, split_indices, train_classifier
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
@@ -251,7 +251,7 @@ def _calibrate(model: Any, config: Any, x: Any, y: Any, x_test: Any, y_test: Any
     """The calibration on the held-out parts, then its measurement on the test images and the OOD proxies."""
     import torch
 
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.sampling.engine import MCEngine
     from mcdrop.training.calibrate import calibrate_classifier, coverage_report, ood_report
     from mcdrop.training.classifier import split_indices
     from mcdrop.training.data import FASHION_MNIST_CLASSES

@@ -127,7 +127,7 @@ class Scorer:
     def __init__(self, job: RayJob) -> None:
         import torch
 
-        from mcdrop.core.runtime import tune_allocator
+        from mcdrop.sampling.runtime import tune_allocator
         from mcdrop.serving.predictor import Predictor
 
         tune_allocator()

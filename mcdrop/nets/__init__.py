@@ -1,7 +1,23 @@
-"""Importing a user's network: :func:`export_model` (a trained ``nn.Module`` -> a model folder) and
-:func:`calibrate_model` (its calibration from the user's held-out data)."""
+"""Networks: the models (:mod:`~mcdrop.nets.models`, :mod:`~mcdrop.nets.concrete`), their artifacts on disk
+(:mod:`~mcdrop.nets.artifacts`), importing a user's network (:func:`export_model`: a trained ``nn.Module`` -> a
+model folder; :func:`calibrate_model`: its calibration from the user's held-out data), and the fast path that the
+DropoutMLP registers with the engine (:mod:`~mcdrop.nets.mlp_plan`, imported here so that it is registered
+wherever a DropoutMLP exists)."""
 
-from mcdrop.nets.calibrate import CalibrationDataError, calibrate_model
-from mcdrop.nets.export import ExportError, export_model, import_module
+from importlib import import_module as _import
+from typing import Any
 
-__all__ = ["CalibrationDataError", "ExportError", "calibrate_model", "export_model", "import_module"]
+from mcdrop.nets import mlp_plan as mlp_plan  # registers the DropoutMLP fast path with the engine
+
+_EXPORTS = {"CalibrationDataError": "mcdrop.nets.calibrate", "calibrate_model": "mcdrop.nets.calibrate",
+            "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export",
+            "import_module": "mcdrop.nets.export"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(_import(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mcdrop.nets' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mcdrop.core import conformal
-from mcdrop.core.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.ood import fit_feature_density
+from mcdrop.nets.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
 from mcdrop.request import Task
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.uncertainty import conformal
+from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.ood import fit_feature_density
 
 __all__ = ["CalibrationDataError", "CalibrationReport", "calibrate_model"]
 
@@ -118,8 +118,8 @@ def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *,
     """Fit a model folder's calibration on held-out rows ``(x, y)`` and write it into the folder (or ``output``).
 
     Args:
-        model: a model folder or name, or an :class:`~mcdrop.core.artifacts.Artifact` already loaded (the folder
-            is rewritten whole, see :func:`~mcdrop.core.artifacts.save_model`).
+        model: a model folder or name, or an :class:`~mcdrop.nets.artifacts.Artifact` already loaded (the folder
+            is rewritten whole, see :func:`~mcdrop.nets.artifacts.save_model`).
         x: inputs ``(N, D)``, ``D`` the model's input width (an array or tensor).
         y: labels ``(N,)``: class indices or class names (classification), target values (regression).
         output: write the calibrated folder here instead of replacing the model's.

@@ -14,7 +14,7 @@ Python control flow must not depend on the data) and stores the trace as the dec
   MC dropout; a literal ``training=False`` is the identity.  Anything else that differs between the two traces
   is refused.
 * A plain MLP (``[Dropout,] (Linear, ReLU, Dropout) * n, Linear``) is stored as a
-  :class:`~mcdrop.core.models.DropoutMLP` instead, so the fused CPU kernel samples it.
+  :class:`~mcdrop.nets.models.DropoutMLP` instead, so the fused CPU kernel samples it.
 * Several inputs: ``forward(self, a, b)`` takes one row of numbers split in order, ``a``'s values first (its
   per-row shape from ``example_input``), then ``b``'s.
 """
@@ -33,10 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from mcdrop.core.artifacts import save_model
-from mcdrop.core.engine import DropoutConfigError, MCEngine, keyed_function
-from mcdrop.core.layers import Dropout, MCDropoutLayer
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.artifacts import save_model
 from mcdrop.nets.graph import (
     MODULES,
     GraphFormatError,
@@ -46,7 +43,10 @@ from mcdrop.nets.graph import (
     module_args,
     module_type,
 )
+from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
+from mcdrop.sampling.engine import DropoutConfigError, MCEngine, keyed_function
+from mcdrop.sampling.layers import Dropout, MCDropoutLayer
 from mcdrop.schemas import ModelCard
 
 __all__ = ["ExportError", "export_model", "import_module"]
@@ -358,9 +358,9 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
                   target: int | None = None, mean: int | None = None, log_variance: int | None = None,
                   tau: float | None = None, fast: bool = True) -> nn.Module:
     """The module as mcdrop stores it (an :class:`~mcdrop.nets.graph.ImportedNet`, or a
-    :class:`~mcdrop.core.models.DropoutMLP` for a plain MLP), holding copies of its weights; see
+    :class:`~mcdrop.nets.models.DropoutMLP` for a plain MLP), holding copies of its weights; see
     :func:`export_model` for the arguments.  Raises :class:`ExportError` naming what cannot be imported and
-    :class:`~mcdrop.core.engine.DropoutConfigError` for a model without active dropout."""
+    :class:`~mcdrop.sampling.engine.DropoutConfigError` for a model without active dropout."""
     task = TASK_ALIASES.get(str(task)) or Task(task)
     examples = _examples(example_input)
     tensors = [*model.parameters(), *model.buffers()]

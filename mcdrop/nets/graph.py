@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from mcdrop.core import layers as mcl
 from mcdrop.request import Task
+from mcdrop.sampling import layers as mcl
 
 __all__ = ["FUNCTIONS", "METHODS", "MODULES", "GraphFormatError", "ImportedNet", "decode_arg", "module_args"]
 
@@ -130,7 +130,7 @@ MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]
     "Softmin": (nn.Softmin, _attrs("dim")),
     "Softmax": (nn.Softmax, _attrs("dim")),
     "LogSoftmax": (nn.LogSoftmax, _attrs("dim")),
-    # dropout: sampled with keyed masks in MC mode (mcdrop.core.engine's registry)
+    # dropout: sampled with keyed masks in MC mode (mcdrop.sampling.engine's registry)
     "Dropout": (nn.Dropout, _attrs("p")),
     "Dropout1d": (nn.Dropout1d, _attrs("p")),
     "Dropout2d": (nn.Dropout2d, _attrs("p")),
@@ -316,7 +316,7 @@ class ImportedNet(nn.Module):
         self.nodes = [dict(n) for n in nodes]
         self.output, self.head_spec, self.features = output, dict(head), features
         self.tensor_spec = [dict(t) for t in tensors]
-        self.head = Task(self.head_spec["task"])  # read by mcdrop.core.prediction.model_task
+        self.head = Task(self.head_spec["task"])  # read by mcdrop.sampling.prediction.model_task
         self.sizes = [math.prod(i["shape"]) for i in self.inputs]
         self.in_features = sum(self.sizes)
         self.layers = nn.Module()  # the network's layers at their original names (no clash with these attributes)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from mcdrop.core.runtime import release_free_memory
+from mcdrop.sampling.runtime import release_free_memory
 from mcdrop.schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResult
 from mcdrop.service.json_keys import duplicate_key
 from mcdrop.service.openapi import openapi_document

@@ -107,7 +107,7 @@ class MCDrop:
     def __init__(self) -> None:
         import torch
 
-        from mcdrop.core.runtime import tune_allocator
+        from mcdrop.sampling.runtime import tune_allocator
 
         self.config = ServiceConfig.from_env()
         protocol.HeaderDeadlineProtocol.timeout_s = self.config.header_timeout_s
@@ -138,10 +138,10 @@ class MCDrop:
         a bad one stops the server with one line naming the variable or file, instead of workers restarting."""
         import sys
 
-        from mcdrop.core import kernels
-        from mcdrop.core.artifacts import ArtifactError, load_artifact
-        from mcdrop.core.precision import check_precision
-        from mcdrop.core.runtime import resolve_device
+        from mcdrop.nets.artifacts import ArtifactError, load_artifact
+        from mcdrop.sampling import kernels
+        from mcdrop.sampling.precision import check_precision
+        from mcdrop.sampling.runtime import resolve_device
         from mcdrop.serving.config import SettingError
 
         kernels.load()  # build the fused MC kernel into the cache once, before the workers open it

@@ -1,5 +1,5 @@
 """``POST /acquire`` below the door: an :class:`~mcdrop.schemas.AcquireRequest` checked against the served model
-and the server's limits, answered by :func:`mcdrop.core.acquisition.acquire_pool`."""
+and the server's limits, answered by :func:`mcdrop.uncertainty.acquisition.acquire_pool`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mcdrop.core.acquisition import acquire_pool
 from mcdrop.request import Task, new_seed
 from mcdrop.schemas import AcquireRequest, AcquireResponse
 from mcdrop.serving.errors import InvalidRequest, TooLarge
 from mcdrop.serving.predictor import Predictor, Served
+from mcdrop.uncertainty.acquisition import acquire_pool
 
 __all__ = ["acquire", "check"]
 

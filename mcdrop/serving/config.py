@@ -19,7 +19,7 @@ from mcdrop.schemas import Limits
 __all__ = ["LOOPBACK_HOSTS", "PRECISIONS", "SETTINGS", "ServiceConfig", "SettingError", "workers_from_env"]
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
-"""mcdrop.core.precision.PRECISIONS, repeated here to keep this module torch-free (a test checks they agree)."""
+"""mcdrop.sampling.precision.PRECISIONS, repeated here to keep this module torch-free (a test checks they agree)."""
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

@@ -20,16 +20,14 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from mcdrop.core.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.engine import MCEngine, SamplingCancelled
-from mcdrop.core.models import DropoutMLP
-from mcdrop.core.precision import apply_precision, check_precision
-from mcdrop.core.prediction import predict
-from mcdrop.core.runtime import resolve_device
-from mcdrop.core.uncertainty import ClassificationSummary, RegressionSummary
 from mcdrop.inputs import range_note
+from mcdrop.nets.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
+from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Mode, Task, new_seed
+from mcdrop.sampling.engine import MCEngine, SamplingCancelled
+from mcdrop.sampling.precision import apply_precision, check_precision
+from mcdrop.sampling.prediction import predict
+from mcdrop.sampling.runtime import resolve_device
 from mcdrop.schemas import (
     Limits,
     ModelCard,
@@ -39,6 +37,8 @@ from mcdrop.schemas import (
 )
 from mcdrop.serving.errors import Cancelled, InvalidRequest, OutputOverflow, PredictError, TooLarge, UnknownModel
 from mcdrop.serving.stopping import stopping_options
+from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.summaries import ClassificationSummary, RegressionSummary
 
 __all__ = ["Predictor", "Served", "request_error"]
 
@@ -77,9 +77,9 @@ class Predictor:
         models: names or paths; default: the default model.
         limits: the server's request limits.
         element_budget: the engine's chunk budget (None: sized for the device).
-        device: where the models run (:data:`mcdrop.core.runtime.DEVICES`); answers are computed on the CPU
+        device: where the models run (:data:`mcdrop.sampling.runtime.DEVICES`); answers are computed on the CPU
             from the samples. Raises ValueError for a device this machine lacks.
-        precision: float32 (default), tf32 (CUDA) or bfloat16 (:mod:`mcdrop.core.precision`); ValueError for one the
+        precision: float32 (default), tf32 (CUDA) or bfloat16 (:mod:`mcdrop.sampling.precision`); ValueError for one the
             device does not support.
     """
 

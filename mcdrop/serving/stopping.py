@@ -1,5 +1,5 @@
-"""A request's ``stop`` as :func:`mcdrop.core.prediction.predict` options: the decisions to settle, read from the
-model's calibration exactly as :meth:`~mcdrop.core.calibration.Calibration.annotate` will decide them."""
+"""A request's ``stop`` as :func:`mcdrop.sampling.prediction.predict` options: the decisions to settle, read from the
+model's calibration exactly as :meth:`~mcdrop.uncertainty.calibration.Calibration.annotate` will decide them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcdrop.core import conformal
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.stopping import DecisionRule
 from mcdrop.request import Mode
 from mcdrop.schemas import RequestOptions
+from mcdrop.uncertainty import conformal
+from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.stopping import DecisionRule
 
 __all__ = ["decision_rule", "stopping_options"]
 

@@ -1,4 +1,4 @@
-"""Fitting a model's calibration (:class:`~mcdrop.core.calibration.Calibration`) and measuring it.
+"""Fitting a model's calibration (:class:`~mcdrop.uncertainty.calibration.Calibration`) and measuring it.
 
 Three disjoint parts of the data, none of them the test set:
 
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mcdrop.core import conformal, selective
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.metrics import aupr, auroc, fpr_at_95_tpr
-from mcdrop.core.ood import fit_feature_density
-from mcdrop.core.prediction import predict
 from mcdrop.request import Mode, Task
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
+from mcdrop.uncertainty import conformal, selective
+from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.metrics import aupr, auroc, fpr_at_95_tpr
+from mcdrop.uncertainty.ood import fit_feature_density
 
 __all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
            "ood_metrics", "ood_report", "ood_scores", "ood_threshold", "regression_conformal_tensors"]

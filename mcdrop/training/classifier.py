@@ -17,8 +17,8 @@ import torch
 from scipy import optimize
 from torch import Tensor, nn
 
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutCNN, DropoutMLP
+from mcdrop.nets.models import DropoutCNN, DropoutMLP
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.configs import ClassifierConfig
 
 __all__ = ["ClassifierConfig", "augment", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]

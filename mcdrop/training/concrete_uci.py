@@ -1,7 +1,7 @@
 """The UCI regression benchmark with Concrete dropout: the rates are learned, not grid-searched.
 
 Per split: standardise inputs and target with the training rows' statistics and train ONE network on all
-training rows (no validation split, no grid): Concrete dropout (:mod:`mcdrop.core.concrete`) on the input and
+training rows (no validation split, no grid): Concrete dropout (:mod:`mcdrop.nets.concrete`) on the input and
 after the single ReLU layer of ``n_hidden`` units, each with its own learned rate, and a heteroscedastic head
 ``(mu, s = log sigma^2)`` as in Gal, Hron & Kendall (2017), so neither ``p`` nor ``tau`` needs a grid.  Loss per
 network, in standardised units (the paper's, twice the Gaussian NLL per row):
@@ -11,7 +11,7 @@ network, in standardised units (the paper's, twice the Gaussian NLL per row):
 ``l = config.length_scale`` (10^-2, the grid protocol's prior), ``N`` training rows, ``K`` the dropped units.
 Adam (lr, batch, Glorot-uniform kernels and epochs as in :mod:`mcdrop.training.uci`), temperature 0.1,
 initial rate 0.1.  The trained network is served as ordinary keyed dropout at the learned rates
-(:func:`~mcdrop.core.concrete.to_dropout`) and scored on the test rows with ``T`` MC passes:
+(:func:`~mcdrop.nets.concrete.to_dropout`) and scored on the test rows with ``T`` MC passes:
 
 * RMSE of the MC mean ``mean_t mu_t`` (and of the dropout-off prediction beside it),
 * LL ``= mean_i [logsumexp_t(-(y_i - mu_ti)^2 / (2 sigma_ti^2) - log sigma_ti) - log T - log(2 pi)/2]``,
@@ -38,9 +38,7 @@ import torch
 from scipy import special
 from torch import Tensor
 
-from mcdrop.core import functional as F
-from mcdrop.core import metrics as M
-from mcdrop.core.concrete import (
+from mcdrop.nets.concrete import (
     concrete_dropout,
     concrete_mlp,
     concrete_regulariser,
@@ -48,13 +46,15 @@ from mcdrop.core.concrete import (
     logistic_noise,
     to_dropout,
 )
-from mcdrop.core.engine import DropoutConfigError, MCEngine
-from mcdrop.core.layers import MCDropoutLayer
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
+from mcdrop.sampling import functional as F
+from mcdrop.sampling.engine import DropoutConfigError, MCEngine
+from mcdrop.sampling.layers import MCDropoutLayer
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
 from mcdrop.training.uci import _standardise, mean_se
+from mcdrop.uncertainty import metrics as M
 
 __all__ = ["ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
            "keyed_dropout_off", "run_concrete", "score_heteroscedastic", "summarize_concrete"]

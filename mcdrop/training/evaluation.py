@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcdrop.core import metrics as M
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.prediction import predict
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
+from mcdrop.uncertainty import metrics as M
 
 __all__ = ["classifier_summaries", "evaluate_classifier", "evaluate_regressor"]
 

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcdrop.core.artifacts import load_artifact, save_model
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.prediction import predict
+from mcdrop.nets.artifacts import load_artifact, save_model
 from mcdrop.request import Mode
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
 from mcdrop.schemas import ModelCard
 from mcdrop.training.calibrate import conformal_tensors, coverage_report, features
+from mcdrop.uncertainty.calibration import Calibration
 
 __all__ = ["refresh_conformal"]
 

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from mcdrop.core import conformal, selective
-from mcdrop.core.calibration import Calibration
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.prediction import predict
 from mcdrop.request import Mode
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
 from mcdrop.schemas import ModelCard
 from mcdrop.training.calibrate import LEVELS, coverage_report, features, ood_metrics, ood_scores
+from mcdrop.uncertainty import conformal, selective
+from mcdrop.uncertainty.calibration import Calibration
 
 __all__ = ["classifier_report", "regressor_report", "write_page"]
 

@@ -8,7 +8,7 @@ the last 20%; retrain on all training rows with the best pair; report on the tes
 * LL ``= mean_i [logsumexp_t(-tau/2 (y_i - yhat_ti)^2) - log T - log(2 pi)/2 + log(tau)/2]``,
 
 ``yhat_t`` being ``T`` stochastic passes in the original target units, drawn by the batched
-:class:`~mcdrop.core.engine.MCEngine`.  Network: dropout ``p`` on the input, one ReLU layer of ``n_hidden``
+:class:`~mcdrop.sampling.engine.MCEngine`.  Network: dropout ``p`` on the input, one ReLU layer of ``n_hidden``
 units, dropout ``p``, a linear output; loss ``mean (y - f(x))^2 + lambda (|W_1|^2 + |W_2|^2)`` with
 ``lambda = l^2 (1 - p) / (2 N tau)``, ``l = 1e-2``; Adam (lr 1e-3), batch 128, Glorot-uniform kernels.
 
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mcdrop.core import metrics as M
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
+from mcdrop.uncertainty import metrics as M
 
 __all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "holdout_split", "run_protocol", "summarize"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mcdrop.core.acquisition import acquire
 from mcdrop.serving.predictor import Predictor
+from mcdrop.uncertainty.acquisition import acquire
 from tests.server import running_server
 from tests.tiny_models import write_tiny_models
 from tests.tolerances import assert_probabilities_close

@@ -7,7 +7,7 @@ import pytest
 
 import mcdrop
 from mcdrop.cli.main import main
-from mcdrop.core.artifacts import load_artifact
+from mcdrop.nets.artifacts import load_artifact
 from tests.nets.zoo import case
 
 

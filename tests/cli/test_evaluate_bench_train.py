@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcdrop.core.artifacts import bundled_models_dir
+from mcdrop.nets.artifacts import bundled_models_dir
 from tests.cli.test_score import mcdrop
 from tests.conftest import ALPHA, SHARED_DATA, needs_data
 from tests.tolerances import assert_metrics_within, classification_metric_bounds, regression_metric_bounds
@@ -68,9 +68,9 @@ def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
     mcdrop("evaluate", model, "--data-root", root, "--samples", "300", "--json", tmp_path / "ev.json")
     metrics = json.loads((tmp_path / "ev.json").read_text())
     stored = card["metrics"]["heldout_test_mc_300"]
-    from mcdrop.core.artifacts import load_model
-    from mcdrop.core.engine import MCEngine
-    from mcdrop.core.prediction import predict
+    from mcdrop.nets.artifacts import load_model
+    from mcdrop.sampling.engine import MCEngine
+    from mcdrop.sampling.prediction import predict
     from mcdrop.training.data import load_uci
     from mcdrop.training.uci import holdout_split
 
@@ -122,9 +122,9 @@ def test_train_fashion_mnist_is_reproducible_and_evaluate_reproduces_the_card(tm
 
 def _bounds(model: Path | str, root: Path | None, mode: str, n_samples: int) -> dict[str, float]:
     """How far the card's metrics may move on another machine or thread count (tests/tolerances.py)."""
-    from mcdrop.core.artifacts import load_model
-    from mcdrop.core.engine import MCEngine
-    from mcdrop.core.prediction import predict
+    from mcdrop.nets.artifacts import load_model
+    from mcdrop.sampling.engine import MCEngine
+    from mcdrop.sampling.prediction import predict
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 
     x, y = load_fashion_mnist(root, train=False)

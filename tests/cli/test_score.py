@@ -296,7 +296,7 @@ def test_precision_flag(tmp_path, models, local):
     on the CPU with one line; the flag is for local scoring only."""
     import torch
 
-    from mcdrop.core.precision import probability_tolerance
+    from mcdrop.sampling.precision import probability_tolerance
 
     src = write_csv(tmp_path / "in.csv", X[:20])
     mcdrop("score", src, "-o", tmp_path / "bf.csv", "--model", models["tiny-cls"], "-n", "16", "--seed", "3",

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mcdrop import DropoutMLP
-from mcdrop.core.artifacts import save_model
 from mcdrop.io.readers import CHARS_PER_CELL, LINE_SLACK
+from mcdrop.nets.artifacts import save_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MCDROP = [sys.executable, "-m", "mcdrop.cli.main"]

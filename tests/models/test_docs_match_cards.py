@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdrop.core.artifacts import bundled_models_dir
+from mcdrop.nets.artifacts import bundled_models_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY_NAMES = {"digits": "digits", "letters": "characters", "flip": "flip", "rotate": "rotate", "invert": "invert",

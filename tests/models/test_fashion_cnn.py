@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcdrop.core.artifacts import bundled_models_dir, load_artifact
+from mcdrop.nets.artifacts import bundled_models_dir, load_artifact
 from mcdrop.schemas import PredictRequest
 from mcdrop.serving.predictor import Predictor
 from mcdrop.wire import META_HEADER, NPY, decode_result, encode_npy
@@ -32,7 +32,7 @@ def test_card_describes_a_cnn_with_channel_dropout_and_meets_the_targets():
     mc = card["metrics"]["test_mc_50"]
     assert mc["accuracy"] >= 0.93 and mc["nll"] <= 0.20 and mc["ece"] <= 0.015  # issue 14's targets, on 10,000
     model = load_artifact("fashion-cnn").model
-    from mcdrop.core.layers import ChannelDropout
+    from mcdrop.sampling.layers import ChannelDropout
 
     assert sum(isinstance(m, ChannelDropout) for m in model.modules()) == len(arch["channels"])
 
@@ -84,7 +84,7 @@ def test_served_by_name_beside_the_mlp(tmp_path):
 def test_mc_samples_vary_and_the_predictive_is_sharper_than_chance():
     """The passes differ (dropout is on in MC mode) and each is a distribution over the ten classes."""
     model = load_artifact("fashion-cnn").model
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.sampling.engine import MCEngine
 
     x = torch.rand(4, 784)
     samples = torch.softmax(MCEngine(model).sample(x, 40, seed=1), -1)

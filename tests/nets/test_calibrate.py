@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import mcdrop
-from mcdrop.core import conformal
-from mcdrop.core.artifacts import load_artifact
+from mcdrop.nets.artifacts import load_artifact
 from mcdrop.nets.calibrate import CalibrationDataError
 from mcdrop.serving.predictor import Predictor
+from mcdrop.uncertainty import conformal
 from tests.conftest import ALPHA
 from tests.nets.zoo import case
 

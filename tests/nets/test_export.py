@@ -13,11 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import mcdrop
-from mcdrop.core.artifacts import ArtifactError, load_artifact
-from mcdrop.core.engine import DropoutConfigError, MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.artifacts import ArtifactError, load_artifact
 from mcdrop.nets.export import ExportError
 from mcdrop.nets.graph import ImportedNet
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.engine import DropoutConfigError, MCEngine
 from mcdrop.serving.predictor import Predictor
 from tests.nets.zoo import CASES, Original, case, flat
 from tests.tolerances import assert_outputs_close
@@ -58,12 +58,12 @@ def test_imported_samples_equal_mcengine_on_the_original(exported, name):
 
 
 def test_plain_mlps_become_dropout_mlps_for_the_fused_kernel(exported):
-    from mcdrop.core import kernels
+    from mcdrop.sampling import kernels
 
     for name in ("mlp_classifier", "mlp_regressor_b1", "mlp_regressor_k", "mlp_heteroscedastic_columns"):
         model = load_artifact(exported[name][4]).model
         assert isinstance(model, DropoutMLP), name
-        assert (MCEngine(model)._plan is not None) == (kernels.load() is not None), name
+        assert (MCEngine(model)._fast_path() is not None) == (kernels.load() is not None), name
     for name in ("cnn_classifier", "residual_classifier", "two_inputs_regressor", "heteroscedastic", "binary_logit"):
         assert isinstance(load_artifact(exported[name][4]).model, ImportedNet), name
 
@@ -190,7 +190,7 @@ def test_loading_never_unpickles_a_crafted_file(exported, tmp_path):
     with pytest.raises(ArtifactError, match=r"weights.safetensors does not match its card"):
         load_artifact(folder)
     card = json.loads((folder / "card.json").read_text())  # even with the card's hash updated to match
-    from mcdrop.core.artifacts import sha256
+    from mcdrop.nets.artifacts import sha256
 
     card["weights_sha256"] = sha256(folder / "weights.safetensors")
     (folder / "card.json").write_text(json.dumps(card))

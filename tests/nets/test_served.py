@@ -10,7 +10,7 @@ import torch
 import mcdrop
 from mcdrop.cli.main import main
 from mcdrop.client import APIError, Client
-from mcdrop.core.engine import MCEngine
+from mcdrop.sampling.engine import MCEngine
 from tests.nets.zoo import Original, case, flat
 from tests.server import running_server
 from tests.tolerances import assert_outputs_close, assert_probabilities_close

@@ -14,12 +14,12 @@ import torch
 from starlette.testclient import TestClient
 
 from mcdrop.client import APIError, AsyncClient, Client
-from mcdrop.core.acquisition import acquire
 from mcdrop.schemas import Limits
 from mcdrop.service.app import create_app
 from mcdrop.serving.config import ServiceConfig
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
+from mcdrop.uncertainty.acquisition import acquire
 from tests.server import running_server
 from tests.tiny_models import write_tiny_models
 from tests.tolerances import assert_probabilities_close

@@ -26,7 +26,7 @@ def test_bentoml_build_packs_and_serves_the_default_model(tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (bento,) = [p for p in (tmp_path / "bentos" / "mcdrop").iterdir() if p.name != "latest"]
     src = bento / "src"
-    assert (src / "mcdrop" / "service" / "service.py").is_file() and (src / "mcdrop" / "core" / "engine.py").is_file()
+    assert (src / "mcdrop" / "service" / "service.py").is_file() and (src / "mcdrop" / "sampling" / "engine.py").is_file()
     weights = src / "models" / "fashion-mnist" / "weights.safetensors"
     assert weights.read_bytes() == (ROOT / "models" / "fashion-mnist" / "weights.safetensors").read_bytes()
     assert not (src / "tests").exists() and not (src / ".venv").exists()

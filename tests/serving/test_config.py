@@ -57,7 +57,7 @@ def test_precision_and_workers():
 
 
 def test_precision_names_match_the_librarys():
-    from mcdrop.core.precision import PRECISIONS
+    from mcdrop.sampling.precision import PRECISIONS
     from mcdrop.serving.config import PRECISIONS as CONFIG_PRECISIONS
 
     assert CONFIG_PRECISIONS == PRECISIONS

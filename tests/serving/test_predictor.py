@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mcdrop import DropoutMLP
-from mcdrop.core.artifacts import save_model
+from mcdrop.nets.artifacts import save_model
 from mcdrop.schemas import ClassificationPrediction, Limits, PredictRequest, PredictResult, RegressionPrediction
 from mcdrop.serving.errors import InvalidRequest, OutputOverflow, TooLarge, UnknownModel
 from mcdrop.serving.predictor import Predictor
@@ -168,4 +168,4 @@ def test_an_overflowing_row_is_refused_in_both_modes_on_the_fused_path(shipped, 
         shipped.predict_array(rows, mode=mode, n_samples=16, seed=1)
     assert shipped.predict_array(rows[:2], mode=mode, n_samples=16, seed=1).probabilities.shape == (2, 10)
     if mode == "mc":
-        assert shipped.served().engine._plan is not None, "the fused path did not run"
+        assert shipped.served().engine._fast_path() is not None, "the fused path did not run"

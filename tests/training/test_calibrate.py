@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcdrop.core import conformal
-from mcdrop.core.artifacts import load_artifact
+from mcdrop.nets.artifacts import load_artifact
 from mcdrop.training.calibrate import LEVELS, coverage_report
+from mcdrop.uncertainty import conformal
 from tests.conftest import ALPHA, SHARED_DATA, needs_data
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.prediction import predict
+from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling.prediction import predict
 from mcdrop.training.classifier import ClassifierConfig, fit_temperature, train_classifier
 from tests.conftest import ALPHA
 
@@ -94,7 +94,7 @@ def test_augment_flips_half_the_rows_and_shifts_uniformly_within_two_pixels():
 
 
 def test_cnn_config_trains_a_dropout_cnn_that_the_engine_samples():
-    from mcdrop.core.models import DropoutCNN
+    from mcdrop.nets.models import DropoutCNN
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(2, (200,), generator=g)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import stats
 
-from mcdrop.core.concrete import ConcreteDropout, concrete_mlp, learned_rates, to_dropout
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.concrete import ConcreteDropout, concrete_mlp, learned_rates, to_dropout
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training import concrete_uci as CU
 from mcdrop.training.uci import UCIConfig
 from tests.training.test_uci import linear_dataset

@@ -8,11 +8,11 @@ import json
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from mcdrop.core import conformal
-from mcdrop.core.artifacts import load_artifact, sha256
+from mcdrop.nets.artifacts import load_artifact, sha256
 from mcdrop.training.calibrate import coverage_report
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 from mcdrop.training.refresh import refresh_conformal
+from mcdrop.uncertainty import conformal
 from tests.cli.test_evaluate_bench_train import write_fashion_mnist
 from tests.tolerances import PROBABILITY_ATOL
 

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from mcdrop.core.artifacts import load_artifact
+from mcdrop.nets.artifacts import load_artifact
 from mcdrop.training.report import classifier_report, write_page
 from tests.conftest import needs_data
 from tests.tiny_models import blobs, write_calibrated_model
@@ -62,7 +62,7 @@ def test_report_of_the_shipped_classifier_shows_the_card_numbers(tmp_path, cli):
     page shows the card's numbers."""
     import json
 
-    from mcdrop.core.artifacts import bundled_models_dir
+    from mcdrop.nets.artifacts import bundled_models_dir
 
     run = cli("report", "fashion-mnist", "-o", tmp_path / "r")
     assert run.returncode == 0, run.stderr

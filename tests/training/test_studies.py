@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.studies import STUDIES, load_study
 from mcdrop.training.studies.activations import layer_variances
 from mcdrop.training.studies.common import (

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from mcdrop.core import metrics as M
 from mcdrop.training import uci
 from mcdrop.training.data import UCIDataset, load_uci
+from mcdrop.uncertainty import metrics as M
 from tests.conftest import ALPHA, needs_data
 
 
@@ -72,7 +72,7 @@ def test_score_uses_the_protocol_formulas():
     model = uci.fit_regressor(ds, 0.05, 100.0, uci.UCIConfig(epochs_multiplier=0.5, seed=0))
     x, y = ds.x[:50], ds.y[:50]
     got = uci.score(model, x, y, n_samples=300, seed=5)
-    from mcdrop.core.engine import MCEngine
+    from mcdrop.sampling.engine import MCEngine
 
     samples = MCEngine(model).sample(torch.tensor(x, dtype=torch.float32), 300, seed=5).double().numpy()
     assert got["rmse"] == pytest.approx(M.rmse(samples.mean(0), y))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
 from mcdrop.training.classifier import split_indices
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.studies.common import (

@@ -3,7 +3,7 @@
 Protocol (Gal, Islam & Ghahramani 2017; Kirsch, van Amersfoort & Gal 2019, shrunk to a CPU budget): start from
 ``START`` labelled training images drawn at random (per seed), then ``ROUNDS`` times: train the MLP from scratch
 on the labelled set, score the pool with MC dropout (``SAMPLES`` passes, consistent masks:
-:func:`mcdrop.core.acquisition.acquire_pool`), label the ``BATCH`` best rows, and record the test accuracy of
+:func:`mcdrop.uncertainty.acquisition.acquire_pool`), label the ``BATCH`` best rows, and record the test accuracy of
 the model trained before each acquisition and after the last.  The pool is a fixed random ``POOL`` rows of the
 training set (per seed); BatchBALD scores a fresh random ``BATCHBALD_POOL`` of the unlabelled pool each round
 (its greedy joint entropy costs ``configurations x passes x rows x classes`` per pick) with up to
@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mcdrop.core.acquisition import acquire_pool
-from mcdrop.core.engine import MCEngine
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.studies.common import (
     Context,
     StudyResult,
@@ -32,6 +31,7 @@ from mcdrop.training.studies.common import (
     save,
     t_interval,
 )
+from mcdrop.uncertainty.acquisition import acquire_pool
 
 NAME = "active-learning"
 TITLE = "Study 8: what to label next (random, entropy, BALD, BatchBALD)"

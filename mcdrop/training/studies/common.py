@@ -20,10 +20,10 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from mcdrop.core import metrics as M
-from mcdrop.core.engine import MCEngine
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.classifier import train_classifier
 from mcdrop.training.configs import ClassifierConfig
+from mcdrop.uncertainty import metrics as M
 
 __all__ = [
     "Context",

@@ -3,7 +3,7 @@
 Dropout after hidden layer ``l`` at rate ``p_l`` zeroes unit ``j`` of ``h_l`` for every weight it feeds; the
 rate-matched DropConnect model instead drops each weight of the next linear layer independently,
 ``y = x (W ⊙ M / (1 - p_l))^T + b``, ``M_ij ~ Bernoulli(1 - p_l)``: the same mean and per-weight keep rate, finer
-noise.  (Training shares one weight mask per mini-batch, as :func:`mcdrop.core.functional.dropconnect_linear`
+noise.  (Training shares one weight mask per mini-batch, as :func:`mcdrop.sampling.functional.dropconnect_linear`
 does; MC passes draw one per (sample, row).)  Both are scored on the test set deterministically and by the MC
 mean of ``N_SAMPLES`` passes; differences are paired by seed.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mcdrop.core.layers import DropConnectLinear
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.layers import DropConnectLinear
 from mcdrop.training.studies.common import (
     COLORS,
     Context,

@@ -4,7 +4,7 @@
 * Gaussian: multiplicative noise ``h (1 + σ ε)``, ``ε ~ N(0, 1)``, ``σ² = p/(1 - p)`` at the same ``p``: the
   same mean and variance as the Bernoulli mask (variance-matched);
 * Concrete: the rate of each layer is learned (Gal, Hron & Kendall 2017) from ``P0``, with the regulariser
-  :func:`mcdrop.core.concrete.concrete_penalty` at ``N = 2 n_fitted`` (the ELBO's weight for a loss of one mean
+  :func:`mcdrop.nets.concrete.concrete_penalty` at ``N = 2 n_fitted`` (the ELBO's weight for a loss of one mean
   NLL per row) and length-scale ``LENGTH_SCALE``; it is then sampled as plain dropout at the learned rates.
 
 All are scored on the test set deterministically and by the MC mean of ``N_SAMPLES`` passes (paired by seed).
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mcdrop.core.layers import Dropout, GaussianDropout
-from mcdrop.core.models import DropoutMLP
+from mcdrop.nets.models import DropoutMLP
+from mcdrop.sampling.layers import Dropout, GaussianDropout
 from mcdrop.training.studies.common import (
     COLORS,
     Context,
@@ -62,7 +62,7 @@ def gaussian_mlp(in_features: int, n_classes: int) -> nn.Module:
 
 
 def concrete_available() -> bool:
-    return importlib.util.find_spec("mcdrop.core.concrete") is not None
+    return importlib.util.find_spec("mcdrop.nets.concrete") is not None
 
 
 def run(ctx: Context) -> StudyResult:
@@ -78,7 +78,7 @@ def run(ctx: Context) -> StudyResult:
             if method == "gaussian":
                 factory = gaussian_mlp
             elif method == "concrete":
-                from mcdrop.core.concrete import concrete_mlp, concrete_penalty, learned_rates
+                from mcdrop.nets.concrete import concrete_mlp, concrete_penalty, learned_rates
 
                 def factory(d: int, c: int) -> nn.Module:
                     return concrete_mlp(d, HIDDEN, c, p=P0, input_dropout=False)
@@ -93,7 +93,7 @@ def run(ctx: Context) -> StudyResult:
                                    on_epoch=on_epoch)
             extra: dict[str, Any] = {}
             if method == "concrete":
-                from mcdrop.core.concrete import to_dropout
+                from mcdrop.nets.concrete import to_dropout
 
                 extra = {"learned_rates": trace[-1], "rate_trace": trace}
                 model = to_dropout(model)  # type: ignore[arg-type]
@@ -134,7 +134,7 @@ def run(ctx: Context) -> StudyResult:
         answer += (" Concrete learned rates " + ", ".join(f"{v.fmt(3)} (layer {k[-1]})" for k, v in learned.items())
                    + f" from {P0}, in one training run instead of the {grid_cells}-run grid of study 1 (time: timings.md).")
     else:
-        answer += " (Concrete dropout: mcdrop.core.concrete is not available in this checkout.)"
+        answer += " (Concrete dropout: mcdrop.nets.concrete is not available in this checkout.)"
     rows = [[LABELS[m], *(summary[m][mode][k].fmt(4) for mode in ("deterministic", "mc") for k in METRICS)] for m in methods]
     rows += [[f"{LABELS[m]} − dropout (paired)", *(diff[m][mode][k].fmt(4) for mode in ("deterministic", "mc")
                                                   for k in METRICS)] for m in methods[1:]]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcdrop.core.engine import MCEngine
+from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.studies.common import (
     COLORS,
     Context,

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from mcdrop import Dropout, DropoutMLP
+
+
+def test_reference_architecture_shapes():
+    model = DropoutMLP(784, [256, 256], 10, dropout=[0.2, 0.5])
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert [m.p for m in model.modules() if isinstance(m, Dropout)] == [0.2, 0.5]
+
+
+def test_regression_heads():
+    homo = DropoutMLP(8, [16], 1, head="homoscedastic", tau=2.0, input_dropout=0.1)
+    hetero = DropoutMLP(8, [16], 1, head="heteroscedastic")
+    x = torch.randn(5, 8)
+    assert homo(x).shape == (5,)
+    assert hetero(x).shape == (5, 2)
+    assert isinstance(homo.net[0], Dropout)
+    assert homo.config()["tau"] == 2.0
+
+
+def test_target_scaling_applies_to_mean_and_variance():
+    model = DropoutMLP(2, [4], 1, head="heteroscedastic").eval()
+    x = torch.randn(3, 2)
+    base = model(x)
+    model.target_shift.fill_(10.0)
+    model.target_scale.fill_(2.0)
+    scaled = model(x)
+    assert torch.allclose(scaled[:, 0], base[:, 0] * 2 + 10)
+    assert torch.allclose(scaled[:, 1], base[:, 1] + 2 * torch.log(torch.tensor(2.0)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dropout": [0.1]}, "one rate per hidden layer"),
+        ({"head": "homoscedastic"}, "noise precision tau"),
+        ({"head": "regression"}, "is not a valid Task"),
+        ({"dropout": 2.0}, "between 0 and 1"),
+    ],
+)
+def test_invalid_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DropoutMLP(4, [8, 8], 1, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- DropoutCNN
+
+
+def test_cnn_shapes_config_round_trip_and_cost():
+    from mcdrop.nets.models import DropoutCNN, build_model, multiply_adds
+    from mcdrop.sampling.layers import ChannelDropout
+
+    torch.manual_seed(0)
+    model = DropoutCNN((28, 28), 10, channels=(4, 8), hidden=(16,), channel_dropout=(0.1, 0.2), dropout=0.5).eval()
+    x = torch.rand(3, 784)
+    assert model(x).shape == (3, 10)
+    assert torch.equal(model(x), model(x.reshape(3, 28, 28)))  # flat rows or images
+    assert [m.p for m in model.modules() if isinstance(m, ChannelDropout)] == [0.1, 0.2]
+    rebuilt = build_model(model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.eval()(x), model(x))
+    # 3x3 convs: 28*28*4*1*9 + 14*14*8*4*9, then 8*7*7 -> 16 -> 10
+    assert multiply_adds(model, x[:1]) == 28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 392 * 16 + 16 * 10
+    assert model.feature_layers() == ["net.10", "net.12"]  # the flattened conv features, the dense head's ReLU
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"channel_dropout": (0.1,)}, "one rate per block"),
+    ({"dropout": (0.1, 0.2)}, "one rate per hidden layer"),
+    ({"head": "homoscedastic"}, "is a classifier"),
+    ({"image_shape": (28,)}, "height, width"),
+    ({"channels": (4, 4, 4, 4, 4)}, "to nothing"),
+])
+def test_cnn_invalid_configs(kwargs, message):
+    from mcdrop.nets.models import DropoutCNN
+
+    with pytest.raises(ValueError, match=message):
+        DropoutCNN(**{"image_shape": (28, 28), "channels": (4, 8), **kwargs})

@@ -1,0 +1,53 @@
+"""Feature densities: the known Gaussian answer, standardisation, far points score high, storage round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+
+from mcdrop.uncertainty.ood import FeatureDensity, fit_feature_density, fit_layer_density
+from tests.conftest import z_bound
+
+
+def blobs(n: int, seed: int, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    centres = np.array([[4.0] * d, [-4.0] * d, [4.0, -4.0] * (d // 2)])
+    return torch.tensor(centres[y] + rng.normal(size=(n, d))), torch.tensor(y)
+
+
+def test_nll_is_the_mixture_density_it_fitted():
+    h, y = blobs(3000, 0)
+    density = fit_layer_density(h, y, 3, dim=6)  # full dimension: the projection is a rotation
+    x = h[:5]
+    r = ((x.double() - density.center.double()) @ density.projection.double()).numpy()
+    mixture = np.zeros(5)
+    for c in range(3):
+        precision = (density.whiteners[c].double() @ density.whiteners[c].double().T).numpy()
+        cov = np.linalg.inv(precision)
+        mixture += math.exp(float(density.log_priors[c])) * stats.multivariate_normal(density.means[c].numpy(), cov).pdf(r)
+    np.testing.assert_allclose(density.nll(x).double().numpy(), -np.log(mixture), rtol=1e-4)
+
+
+def test_standardised_scores_are_typical_inside_and_high_outside():
+    train, y = blobs(4000, 1)
+    held, _ = blobs(2000, 2)
+    fresh, _ = blobs(2000, 3)
+    density = fit_feature_density({"h": train}, y, {"h": held}, 3, dim=4)
+    inside = density.score({"h": fresh}).double()
+    assert abs(float(inside.mean())) < z_bound() * float(inside.std()) / math.sqrt(len(inside)) + 0.05
+    far = density.score({"h": torch.zeros(100, 6) + 0.0}).double()  # between the blobs
+    assert (far > inside.quantile(0.99)).all()
+
+
+def test_max_over_layers_and_round_trip():
+    a, y = blobs(2000, 4)
+    b = a * 2 + 1
+    density = fit_feature_density({"l1": a, "l2": b}, y, {"l1": a[:500], "l2": b[:500]}, 3, dim=3)
+    x = {"l1": a[:10], "l2": b[:10]}
+    assert torch.equal(density.score(x), density.layer_scores(x).amax(1))
+    again = FeatureDensity.from_tensors(density.tensors(), list(density.layers))
+    assert torch.equal(again.score(x), density.score(x))
