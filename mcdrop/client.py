@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from mcdrop import wire
 from mcdrop.inputs import to_model_range
-from mcdrop.request import Mode, new_seed
+from mcdrop.plan import Plan, make_plan, with_seed
 from mcdrop.schemas import (
     AcquireRequest,
     AcquireResponse,
@@ -129,18 +129,15 @@ def build_request(inputs: Any, options: dict[str, Any]) -> tuple[PredictRequest,
         where = ".".join(str(p) for p in first.get("loc", ())) or "request"
         message = str(first.get("msg", "invalid"))
         raise ValueError(message if message.startswith(where) else f"{where}: {message}") from err
-    if request.mode is Mode.MC and request.seed is None:
-        request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
-    return request, is_array
+    return make_plan(request).request, is_array  # the door: one seed for every slice
 
 
 def acquire_body(inputs: Any, k: int, options: dict[str, Any]) -> bytes:
     """The JSON body of ``POST /acquire`` (checked by the shared schema; a seed drawn if none is given)."""
     array, _ = _as_array(inputs)
     fields = {k_: v for k_, v in options.items() if v is not None}
-    fields.setdefault("seed", new_seed())
     try:
-        request = AcquireRequest.model_validate({"inputs": array, "k": k, **fields}, strict=False)
+        request = with_seed(AcquireRequest.model_validate({"inputs": array, "k": k, **fields}, strict=False))
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "request"
@@ -181,10 +178,8 @@ class _Call:
         self.slices = list(self._slices(request, limits))
 
     def _slices(self, request: PredictRequest, limits: Limits) -> Iterator[PredictRequest]:
-        rows = request.inputs
-        for start in range(0, len(rows), limits.max_rows):
-            part = request.model_copy(update={"inputs": rows[start:start + limits.max_rows],
-                                              "row_offset": request.row_offset + start})
+        for plan in Plan(request).slices(limits.max_rows):
+            part = plan.request
             if len(self.body(part)) > limits.max_body_bytes and len(part.inputs) > 1:  # halve until each part fits
                 half = limits.model_copy(update={"max_rows": (len(part.inputs) + 1) // 2})
                 yield from self._slices(part, half)

@@ -39,6 +39,13 @@ from mcdrop.request import (
     Mode,
     Task,
 )
+from mcdrop.result import (
+    AbstainReason,
+    ClassificationPrediction,
+    PredictResponse,
+    PredictResult,
+    RegressionPrediction,
+)
 
 __all__ = [
     "FLOAT32_MAX",
@@ -160,7 +167,6 @@ class Limits(BaseModel):
 
 
 SetMethod = Literal["aps", "raps", "lac", "aps_randomized", "raps_randomized"]
-AbstainReason = Literal["out_of_distribution", "uncertain"]
 
 
 def _openapi30_bounds(schema: dict[str, Any]) -> None:
@@ -245,244 +251,7 @@ class PredictRequest(RequestOptions):
 
 
 # ------------------------------------------------------------------------------------------------ responses
-
-
-class ClassificationPrediction(BaseModel):
-    """One input's class, probabilities and uncertainty (sampling-only fields null in deterministic mode)."""
-
-    predicted_class: int
-    class_name: str | None
-    confidence: float
-    probabilities: list[float]
-    predictive_entropy: float
-    expected_entropy: float | None
-    mutual_information: float | None
-    variation_ratio: float | None
-    probability_std: list[float] | None
-    probability_stderr: list[float] | None
-    n_samples: int
-    ood_score: float | None = Field(None, description="negative log feature density: higher is more unusual "
-                                                      "(null when the model has no density)")
-    prediction_set: list[int] | None = Field(None, description="conformal prediction set (with coverage)")
-    prediction_set_names: list[str] | None = None
-    abstain: bool | None = Field(None, description="whether to withhold this answer (null when uncalibrated)")
-    abstain_reasons: list[AbstainReason] | None = None
-
-
-class RegressionPrediction(BaseModel):
-    """One input's predictive mean, variances and intervals (sampling-only fields null in deterministic mode)."""
-
-    mean: float
-    variance: float
-    std: float
-    epistemic_variance: float | None
-    aleatoric_variance: float
-    interval_low: float
-    interval_high: float
-    level: float
-    mean_stderr: float | None
-    n_samples: int
-    ood_score: float | None = None
-    conformal_low: float | None = Field(None, description="conformal interval (with coverage)")
-    conformal_high: float | None = None
-    abstain: bool | None = None
-    abstain_reasons: list[AbstainReason] | None = None
-
-
-class PredictResponse(BaseModel):
-    """Per-input predictions with uncertainty, and views of them as NumPy arrays."""
-
-    model_config = ConfigDict(protected_namespaces=())
-
-    model: str
-    model_version: str
-    task: Task
-    mode: Mode
-    seed: int | None = Field(description="the seed the masks were drawn with (null in deterministic mode)")
-    predictions: list[ClassificationPrediction] | list[RegressionPrediction]
-    samples: list[Any] | None = Field(None, description="raw outputs (S, B, ...) with return_samples; null beyond an "
-                                                        "adaptive row's n_samples")
-    notes: list[str] = Field(default_factory=list, description="why fields a request asked for are null")
-
-    def column(self, name: str) -> np.ndarray:
-        """One field of every prediction as an array (None becomes NaN), e.g. ``column("mutual_information")``."""
-        values = [getattr(p, name) for p in self.predictions]
-        if values and isinstance(values[0], list):
-            return np.asarray(values, dtype=np.float64)
-        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Mean class probabilities. Shape: ``(B, C)``."""
-        return self.column("probabilities")
-
-    @property
-    def predicted_class(self) -> np.ndarray:
-        return self.column("predicted_class").astype(np.int64)
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Regression predictive means. Shape: ``(B,)``."""
-        return self.column("mean")
-
-    @property
-    def n_samples(self) -> np.ndarray:
-        return self.column("n_samples").astype(np.int64)
-
-
-_REASONS: tuple[AbstainReason, ...] = ("out_of_distribution", "uncertain")
-_INT_COLUMNS = frozenset({"predicted_class", "n_samples"})
-
-
-class PredictResult:
-    """Predictions as NumPy columns (``{field: (B,) or (B, C)}``) with the response's metadata: what the
-    predictor computes and the binary wire format carries; :meth:`response` gives the typed JSON form.
-
-    Column conventions beyond the response's fields: ``prediction_set`` is a boolean mask ``(B, C)``;
-    ``abstain_reasons`` are boolean columns ``abstain_out_of_distribution`` and ``abstain_uncertain``; fields that
-    are null for every row (e.g. mutual information in deterministic mode) are absent.
-    """
-
-    def __init__(self, *, model: str, model_version: str, task: Task | str, mode: Mode | str, seed: int | None,
-                 columns: dict[str, np.ndarray], samples: np.ndarray | None = None, notes: list[str] | None = None,
-                 class_names: list[str] | None = None) -> None:
-        self.model, self.model_version, self.task, self.mode = model, model_version, Task(task), Mode(mode)
-        self.seed, self.columns, self.samples = seed, columns, samples
-        self.notes, self.class_names = list(notes or []), class_names
-
-    def __len__(self) -> int:
-        return len(self.columns["n_samples"])
-
-    def column(self, name: str) -> np.ndarray:
-        """One field of every row as an array; a field absent in this result (null) is all NaN."""
-        if name in self.columns:
-            return self.columns[name]
-        return np.full(len(self), np.nan)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Mean class probabilities. Shape: ``(B, C)``."""
-        return self.columns["probabilities"]
-
-    @property
-    def predicted_class(self) -> np.ndarray:
-        return self.columns["predicted_class"]
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Regression predictive means. Shape: ``(B,)``."""
-        return self.columns["mean"]
-
-    @property
-    def n_samples(self) -> np.ndarray:
-        return self.columns["n_samples"]
-
-    def meta(self) -> dict[str, Any]:
-        """Everything but the columns, JSON-serialisable."""
-        return {"model": self.model, "model_version": self.model_version, "task": self.task.value,
-                "mode": self.mode.value, "seed": self.seed, "notes": self.notes, "class_names": self.class_names}
-
-    @property
-    def predictions(self) -> list[ClassificationPrediction] | list[RegressionPrediction]:
-        """The rows as typed predictions (built on first use)."""
-        cached = getattr(self, "_predictions", None)
-        if cached is None:
-            cached = self._predictions = _rows(self)
-        return cached
-
-    def response(self) -> PredictResponse:
-        """The JSON response model."""
-        samples = None
-        if self.samples is not None:
-            a = self.samples.astype(np.float64)
-            samples = np.where(np.isnan(a), None, a).tolist() if np.isnan(a).any() else a.tolist()
-        return PredictResponse.model_construct(model=self.model, model_version=self.model_version, task=self.task,
-                                               mode=self.mode, seed=self.seed, predictions=self.predictions,
-                                               samples=samples, notes=self.notes)
-
-    @classmethod
-    def from_response(cls, response: PredictResponse, class_names: list[str] | None = None) -> PredictResult:
-        preds = response.predictions
-        columns: dict[str, np.ndarray] = {}
-        if preds:
-            fields = type(preds[0]).model_fields
-            for name in fields:
-                values = [getattr(p, name) for p in preds]
-                if name in ("class_name", "prediction_set_names") or all(v is None for v in values):
-                    continue
-                if name == "prediction_set":
-                    width = len(preds[0].probabilities)  # type: ignore[union-attr]
-                    mask = np.zeros((len(preds), width), dtype=bool)
-                    for i, v in enumerate(values):
-                        mask[i, v or []] = True
-                    columns[name] = mask
-                elif name == "abstain_reasons":
-                    for reason in _REASONS:
-                        columns[f"abstain_{reason}"] = np.array([reason in (v or []) for v in values])
-                elif name == "abstain":
-                    columns[name] = np.array([bool(v) for v in values])
-                else:
-                    columns[name] = np.asarray([np.nan if v is None else v for v in values],
-                                               dtype=np.int64 if name in _INT_COLUMNS else np.float64)
-        samples = None
-        if response.samples is not None:
-            samples = np.asarray(response.samples, dtype=object)
-            samples = np.where(samples == None, np.nan, samples).astype(np.float64)  # noqa: E711
-        return cls(model=response.model, model_version=response.model_version, task=response.task, mode=response.mode,
-                   seed=response.seed, columns=columns, samples=samples, notes=response.notes, class_names=class_names)
-
-    @classmethod
-    def concat(cls, parts: list[PredictResult]) -> PredictResult:
-        """Results of consecutive slices of one input as one result (samples joined along rows)."""
-        first = parts[0]
-        if len(parts) == 1:
-            return first
-        columns = {k: np.concatenate([p.columns[k] for p in parts]) for k in first.columns}
-        samples = None
-        if all(p.samples is not None for p in parts):
-            depth = max(p.samples.shape[0] for p in parts)  # type: ignore[union-attr]
-            padded = [np.concatenate([p.samples, np.full((depth - p.samples.shape[0], *p.samples.shape[1:]), np.nan)])
-                      if p.samples.shape[0] < depth else p.samples for p in parts]  # type: ignore[union-attr]
-            samples = np.concatenate(padded, axis=1)
-        notes = list(dict.fromkeys(n for p in parts for n in p.notes))
-        return cls(model=first.model, model_version=first.model_version, task=first.task, mode=first.mode,
-                   seed=first.seed, columns=columns, samples=samples, notes=notes, class_names=first.class_names)
-
-
-def _rows(result: PredictResult) -> list[ClassificationPrediction] | list[RegressionPrediction]:
-    """Typed predictions from columns: every response field mapped explicitly (absent columns become None)."""
-    n, cols = len(result), result.columns
-    lists = {k: v.tolist() for k, v in cols.items()}
-    none: list[Any] = [None] * n
-    if "abstain_out_of_distribution" in lists:
-        reasons = [[r for r in _REASONS if lists[f"abstain_{r}"][i]] for i in range(n)]
-    else:
-        reasons = none
-    common = {"n_samples": lists["n_samples"], "ood_score": lists.get("ood_score", none),
-              "abstain": lists.get("abstain", none), "abstain_reasons": reasons}
-    if result.task is Task.CLASSIFICATION:
-        names = result.class_names
-        sets = [np.flatnonzero(m).tolist() for m in cols["prediction_set"]] if "prediction_set" in cols else none
-        fields = {
-            "predicted_class": lists["predicted_class"],
-            "class_name": [names[c] for c in lists["predicted_class"]] if names else none,
-            "confidence": lists["confidence"], "probabilities": lists["probabilities"],
-            "predictive_entropy": lists["predictive_entropy"],
-            **{k: lists.get(k, none) for k in ("expected_entropy", "mutual_information", "variation_ratio",
-                                               "probability_std", "probability_stderr")},
-            "prediction_set": sets,
-            "prediction_set_names": [[names[c] for c in s] for s in sets] if names and sets is not none else none,
-            **common,
-        }
-        return [ClassificationPrediction.model_construct(**{k: v[i] for k, v in fields.items()}) for i in range(n)]
-    fields = {
-        **{k: lists[k] for k in ("mean", "variance", "std", "aleatoric_variance", "interval_low", "interval_high",
-                                 "level")},
-        **{k: lists.get(k, none) for k in ("epistemic_variance", "mean_stderr", "conformal_low", "conformal_high")},
-        **common,
-    }
-    return [RegressionPrediction.model_construct(**{k: v[i] for k, v in fields.items()}) for i in range(n)]
-
+# The result and its rows are derived from one field table in mcdrop.result (re-exported here).
 
 class ErrorResponse(BaseModel):
     """The body of every 4xx and 5xx answer: what was wrong, and where (bounded: at most 5 details)."""

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from mcdrop.cli.common import CLIError, log
-from mcdrop.request import DEFAULT_N_SAMPLES, new_seed
+from mcdrop.plan import draw_seed
+from mcdrop.request import DEFAULT_N_SAMPLES
 
 METHODS = ("bald", "batchbald", "entropy", "margin", "random")
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from mcdrop.io.readers import InputError, open_input
 
     _check_flags(args)
-    seed = args.seed if args.seed is not None else new_seed()
+    seed = args.seed if args.seed is not None else draw_seed()  # the door
     try:
         source = open_input(args.pool, format=args.input_format, columns=args.columns, key=args.key,
                             chunk_rows=args.batch_size)

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from mcdrop.cli.common import CLIError, is_terminal, log
-from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, new_seed
+from mcdrop.plan import with_seed
+from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES
 
 Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResult
 
@@ -116,7 +117,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options["n_samples"] = args.samples
     options = {k: v for k, v in options.items() if v is not None and k != "model"}
     try:
-        RequestOptions.model_validate(options, strict=False)
+        validated = RequestOptions.model_validate(options, strict=False)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         name = str(first["loc"][0]) if first.get("loc") else str(first.get("type"))
@@ -125,7 +126,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"{flag}" + (f" {value!r}" if value is not None else "") + f": {first['msg']}", 2) from err
     if args.batch_size < 1:
         raise CLIError(f"--batch-size has to be a positive number of rows, but got {args.batch_size}", 2)
-    return options
+    seed = with_seed(validated).seed  # the door: one seed for the whole file
+    return {**options, "seed": seed} if seed is not None else options
 
 
 def _scale(spec: str, dtype: np.dtype[Any]) -> float:
@@ -264,8 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = _options(args)
     say = (lambda _m: None) if args.quiet else log
-    if args.mode == "mc" and options.get("seed") is None:
-        options["seed"] = new_seed()  # one seed for the whole file, logged so the run can be repeated
+    if options.get("seed") is not None and args.seed is None:  # drawn at the door: logged so the run can be repeated
         say(f"seed {options['seed']} (pass --seed {options['seed']} to reproduce)")
     stdout = str(args.output) == "-"
     if not stdout and args.output.resolve() == args.input.resolve():

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mcdrop.request import Task, new_seed
+from mcdrop.plan import with_seed
+from mcdrop.request import Task
 from mcdrop.schemas import AcquireRequest, AcquireResponse
 from mcdrop.serving.errors import InvalidRequest, TooLarge
 from mcdrop.serving.predictor import Predictor, Served
@@ -45,7 +46,8 @@ def acquire(predictor: Predictor, request: AcquireRequest, *, chunk_rows: int = 
             cancelled: Callable[[], bool] | None = None) -> AcquireResponse:
     """Answer one acquisition request (raises a :class:`~mcdrop.serving.errors.PredictError`)."""
     served = check(predictor, request)
-    seed = request.seed if request.seed is not None else new_seed()
+    seed = with_seed(request).seed
+    assert seed is not None
     x = torch.from_numpy(np.require(request.inputs, np.float32, ["C", "W"])).to(predictor.device)
     chunks = (x[i:i + chunk_rows] for i in range(0, x.shape[0], chunk_rows))
     got = acquire_pool(served.engine, chunks, request.k, request.method, n_samples=request.n_samples, seed=seed,

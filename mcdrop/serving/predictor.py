@@ -1,18 +1,20 @@
 """One object from request to response: models + engine + uncertainty -> :class:`PredictResult`.
 
 The service, the CLI and the client's server all go through :class:`Predictor`; none computes anything
-itself.  The request's shape was validated by its schema; the predictor checks only what depends on the
-model and the server (row width, caps, the work budget, calibration) and raises the typed errors of
-:mod:`mcdrop.serving.errors`.  :meth:`Predictor.predict_many` answers several requests with one engine call
-per compatible group: each row keeps its own request's seed and its position ``row_offset + i``, so every
-answer equals the one its request would get alone (within float32 rounding, README "Reproducibility").
+itself.  The request's shape was validated by its schema; :meth:`Predictor.plan` is the door: it checks only
+what depends on the model and the server (row width, caps, the work budget, calibration), raising the typed
+errors of :mod:`mcdrop.serving.errors`, and makes the request a :class:`~mcdrop.plan.Plan` (seed drawn, cap
+resolved, cost counted) that everything below runs as it is.  :meth:`Predictor.predict_many` answers several
+plans with one engine call per compatible group: each row keeps its own plan's seed and position
+``row_offset + i``, so every answer equals the one its request would get alone (within float32 rounding, README
+"Reproducibility").
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,9 @@ from torch import Tensor
 from mcdrop.inputs import range_note
 from mcdrop.nets.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
 from mcdrop.nets.models import DropoutMLP
-from mcdrop.request import Mode, Task, new_seed
+from mcdrop.plan import Plan, make_plan, needs_seed
+from mcdrop.request import Mode, Task
+from mcdrop.result import summary_fields
 from mcdrop.sampling.engine import MCEngine, SamplingCancelled
 from mcdrop.sampling.precision import apply_precision, check_precision
 from mcdrop.sampling.prediction import predict
@@ -35,6 +39,7 @@ from mcdrop.schemas import (
     PredictResult,
     RequestOptions,
 )
+from mcdrop.serving.decisions import decide
 from mcdrop.serving.errors import Cancelled, InvalidRequest, OutputOverflow, PredictError, TooLarge, UnknownModel
 from mcdrop.serving.stopping import stopping_options
 from mcdrop.uncertainty.calibration import Calibration
@@ -97,13 +102,21 @@ class Predictor:
             engine = MCEngine(artifact.model, element_budget=element_budget)
             self._served[artifact.card.name] = Served(artifact.model, artifact.card, engine, artifact.calibration)
         self.default = next(iter(self._served))
-        self.rate = self._warm_up()
+        self._rate: float | None = None
 
-    def _warm_up(self) -> float:
-        """Each engine's one-time work (probe, kernel build) before any request, then the throughput in
-        multiply-adds per second (the card's cost per pass) of 256 random rows x 16 passes: the scheduler's first
-        estimate, the slowest model's (large requests run in slices of about this size, so it is their rate;
-        random rows activate more units than typical inputs do, so it errs low)."""
+    @property
+    def rate(self) -> float:
+        """Multiply-adds per second of the slowest served model, measured by :meth:`warm_up` (on first use)."""
+        if self._rate is None:
+            self._rate = self.warm_up()
+        return self._rate
+
+    def warm_up(self) -> float:
+        """Each engine's one-time work (probe, kernel build), then the throughput in multiply-adds per second (the
+        card's cost per pass) of 256 random rows x 16 passes: the scheduler's first estimate, the slowest model's
+        (large requests run in slices of about this size, so it is their rate; random rows activate more units
+        than typical inputs do, so it errs low).  The service calls it before its first request; otherwise the
+        first use of :attr:`rate` does."""
         rates = []
         gen = torch.Generator().manual_seed(0)
         for served in self._served.values():
@@ -113,7 +126,8 @@ class Predictor:
             served.engine.sample(x, 16, seed=0)
             served.rate = 256 * 16 * served.cost / max(time.perf_counter() - start, 1e-6)
             rates.append(served.rate)
-        return min(rates)
+        self._rate = min(rates)
+        return self._rate
 
     @property
     def cards(self) -> list[ModelCard]:
@@ -130,18 +144,42 @@ class Predictor:
             raise UnknownModel(f"unknown model {name!r}: this server serves {', '.join(self._served)}", "model")
         return self._served[name]
 
-    # ------------------------------------------------------------------ checks
+    # ------------------------------------------------------------------ the door
 
-    def cost(self, request: PredictRequest) -> float:
+    def plan(self, request: PredictRequest | Plan) -> Plan:
+        """The door: check a valid request against its model and this server's limits (raise a
+        :class:`PredictError`) and make it a :class:`~mcdrop.plan.Plan`: the seed drawn, the model named, the
+        adaptive cap resolved, the cost counted.  A plan is returned as it is (it passed a door already)."""
+        if isinstance(request, Plan):
+            return request
+        served = self.check_options(request)
+        rows, width = request.inputs.shape
+        if rows > self.limits.max_rows:
+            raise TooLarge(f"inputs has {rows} rows, but this server accepts at most {self.limits.max_rows} per request "
+                           "(split the batch; the client does it for you)", "inputs")
+        if width != served.card.input_size:
+            raise InvalidRequest(f"inputs rows have {width} values, but model {served.card.name!r} expects "
+                                 f"{served.card.input_size} features per row", "inputs")
+        plan = make_plan(request, model=served.card.name, max_samples=self.limits.max_samples)
+        ood = plan.mode is Mode.MC and served.calibration is not None and served.calibration.density is not None
+        plan = replace(plan, cost=len(plan) * (plan.passes + ood) * served.cost)
+        budget = self.limits.max_cost
+        if budget is not None and plan.cost is not None and plan.cost > budget:
+            passes = "max_samples" if plan.adaptive else "n_samples"
+            raise TooLarge(f"this request needs {plan.cost:.3g} multiply-adds (rows x {passes} x {served.cost:.3g} for "
+                           f"model {served.card.name!r}), beyond this server's budget of {budget:.3g} (MCDROP_MAX_COST): "
+                           f"send fewer rows or fewer passes", passes if plan.mode is Mode.MC else "inputs")
+        return plan
+
+    def check(self, request: PredictRequest | Plan) -> Served:
+        """Check a valid request against its model and this server's limits; raise a :class:`PredictError`."""
+        return self.served(self.plan(request).model)
+
+    def cost(self, request: PredictRequest | Plan) -> float:
         """The request's work in multiply-adds: rows x passes (the cap when adaptive, +1 for OOD) x the model's."""
-        served = self.served(request.model)
-        if request.mode is Mode.DETERMINISTIC:
-            passes = 1
-        else:
-            adaptive = request.tolerance is not None or request.stop is not None
-            passes = (request.max_samples or self.limits.max_samples) if adaptive else request.n_samples
-            passes += 1 if served.calibration is not None and served.calibration.density is not None else 0
-        return len(request.inputs) * passes * served.cost
+        cost = self.plan(request).cost
+        assert cost is not None
+        return cost
 
     def check_options(self, options: RequestOptions) -> Served:
         """Check what a request asks for besides its inputs against the model and the server's limits."""
@@ -170,61 +208,47 @@ class Predictor:
                                  f"{'aps_randomized' if options.set_method in ('aps', 'raps') else 'aps'}", "set_method")
         return served
 
-    def work(self, request: PredictRequest) -> float:
+    def work(self, request: PredictRequest | Plan) -> float:
         """The request's cost in multiply-adds of the slowest served model (:attr:`rate`): :meth:`cost` scaled by
         how much faster its own model ran at start-up (the fused MLP kernel does a dense multiply-add's work in
         a fraction of the time a convolution does), so one rate times the queued work of every model."""
-        served = self.served(request.model)
-        return self.cost(request) * (self.rate / served.rate if served.rate > 0 else 1.0)
-
-    def check(self, request: PredictRequest) -> Served:
-        """Check a valid request against its model and this server's limits; raise a :class:`PredictError`."""
-        served = self.check_options(request)
-        rows, width = request.inputs.shape
-        if rows > self.limits.max_rows:
-            raise TooLarge(f"inputs has {rows} rows, but this server accepts at most {self.limits.max_rows} per request "
-                           "(split the batch; the client does it for you)", "inputs")
-        if width != served.card.input_size:
-            raise InvalidRequest(f"inputs rows have {width} values, but model {served.card.name!r} expects "
-                                 f"{served.card.input_size} features per row", "inputs")
-        budget = self.limits.max_cost
-        if budget is not None and (cost := self.cost(request)) > budget:
-            passes = "max_samples" if request.tolerance is not None or request.stop is not None else "n_samples"
-            raise TooLarge(f"this request needs {cost:.3g} multiply-adds (rows x {passes} x {served.cost:.3g} for model "
-                           f"{served.card.name!r}), beyond this server's budget of {budget:.3g} (MCDROP_MAX_COST): "
-                           f"send fewer rows or fewer passes", passes if request.mode is Mode.MC else "inputs")
-        return served
+        plan = self.plan(request)
+        rate, served = self.rate, self.served(plan.model)
+        return self.cost(plan) * (rate / served.rate if served.rate > 0 else 1.0)
 
     # ------------------------------------------------------------------ prediction
 
-    def predict(self, request: PredictRequest, *, cancelled: Callable[[], bool] | None = None) -> PredictResult:
+    def predict(self, request: PredictRequest | Plan, *, cancelled: Callable[[], bool] | None = None) -> PredictResult:
         """Answer one request (raises a :class:`PredictError`)."""
         answer = self.predict_many([request], cancelled=cancelled)[0]
         if isinstance(answer, PredictError):
             raise answer
         return answer
 
-    def predict_many(self, requests: Sequence[PredictRequest], *, cancelled: Callable[[], bool] | None = None
+    def predict_many(self, requests: Sequence[PredictRequest | Plan], *, cancelled: Callable[[], bool] | None = None
                      ) -> list[PredictResult | PredictError]:
-        """Answer several requests, merging compatible ones into one engine call; invalid ones get their error."""
+        """Answer several requests, merging compatible ones into one engine call; invalid ones get their error.
+        Plans run as they are; a request is planned here first (:meth:`plan`)."""
         answers: list[PredictResult | PredictError | None] = [None] * len(requests)
-        groups: dict[tuple[Any, ...], list[int]] = {}
+        groups: dict[tuple[Any, ...], list[Plan]] = {}
+        where: dict[tuple[Any, ...], list[int]] = {}
         for i, req in enumerate(requests):
             try:
-                self.check(req)
+                plan = self.plan(req)
             except PredictError as err:
                 answers[i] = err
                 continue
-            key = (req.model or self.default, req.mode, req.n_samples if req.mode is Mode.MC else 0, req.level,
-                   req.return_samples, i if req.tolerance is not None or req.stop is not None else -1)
-            groups.setdefault(key, []).append(i)
-        for indices in groups.values():
-            group = [requests[i] for i in indices]
+            r = plan.request
+            key = (plan.model, r.mode, r.n_samples if r.mode is Mode.MC else 0, r.level, r.return_samples,
+                   i if plan.adaptive else -1)
+            groups.setdefault(key, []).append(plan)
+            where.setdefault(key, []).append(i)
+        for key, group in groups.items():
             try:
                 responses: Sequence[PredictResult | PredictError] = self._run(group, cancelled)
             except SamplingCancelled as err:
                 responses = [Cancelled(str(err))] * len(group)
-            for i, response in zip(indices, responses, strict=True):
+            for i, response in zip(where[key], responses, strict=True):
                 answers[i] = response
         return answers  # type: ignore[return-value]
 
@@ -236,32 +260,35 @@ class Predictor:
             raise request_error(err) from err
         return self.predict(request)
 
-    def _run(self, group: list[PredictRequest], cancelled: Callable[[], bool] | None) -> list[PredictResult | PredictError]:
+    def _run(self, group: list[Plan], cancelled: Callable[[], bool] | None) -> list[PredictResult | PredictError]:
         served = self.served(group[0].model)
-        first = group[0]
-        seeds = [req.seed if req.seed is not None else new_seed() for req in group]
-        sizes = [len(req.inputs) for req in group]
-        inputs = np.concatenate([req.inputs for req in group]) if len(group) > 1 else first.inputs
+        first = group[0].request
+        sizes = [len(plan) for plan in group]
+        inputs = np.concatenate([plan.inputs for plan in group]) if len(group) > 1 else first.inputs
         x = torch.from_numpy(np.require(inputs, np.float32, ["C", "W"])).to(self.device)  # .npy bodies are read-only
-        rows = torch.cat([torch.arange(req.row_offset, req.row_offset + n) for req, n in zip(group, sizes, strict=True)])
-        seed: int | Tensor = seeds[0] if len(group) == 1 else torch.cat(
-            [torch.full((n,), s, dtype=torch.int64) for s, n in zip(seeds, sizes, strict=True)])
+        rows = torch.cat([torch.arange(p.request.row_offset, p.request.row_offset + n)
+                          for p, n in zip(group, sizes, strict=True)])
+        seed: int | Tensor | None = None
+        if first.mode is Mode.MC:
+            seeds = [plan.seed for plan in group]
+            if any(s is None for s in seeds):
+                raise ValueError("an MC plan without a seed: plans are made by mcdrop.plan.make_plan, which draws one")
+            seed = seeds[0] if len(group) == 1 else torch.cat(
+                [torch.full((n,), s, dtype=torch.int64) for s, n in zip(seeds, sizes, strict=True)])
         result = predict(
             served.engine, x, task=served.card.task, tau=served.card.tau, mode=first.mode, n_samples=first.n_samples,
-            seed=seed, rows=rows, tolerance=first.tolerance,
-            max_samples=first.max_samples or (self.limits.max_samples if first.tolerance is not None or first.stop
-                                              else None),
+            seed=seed, rows=rows, tolerance=first.tolerance, max_samples=group[0].max_samples,
             level=first.level, return_samples=first.return_samples,
             features=served.calibration.feature_layers if served.calibration else (), cancelled=cancelled,
-            **stopping_options(first, served.calibration, seed, rows))
-        extras = (served.calibration.annotate(result.summary, result.features, group, sizes, seeds)
-                  if served.calibration else None)
+            **(stopping_options(first, served.calibration, seed, rows) if seed is not None else {}))
+        extras = decide(served.calibration, result.summary, result.features, group) if served.calibration else None
         finite = _finite_rows(result.summary)
         columns = _columns(result.summary)
         samples = result.samples.numpy() if result.samples is not None else None
         answers: list[PredictResult | PredictError] = []
         start = 0
-        for i, (req, req_seed, n) in enumerate(zip(group, seeds, sizes, strict=True)):
+        for i, (plan, n) in enumerate(zip(group, sizes, strict=True)):
+            req = plan.request
             part = slice(start, start + n)
             start += n
             if not bool(finite[part].all()):
@@ -272,7 +299,7 @@ class Predictor:
                 continue
             answers.append(PredictResult(
                 model=served.card.name, model_version=served.card.version, task=served.card.task, mode=req.mode,
-                seed=req_seed if req.mode is Mode.MC else None,
+                seed=plan.seed if needs_seed(req) else None,
                 columns={**{k: v[part] for k, v in columns.items()}, **(extras[i].columns if extras else {})},
                 samples=samples[:, part] if req.return_samples and samples is not None else None,
                 notes=_notes(req, served.card, extras[i].notes if extras else []), class_names=served.card.class_names))
@@ -293,17 +320,13 @@ def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:
 
 
 def _columns(summary: ClassificationSummary | RegressionSummary) -> dict[str, np.ndarray]:
-    """A summary's fields as result columns, named explicitly (fields None in this mode are left out)."""
-    if isinstance(summary, ClassificationSummary):
-        names = ("predicted_class", "confidence", "probabilities", "predictive_entropy", "expected_entropy",
-                 "mutual_information", "variation_ratio", "probability_std", "probability_stderr", "n_samples")
-    else:
-        names = ("mean", "variance", "std", "epistemic_variance", "aleatoric_variance", "interval_low", "interval_high",
-                 "mean_stderr", "n_samples")
+    """A summary's fields as result columns (:func:`mcdrop.result.summary_fields`; those None in this mode are
+    left out); the interval's ``level``, one number, repeated per row last."""
+    task = Task.CLASSIFICATION if isinstance(summary, ClassificationSummary) else Task.HOMOSCEDASTIC
     out = {}
-    for name in names:
-        value: Tensor | None = getattr(summary, name)
-        if value is not None:
+    for name in summary_fields(task):
+        value: Tensor | float | None = getattr(summary, name)
+        if isinstance(value, Tensor):
             out[name] = value.numpy() if value.dtype == torch.int64 else value.double().numpy()
     if isinstance(summary, RegressionSummary):
         out["level"] = np.full(len(out["mean"]), summary.level)

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcdrop.request import Mode, new_seed
+from mcdrop.plan import Plan, row_slices
 from mcdrop.schemas import PredictRequest, PredictResult
 from mcdrop.serving.errors import Cancelled, DeadlineExceeded, Overloaded, PredictError
 from mcdrop.serving.predictor import Predictor
@@ -53,7 +53,7 @@ _counter = itertools.count()
 
 @dataclass(eq=False)
 class _Job:
-    request: PredictRequest
+    plan: Plan
     cost: float
     slices: list[tuple[int, int]]
     future: asyncio.Future[PredictResult]
@@ -141,7 +141,7 @@ class Scheduler:
         with self._cond:
             return sum(j.remaining_cost for j in self._jobs) / self.rate
 
-    def seconds(self, request: PredictRequest) -> float:
+    def seconds(self, request: PredictRequest | Plan) -> float:
         """The request's price: its work (:meth:`Predictor.work`) over the rate of large work."""
         return self.predictor.work(request) / self.rate
 
@@ -149,24 +149,22 @@ class Scheduler:
         """Whether the queued work alone would not finish within a request's timeout."""
         return self.backlog_seconds() > self.timeout_s
 
-    async def submit(self, request: PredictRequest, *, timeout_s: float | None = None) -> PredictResult:
-        """Check, queue and answer ``request``; raises a :class:`PredictError` (also when cancelled or late).
+    async def submit(self, request: PredictRequest | Plan, *, timeout_s: float | None = None) -> PredictResult:
+        """Queue and answer a plan (a request is planned first, :meth:`Predictor.plan`: checked, its seed drawn);
+        raises a :class:`PredictError` (also when cancelled or late).
 
         Cancelling the awaiting task (the client went away) cancels the request's remaining work.
         """
-        self.predictor.check(request)
-        if request.mode is Mode.MC and request.seed is None:
-            request = request.model_copy(update={"seed": new_seed()})  # one seed for every slice
+        plan = self.predictor.plan(request)
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        cost = self.predictor.work(request)
-        need = cost / self.rate  # self.seconds(request), without pricing the request twice
+        cost = self.predictor.work(plan)
+        need = cost / self.rate
         backlog = self.backlog_seconds()
         if backlog + need > timeout:
             raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
                              f"{need:.1f} s more, beyond the {timeout:g} s limit; retry later")
         loop = asyncio.get_running_loop()
-        job = _Job(request, cost, self._slices(request, cost), loop.create_future(), loop, time.monotonic() + timeout,
-                   timeout)
+        job = _Job(plan, cost, self._slices(plan, cost), loop.create_future(), loop, time.monotonic() + timeout, timeout)
         with self._cond:
             self._start()
             self._jobs.append(job)
@@ -190,11 +188,10 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    def _slices(self, request: PredictRequest, cost: float) -> list[tuple[int, int]]:
-        rows = len(request.inputs)
+    def _slices(self, plan: Plan, cost: float) -> list[tuple[int, int]]:
+        rows = len(plan)
         per_row = cost / rows
-        step = max(1, math.floor(self.slice_cost / per_row)) if per_row > 0 else rows
-        return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+        return row_slices(rows, math.floor(self.slice_cost / per_row) if per_row > 0 else rows)
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -228,7 +225,7 @@ class Scheduler:
                 small = self._small() or small
             batch, rows, cost = [], 0, 0.0
             for job in small:
-                n = len(job.request.inputs)
+                n = len(job.plan)
                 if batch and (rows + n > self.max_rows or cost + job.cost > 4 * self.slice_cost):
                     break
                 batch.append(job)
@@ -281,7 +278,7 @@ class Scheduler:
                 self._jobs.remove(job)
         self.batch_sizes = [*self.batch_sizes[-999:], len(jobs)]
         try:
-            answers: list[Any] = self.predictor.predict_many([j.request for j in jobs])
+            answers: list[Any] = self.predictor.predict_many([j.plan for j in jobs])
         except Exception as err:  # the batch failed as a whole: every request gets the error
             answers = [err] * len(jobs)
         for job, answer in zip(jobs, answers, strict=True):
@@ -289,9 +286,8 @@ class Scheduler:
 
     def _run_slice(self, job: _Job, part: tuple[int, int]) -> float:
         r0, r1 = part
-        request = job.request
-        sub = request.model_copy(update={"inputs": request.inputs[r0:r1], "row_offset": request.row_offset + r0})
-        cost = job.cost * (r1 - r0) / len(request.inputs)
+        sub = job.plan.rows(r0, r1)
+        cost = job.cost * (r1 - r0) / len(job.plan)
         self.batch_sizes = [*self.batch_sizes[-999:], 1]
         try:
             answer: Any = self.predictor.predict_many([sub], cancelled=lambda: job.cancelled.is_set()

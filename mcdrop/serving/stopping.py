@@ -1,5 +1,5 @@
 """A request's ``stop`` as :func:`mcdrop.sampling.prediction.predict` options: the decisions to settle, read from the
-model's calibration exactly as :meth:`~mcdrop.uncertainty.calibration.Calibration.annotate` will decide them."""
+model's calibration exactly as :mod:`mcdrop.serving.decisions` will decide them."""
 
 from __future__ import annotations
 

@@ -1,21 +1,13 @@
 """A model's calibration: the OOD density and threshold, conformal scores and abstention data.
 
 Everything here was fitted on data the model was not trained on (the card's ``calibration`` section says
-which), and is stored beside the weights as ``calibration.safetensors`` (sha256-checked like them).
-:meth:`Calibration.annotate` turns one prediction into the actionable fields of the response: ``ood_score``,
-``prediction_set`` or ``conformal_low/high``, ``abstain`` and its reasons.
-
-Abstention: an input is withheld when its ``ood_score`` is above the threshold that passes ``ood_tpr`` of
-held-out in-distribution inputs (``out_of_distribution``), or (classification) when its uncertainty
-``1 - confidence`` is above the threshold for the request's ``selective_risk`` or ``selective_coverage``,
-by default the card's ``default_risk`` (``uncertain``).  Thresholds are per mode: MC mode's were fitted at
-the card's N.
+which), and is stored beside the weights as ``calibration.safetensors`` (sha256-checked like them).  A request's
+decisions are drawn from it by :mod:`mcdrop.serving.decisions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -27,16 +19,7 @@ from mcdrop.request import Mode, Task
 from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.ood import FeatureDensity
 
-__all__ = ["Annotations", "Calibration"]
-
-
-@dataclass
-class Annotations:
-    """One request's actionable columns (``{field: (n,) or (n, C)}``, :class:`~mcdrop.schemas.PredictResult`
-    conventions) and notes on fields left null."""
-
-    columns: dict[str, np.ndarray]
-    notes: list[str] = field(default_factory=list)
+__all__ = ["Calibration"]
 
 
 class Calibration:
@@ -98,55 +81,6 @@ class Calibration:
     def conformal_threshold(self, mode: Mode | str, method: str, coverage: float) -> float:
         key = f"{Mode(mode).value}.{method if self.task is Task.CLASSIFICATION else 'regression'}"
         return conformal.conformal_quantile(self.scores[key], coverage)
-
-    def annotate(self, summary: Any, features: dict[str, Tensor] | None, requests: Sequence[Any],
-                 sizes: Sequence[int], seeds: Sequence[int | None]) -> list[Annotations]:
-        """The actionable columns of each request in a group that shared one engine call."""
-        ood = self.density.score(features).double() if self.density is not None and features else None
-        out, start = [], 0
-        for req, n, seed in zip(requests, sizes, seeds, strict=True):
-            part = slice(start, start + n)
-            start += n
-            out.append(self._annotate_one(summary, ood, part, req, seed))
-        return out
-
-    def _annotate_one(self, summary: Any, ood: Tensor | None, part: slice, req: Any, seed: int | None) -> Annotations:
-        n = part.stop - part.start
-        mode = Mode(req.mode)
-        cols: dict[str, np.ndarray] = {}
-        notes: list[str] = []
-        flag_ood = np.zeros(n, dtype=bool)
-        flag_unc = np.zeros(n, dtype=bool)
-        if ood is not None:
-            cols["ood_score"] = ood[part].numpy()
-            if self.ood_threshold is not None:
-                flag_ood = cols["ood_score"] > self.ood_threshold
-        n_cal = self.meta.get("mc_samples")
-        if mode is Mode.MC and n_cal and req.n_samples != n_cal and req.tolerance is None:
-            notes.append(f"thresholds were calibrated at n_samples={n_cal}; at n_samples={req.n_samples} the "
-                         "stated coverage and risk hold approximately")
-        if self.task is Task.CLASSIFICATION:
-            if req.coverage is not None:
-                q = self.conformal_threshold(mode, req.set_method, req.coverage)
-                u = None
-                if req.set_method in conformal.RANDOMIZED:
-                    rows = torch.arange(req.row_offset, req.row_offset + n, dtype=torch.int64)
-                    u = conformal.keyed_uniforms(seed if seed is not None else 0, rows)
-                cols["prediction_set"] = conformal.prediction_sets(summary.probabilities[part], req.set_method, q, u,
-                                                                   self.lam, self.k_reg).numpy()
-            if mode.value in self.selective:
-                t = self.uncertainty_threshold(mode, req.selective_risk, req.selective_coverage)
-                flag_unc = (1.0 - summary.confidence[part].double()).numpy() > t
-            else:
-                notes.append(f"no abstention data for {mode.value} mode: abstain reflects out_of_distribution only")
-        elif req.coverage is not None:
-            q = self.conformal_threshold(mode, "", req.coverage)
-            mean, std = summary.mean[part].double().numpy(), summary.std[part].double().numpy()
-            cols["conformal_low"], cols["conformal_high"] = mean - q * std, mean + q * std
-        if ood is not None or self.task is Task.CLASSIFICATION:
-            cols["abstain"] = flag_ood | flag_unc
-            cols["abstain_out_of_distribution"], cols["abstain_uncertain"] = flag_ood, flag_unc
-        return Annotations(cols, notes)
 
     def tensors(self) -> dict[str, Tensor]:
         """The arrays to store (inverse of the constructor)."""

@@ -22,7 +22,9 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(paths):
-    return Predictor([str(paths["tiny-cls"]), str(paths["tiny-reg"])], limits=Limits(max_rows=8, max_samples=500))
+    predictor = Predictor([str(paths["tiny-cls"]), str(paths["tiny-reg"])], limits=Limits(max_rows=8, max_samples=500))
+    predictor.warm_up()  # what a server does at start-up (the constructor only loads)
+    return predictor
 
 
 @pytest.fixture(scope="module")
