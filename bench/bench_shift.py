@@ -27,12 +27,12 @@ import torchvision.transforms.v2.functional as F
 
 from mcdrop.nets.artifacts import load_artifact
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.training.calibrate import features
 from mcdrop.training.classifier import split_indices
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 from mcdrop.uncertainty import selective
+from mcdrop.uncertainty.prediction import predict
 
 DESIGN = ("translate", "blur", "noise")
 HELD_OUT = ("scale", "occlusion", "contrast")

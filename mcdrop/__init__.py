@@ -25,12 +25,12 @@ _EXPORTS = {
     "Dropout": "mcdrop.sampling.layers",
     "GaussianDropout": "mcdrop.sampling.layers", "MCDropoutLayer": "mcdrop.sampling.layers",
     "DropoutMLP": "mcdrop.nets.models",
-    "Prediction": "mcdrop.sampling.prediction", "predict": "mcdrop.sampling.prediction",
+    "Prediction": "mcdrop.uncertainty.prediction", "predict": "mcdrop.uncertainty.prediction",
     "ClassificationSummary": "mcdrop.uncertainty.summaries", "RegressionSummary": "mcdrop.uncertainty.summaries",
     "summarize": "mcdrop.uncertainty.summaries",
     "load_artifact": "mcdrop.nets.artifacts", "load_model": "mcdrop.nets.artifacts", "save_model": "mcdrop.nets.artifacts",
     "Predictor": "mcdrop.serving.predictor",
-    "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export", "calibrate_model": "mcdrop.nets.calibrate",
+    "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export", "calibrate_model": "mcdrop.training.imported",
 }
 
 

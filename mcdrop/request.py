@@ -1,7 +1,8 @@
 """The request's vocabulary and defaults, in one torch-free place.
 
 The schema (:mod:`mcdrop.schemas`), the client, the CLI, the predictor and the engine all take their modes,
-tasks, defaults and limits from here, and draw a missing seed with :func:`new_seed`, once per request.
+tasks, defaults and limits from here.  A missing seed is drawn at the request's door, once, by
+:func:`mcdrop.plan.with_seed` (which calls :func:`new_seed`).
 """
 
 from __future__ import annotations

@@ -151,7 +151,32 @@ RegressionPrediction = _prediction_model(
     REGRESSION_FIELDS)
 
 
-class PredictResponse(BaseModel):
+class ColumnViews:
+    """Named views of a result's columns, shared by the JSON response and :class:`PredictResult`."""
+
+    def column(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Mean class probabilities. Shape: ``(B, C)``."""
+        return self.column("probabilities")
+
+    @property
+    def predicted_class(self) -> np.ndarray:
+        return self.column("predicted_class").astype(np.int64, copy=False)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Regression predictive means. Shape: ``(B,)``."""
+        return self.column("mean")
+
+    @property
+    def n_samples(self) -> np.ndarray:
+        return self.column("n_samples").astype(np.int64, copy=False)
+
+
+class PredictResponse(ColumnViews, BaseModel):
     """Per-input predictions with uncertainty, and views of them as NumPy arrays."""
 
     model_config = ConfigDict(protected_namespaces=())
@@ -173,26 +198,8 @@ class PredictResponse(BaseModel):
             return np.asarray(values, dtype=np.float64)
         return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
 
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Mean class probabilities. Shape: ``(B, C)``."""
-        return self.column("probabilities")
 
-    @property
-    def predicted_class(self) -> np.ndarray:
-        return self.column("predicted_class").astype(np.int64)
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Regression predictive means. Shape: ``(B,)``."""
-        return self.column("mean")
-
-    @property
-    def n_samples(self) -> np.ndarray:
-        return self.column("n_samples").astype(np.int64)
-
-
-class PredictResult:
+class PredictResult(ColumnViews):
     """Predictions as NumPy columns (``{field: (B,) or (B, C)}``) with the response's metadata: what the
     predictor computes and the binary wire format carries; :meth:`response` gives the typed JSON form.
     Columns follow the conventions of the module docs.
@@ -213,24 +220,6 @@ class PredictResult:
         if name in self.columns:
             return self.columns[name]
         return np.full(len(self), np.nan)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Mean class probabilities. Shape: ``(B, C)``."""
-        return self.columns["probabilities"]
-
-    @property
-    def predicted_class(self) -> np.ndarray:
-        return self.columns["predicted_class"]
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Regression predictive means. Shape: ``(B,)``."""
-        return self.columns["mean"]
-
-    @property
-    def n_samples(self) -> np.ndarray:
-        return self.columns["n_samples"]
 
     def meta(self) -> dict[str, Any]:
         """Everything but the columns, JSON-serialisable."""

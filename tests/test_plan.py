@@ -135,8 +135,9 @@ def test_a_sliced_request_draws_one_seed_and_its_answer_carries_it(predictor, dr
 def test_below_the_door_nothing_draws_a_seed(predictor, monkeypatch):
     """A plan runs through the scheduler and the predictor with the seed it was given: every seed-drawing
     function is made to fail below the door."""
-    from mcdrop.sampling import prediction, rng
+    from mcdrop.sampling import rng
     from mcdrop.serving.scheduler import Scheduler
+    from mcdrop.uncertainty import prediction
 
     plan = predictor.plan(request(6, n_samples=10))
 

@@ -1,6 +1,6 @@
 """``mcdrop calibrate MODEL DATA --target COLUMN``: fit a model folder's calibration on held-out labelled rows.
 
-Fits what the card needs for decisions (:func:`mcdrop.nets.calibrate.calibrate_model`): the temperature
+Fits what the card needs for decisions (:func:`mcdrop.training.imported.calibrate_model`): the temperature
 (classification) or the noise precision (homoscedastic regression), the OOD density and threshold, abstention
 thresholds and conformal scores for sets and intervals, and rewrites the model folder (or writes ``--output``).
 
@@ -107,7 +107,7 @@ def _npy(path: Path, labels: Path | None) -> tuple[np.ndarray, np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, load_artifact
-    from mcdrop.nets.calibrate import CalibrationDataError, calibrate_model
+    from mcdrop.training.imported import CalibrationDataError, calibrate_model
 
     setup_torch(args.threads)
     if args.samples < 1:

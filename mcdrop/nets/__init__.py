@@ -1,7 +1,7 @@
 """Networks: the models (:mod:`~mcdrop.nets.models`, :mod:`~mcdrop.nets.concrete`), their artifacts on disk
 (:mod:`~mcdrop.nets.artifacts`), importing a user's network (:func:`export_model`: a trained ``nn.Module`` -> a
-model folder; :func:`calibrate_model`: its calibration from the user's held-out data), and the fast path that the
-DropoutMLP registers with the engine (:mod:`~mcdrop.nets.mlp_plan`, imported here so that it is registered
+model folder; its calibration is fitted by :func:`mcdrop.training.imported.calibrate_model`), and the fast path
+that the DropoutMLP registers with the engine (:mod:`~mcdrop.nets.mlp_plan`, imported here so that it is registered
 wherever a DropoutMLP exists)."""
 
 from importlib import import_module as _import
@@ -9,8 +9,7 @@ from typing import Any
 
 from mcdrop.nets import mlp_plan as mlp_plan  # registers the DropoutMLP fast path with the engine
 
-_EXPORTS = {"CalibrationDataError": "mcdrop.nets.calibrate", "calibrate_model": "mcdrop.nets.calibrate",
-            "ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export",
+_EXPORTS = {"ExportError": "mcdrop.nets.export", "export_model": "mcdrop.nets.export",
             "import_module": "mcdrop.nets.export"}
 
 

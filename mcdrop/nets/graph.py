@@ -316,7 +316,7 @@ class ImportedNet(nn.Module):
         self.nodes = [dict(n) for n in nodes]
         self.output, self.head_spec, self.features = output, dict(head), features
         self.tensor_spec = [dict(t) for t in tensors]
-        self.head = Task(self.head_spec["task"])  # read by mcdrop.sampling.prediction.model_task
+        self.head = Task(self.head_spec["task"])  # read by mcdrop.uncertainty.prediction.model_task
         self.sizes = [math.prod(i["shape"]) for i in self.inputs]
         self.in_features = sum(self.sizes)
         self.layers = nn.Module()  # the network's layers at their original names (no clash with these attributes)

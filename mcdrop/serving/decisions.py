@@ -11,7 +11,6 @@ module applies them to one request's arrays, in the columns of :class:`~mcdrop.s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +21,8 @@ from mcdrop.plan import Plan
 from mcdrop.request import Mode, Task
 from mcdrop.uncertainty import conformal
 from mcdrop.uncertainty.calibration import Calibration
-from mcdrop.uncertainty.summaries import ClassificationSummary, RegressionSummary
 
-__all__ = ["Decisions", "decide", "decisions"]
+__all__ = ["Decisions", "decisions"]
 
 
 @dataclass
@@ -33,22 +31,6 @@ class Decisions:
 
     columns: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
-
-
-def decide(calibration: Calibration, summary: ClassificationSummary | RegressionSummary,
-           features: dict[str, Tensor] | None, plans: Sequence[Plan]) -> list[Decisions]:
-    """The decisions of each plan in a group that shared one engine call (rows in the plans' order)."""
-    ood = calibration.density.score(features).double() if calibration.density is not None and features else None
-    out, start = [], 0
-    for plan in plans:
-        part = slice(start, start + len(plan))
-        start += len(plan)
-        if isinstance(summary, ClassificationSummary):
-            arrays = {"probabilities": summary.probabilities[part], "confidence": summary.confidence[part]}
-        else:
-            arrays = {"mean": summary.mean[part], "std": summary.std[part]}
-        out.append(decisions(calibration, plan, ood=None if ood is None else ood[part], **arrays))
-    return out
 
 
 def decisions(calibration: Calibration, plan: Plan, *, ood: Tensor | None = None,

@@ -30,7 +30,6 @@ from mcdrop.request import Mode, Task
 from mcdrop.result import summary_fields
 from mcdrop.sampling.engine import MCEngine, SamplingCancelled
 from mcdrop.sampling.precision import apply_precision, check_precision
-from mcdrop.sampling.prediction import predict
 from mcdrop.sampling.runtime import resolve_device
 from mcdrop.schemas import (
     Limits,
@@ -39,10 +38,11 @@ from mcdrop.schemas import (
     PredictResult,
     RequestOptions,
 )
-from mcdrop.serving.decisions import decide
+from mcdrop.serving.decisions import decisions
 from mcdrop.serving.errors import Cancelled, InvalidRequest, OutputOverflow, PredictError, TooLarge, UnknownModel
 from mcdrop.serving.stopping import stopping_options
 from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.prediction import predict
 from mcdrop.uncertainty.summaries import ClassificationSummary, RegressionSummary
 
 __all__ = ["Predictor", "Served", "request_error"]
@@ -281,13 +281,15 @@ class Predictor:
             level=first.level, return_samples=first.return_samples,
             features=served.calibration.feature_layers if served.calibration else (), cancelled=cancelled,
             **(stopping_options(first, served.calibration, seed, rows) if seed is not None else {}))
-        extras = decide(served.calibration, result.summary, result.features, group) if served.calibration else None
-        finite = _finite_rows(result.summary)
+        calibration, summary = served.calibration, result.summary
+        ood = calibration.density.score(result.features).double() \
+            if calibration is not None and calibration.density is not None and result.features else None
+        finite = _finite_rows(summary)
         columns = _columns(result.summary)
         samples = result.samples.numpy() if result.samples is not None else None
         answers: list[PredictResult | PredictError] = []
         start = 0
-        for i, (plan, n) in enumerate(zip(group, sizes, strict=True)):
+        for plan, n in zip(group, sizes, strict=True):
             req = plan.request
             part = slice(start, start + n)
             start += n
@@ -297,12 +299,14 @@ class Predictor:
                     f"inputs[{bad}] (row {req.row_offset + bad}): the model's output overflowed to NaN or infinity; the "
                     "input lies far outside the range the model was trained on", "inputs"))
                 continue
+            decided = None if calibration is None else decisions(
+                calibration, plan, ood=None if ood is None else ood[part], **_decision_inputs(summary, part))
             answers.append(PredictResult(
                 model=served.card.name, model_version=served.card.version, task=served.card.task, mode=req.mode,
                 seed=plan.seed if needs_seed(req) else None,
-                columns={**{k: v[part] for k, v in columns.items()}, **(extras[i].columns if extras else {})},
+                columns={**{k: v[part] for k, v in columns.items()}, **(decided.columns if decided else {})},
                 samples=samples[:, part] if req.return_samples and samples is not None else None,
-                notes=_notes(req, served.card, extras[i].notes if extras else []), class_names=served.card.class_names))
+                notes=_notes(req, served.card, decided.notes if decided else []), class_names=served.card.class_names))
         return answers
 
 
@@ -310,6 +314,13 @@ def _notes(request: PredictRequest, card: ModelCard, notes: list[str]) -> list[s
     """The calibration's notes, and one when the inputs look like 0-255 pixels for a model expecting [0, 1]."""
     pixels = range_note(request.inputs, card)
     return [*notes, pixels] if pixels else notes
+
+
+def _decision_inputs(summary: ClassificationSummary | RegressionSummary, part: slice) -> dict[str, Tensor]:
+    """The arrays the decisions read: a classifier's mean probabilities and confidence, a regressor's mean and std."""
+    if isinstance(summary, ClassificationSummary):
+        return {"probabilities": summary.probabilities[part], "confidence": summary.confidence[part]}
+    return {"mean": summary.mean[part], "std": summary.std[part]}
 
 
 def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:

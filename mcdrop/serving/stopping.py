@@ -1,4 +1,4 @@
-"""A request's ``stop`` as :func:`mcdrop.sampling.prediction.predict` options: the decisions to settle, read from the
+"""A request's ``stop`` as :func:`mcdrop.uncertainty.prediction.predict` options: the decisions to settle, read from the
 model's calibration exactly as :mod:`mcdrop.serving.decisions` will decide them."""
 
 from __future__ import annotations

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 
 from mcdrop.request import Mode, Task
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.metrics import aupr, auroc, fpr_at_95_tpr
 from mcdrop.uncertainty.ood import fit_feature_density
+from mcdrop.uncertainty.prediction import predict
 
 __all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
            "ood_metrics", "ood_report", "ood_scores", "ood_threshold", "regression_conformal_tensors"]

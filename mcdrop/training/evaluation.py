@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.uncertainty import metrics as M
+from mcdrop.uncertainty.prediction import predict
 
 __all__ = ["classifier_summaries", "evaluate_classifier", "evaluate_regressor"]
 

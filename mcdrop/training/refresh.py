@@ -24,10 +24,10 @@ import torch
 from mcdrop.nets.artifacts import load_artifact, save_model
 from mcdrop.request import Mode
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.schemas import ModelCard
 from mcdrop.training.calibrate import conformal_tensors, coverage_report, features
 from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.prediction import predict
 
 __all__ = ["refresh_conformal"]
 

@@ -20,11 +20,11 @@ from torch import Tensor
 
 from mcdrop.request import Mode
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.schemas import ModelCard
 from mcdrop.training.calibrate import LEVELS, coverage_report, features, ood_metrics, ood_scores
 from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.calibration import Calibration
+from mcdrop.uncertainty.prediction import predict
 
 __all__ = ["classifier_report", "regressor_report", "write_page"]
 

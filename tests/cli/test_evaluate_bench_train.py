@@ -70,9 +70,9 @@ def test_train_uci_then_evaluate_reproduces_the_card(tmp_path):
     stored = card["metrics"]["heldout_test_mc_300"]
     from mcdrop.nets.artifacts import load_model
     from mcdrop.sampling.engine import MCEngine
-    from mcdrop.sampling.prediction import predict
     from mcdrop.training.data import load_uci
     from mcdrop.training.uci import holdout_split
+    from mcdrop.uncertainty.prediction import predict
 
     data, engine = load_uci("yacht", root), MCEngine(load_model(model)[0])
     train, cal, test = holdout_split(len(data.y), 0.3, 0)
@@ -124,8 +124,8 @@ def _bounds(model: Path | str, root: Path | None, mode: str, n_samples: int) -> 
     """How far the card's metrics may move on another machine or thread count (tests/tolerances.py)."""
     from mcdrop.nets.artifacts import load_model
     from mcdrop.sampling.engine import MCEngine
-    from mcdrop.sampling.prediction import predict
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+    from mcdrop.uncertainty.prediction import predict
 
     x, y = load_fashion_mnist(root, train=False)
     result = predict(MCEngine(load_model(model)[0]), fashion_mnist_features(x), mode=mode, n_samples=n_samples,

@@ -9,8 +9,8 @@ import torch
 from scipy import stats
 
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.sampling.prediction import predict
 from mcdrop.training.classifier import ClassifierConfig, fit_temperature, train_classifier
+from mcdrop.uncertainty.prediction import predict
 from tests.conftest import ALPHA
 
 

@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from mcdrop import DropoutMLP, MCEngine
-from mcdrop.sampling.prediction import predict
+from mcdrop.uncertainty.prediction import predict
 from mcdrop.uncertainty.stopping import DecisionRule, DecisionTests, next_round, settled
 from tests.conftest import ALPHA
 

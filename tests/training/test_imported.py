@@ -1,4 +1,4 @@
-"""mcdrop.nets.calibrate: calibrating an imported model from held-out rows gives conformal intervals and sets with
+"""mcdrop.training.imported: calibrating an imported model from held-out rows gives conformal intervals and sets with
 the promised coverage on fresh rows (beta-binomial bounds), an OOD score and a refitted temperature."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 
 import mcdrop
 from mcdrop.nets.artifacts import load_artifact
-from mcdrop.nets.calibrate import CalibrationDataError
 from mcdrop.serving.predictor import Predictor
+from mcdrop.training.imported import CalibrationDataError
 from mcdrop.uncertainty import conformal
 from tests.conftest import ALPHA
 from tests.nets.zoo import case
