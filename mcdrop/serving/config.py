@@ -117,7 +117,7 @@ class _Environ(EnvSettingsSource):
     """pydantic-settings' environment source over a given mapping (``os.environ`` unless :meth:`ServiceSettings.read`
     got one): names as written, upper-case (``mcdrop_max_rows`` is not ``MCDROP_MAX_ROWS``); blank values unset."""
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
+    def _load_env_vars(self) -> Mapping[str, str | None]:  # the hook pydantic-settings' DotEnvSettingsSource overrides
         environ = _ENVIRON.get()
         environ = os.environ if environ is None else environ
         return {k.lower(): v for k, v in environ.items() if k == k.upper() and v.strip()}
