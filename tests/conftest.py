@@ -62,3 +62,19 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
         return Run(code, out.out, out.err)
 
     return run
+
+
+_PER_CALL_THREADS = ("mcdrop-scheduler", "mcdrop-reader")
+"""Threads a test's objects start and must stop (process-wide pools such as ``mcdrop-parse`` live on)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_threads():
+    """A scheduler's worker or a CLI reader started by a module's tests has stopped when the module ends (its
+    fixtures closed what they made)."""
+    import threading
+
+    before = set(threading.enumerate())
+    yield
+    left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith(_PER_CALL_THREADS) and t.is_alive()]
+    assert not left, f"threads left running: {left}; close the Scheduler (or whatever started them) in the test"

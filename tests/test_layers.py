@@ -14,11 +14,11 @@ ROOT = Path(mcdrop.__file__).parent
 
 FLOORS = [
     {"request", "schemas", "result", "plan", "inputs", "wire", "__init__", "__version__"},  # the vocabulary: no torch
-    {"client"},
+    {"client", "io"},  # no torch either
     {"sampling"},  # keyed randomness, layers, the engine
     {"uncertainty"},  # functions of samples, the predict loop, a model's calibration
     {"nets"},  # models, artifacts, import of a user's network
-    {"io", "training"},
+    {"training"},
     {"serving", "distributed"},
     {"service", "cli"},
 ]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.cli.common import CLIError, log
+from mcdrop.io.atomic import atomic_write
 from mcdrop.plan import draw_seed
 from mcdrop.request import DEFAULT_N_SAMPLES
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(lines) + "\n"
     if args.output:
         try:
-            args.output.write_text(text)
+            atomic_write(args.output, text)
         except OSError as err:
             raise CLIError(f"--output {args.output}: cannot write: {err.strerror or err}") from err
     else:

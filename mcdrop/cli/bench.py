@@ -91,9 +91,9 @@ def run_uci(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    from mcdrop.io.atomic import atomic_write
+
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
     except OSError as err:
         raise CLIError(f"--output {path}: cannot write: {err.strerror}") from err

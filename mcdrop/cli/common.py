@@ -22,14 +22,21 @@ def is_terminal() -> bool:
 
 
 def setup_torch(threads: int | None) -> None:
-    """Tune the allocator and set torch's threads: ``threads``, else ``$MCDROP_THREADS``, else torch's default."""
+    """Tune the allocator and set torch's threads: ``threads`` (``--threads``), else ``$MCDROP_THREADS``, else torch's
+    default; a count below 1 is a usage error naming the flag or the variable."""
     import os
 
     import torch
 
     from mcdrop.sampling.runtime import tune_allocator
 
+    if threads is not None and threads < 1:
+        raise CLIError(f"--threads has to be an integer >= 1, but got {threads}", 2)
+    raw = os.environ.get("MCDROP_THREADS", "").strip()
+    if threads is None and raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise CLIError(f"MCDROP_THREADS: expected an integer >= 1, but got {raw!r}", 2)
+        threads = int(raw)
     tune_allocator()
-    threads = threads or int(os.environ.get("MCDROP_THREADS") or 0)
     if threads:
         torch.set_num_threads(threads)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.cli.common import CLIError, log, setup_torch
+from mcdrop.io.atomic import atomic_write
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -174,5 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if "conformal" in extra:
         print("\n" + _coverage_table(extra["conformal"]))
     if args.json:
-        args.json.write_text(json.dumps({**metrics, **extra}, indent=1) + "\n")
+        try:
+            atomic_write(args.json, json.dumps({**metrics, **extra}, indent=1) + "\n")
+        except OSError as err:
+            raise CLIError(f"--json {args.json}: cannot write: {err.strerror or err}") from err
     return 0

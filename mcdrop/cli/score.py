@@ -429,16 +429,12 @@ def _write_bad_rows(path: Path | None, bad_rows: list[tuple[int, str]]) -> None:
     if path is None:
         sys.stderr.write(buf.getvalue())
         return
+    from mcdrop.io.atomic import atomic_write
     from mcdrop.io.writers import OutputError, check_target
 
     try:
         check_target(path)
-        tmp = path.with_name(f".{path.name}.mcdrop-{os.getpid()}-bad.tmp")
-        tmp.write_text(buf.getvalue())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
     except OutputError as err:
         raise CLIError(f"--bad-rows: {err}", 2) from err
 

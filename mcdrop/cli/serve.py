@@ -17,10 +17,6 @@ from mcdrop.cli.common import CLIError, log
 ANNOUNCE = "MCDROP_ANNOUNCE_URL"
 """Set by ``mcdrop serve`` for the service: the URL it prints once it is ready (a failed start prints no URL)."""
 
-_FLAGS = {"models": "MCDROP_SERVE_MODELS", "max_rows": "MCDROP_MAX_ROWS", "max_samples": "MCDROP_MAX_SAMPLES",
-          "threads": "MCDROP_THREADS", "allowed_hosts": "MCDROP_ALLOWED_HOSTS"}
-
-
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="serve models over HTTP", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,21 +34,23 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcdrop.serving.config import ServiceConfig, SettingError
-
     if not 0 < args.port < 65536:
         raise CLIError(f"--port has to be between 1 and 65535, but got {args.port}", 2)
+    missing = [name for name in ("bentoml", "pydantic_settings") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CLIError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in this environment: "
+                       "pip install 'mcdrop[serve]'")
+    from mcdrop.serving.config import ServiceConfig, SettingError, flags
+
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="True")
-    for flag, var in _FLAGS.items():
-        if getattr(args, flag) is not None:
-            env[var] = str(getattr(args, flag))
+    for flag, var in flags().items():  # each flag sets its variable (the settings' fields name them)
+        if (value := getattr(args, flag[2:].replace("-", "_"))) is not None:
+            env[var] = str(value)
     try:
         ServiceConfig.from_env(env)
     except SettingError as err:
-        flag = next((f"--{f.replace('_', '-')}" for f, v in _FLAGS.items() if v == err.variable), err.variable)
+        flag = next((f for f, v in flags().items() if v == err.variable), err.variable)
         raise CLIError(f"{flag}: {str(err).split(': ', 1)[1]}", 2) from err
-    if importlib.util.find_spec("bentoml") is None:
-        raise CLIError("BentoML is not installed in this environment: pip install 'mcdrop[serve]'")
     log(f"starting the server on http://{args.host}:{args.port} (it says when it is serving)")
     env[ANNOUNCE] = f"http://{args.host}:{args.port}"  # the service prints "serving on" once its models are loaded
     os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "mcdrop.service.service:MCDrop", "--host",

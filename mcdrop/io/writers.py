@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.io.atomic import TMP_MARK as _TMP_MARK
+from mcdrop.io.atomic import AtomicFile
+from mcdrop.io.atomic import temp_prefix as _temp_prefix
 from mcdrop.schemas import PredictResult
 
 __all__ = ["FORMATS", "OutputError", "Writer", "open_output"]
@@ -41,14 +44,6 @@ class OutputError(OSError):
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(message)
         self.usage = usage
-
-
-_TMP_MARK = ".mcdrop-"
-
-
-def _temp_prefix(path: Path) -> str:
-    """Temporary files are ``.<name>.mcdrop-<pid>-...``: a reader sees what they are, and whose they were."""
-    return f".{path.name}{_TMP_MARK}{os.getpid()}-"
 
 
 def clean_stale(path: Path) -> list[Path]:
@@ -79,12 +74,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_target(path: Path) -> None:
@@ -131,11 +120,10 @@ class Writer:
             self.fh: Any = sys.stdout.buffer if self.binary else sys.stdout
             return
         try:
-            fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=self.suffix, dir=path.parent or ".")
+            self.out = AtomicFile(path, binary=self.binary, suffix=self.suffix, newline="")
         except OSError as err:
             raise OutputError(f"{path}: cannot write there: {err.strerror}") from err
-        self.tmp = Path(name)
-        self.fh = os.fdopen(fd, "wb" if self.binary else "w", **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
+        self.tmp, self.fh = self.out.tmp, self.out.fh
 
     def write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
         with self._failing():
@@ -173,9 +161,7 @@ class Writer:
             if self.tmp is None:
                 self.fh.flush()
                 return
-            self.fh.close()
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
+            self.out.commit()
 
     def abort(self) -> None:
         """Remove the temporary file (OUTPUT is left as it was)."""
@@ -183,9 +169,7 @@ class Writer:
             with contextlib.suppress(OSError):  # the failure being reported may be this stream's
                 self.fh.flush()
             return
-        with contextlib.suppress(OSError):
-            self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+        self.out.abort()
 
 
 class CSVWriter(Writer):

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mcdrop.io.atomic import new_mode
 from mcdrop.nets.models import build_model, describe_architecture, multiply_adds
 from mcdrop.schemas import ModelCard
 from mcdrop.uncertainty.calibration import Calibration
@@ -178,11 +179,9 @@ def save_model(model: nn.Module, directory: Path, card: dict[str, object], calib
         )
         (staging / "card.json").write_text(full.model_dump_json(indent=2) + "\n")
         (staging / "card.md").write_text(render_card(full))
-        mask = os.umask(0)
-        os.umask(mask)
-        staging.chmod(0o777 & ~mask)
+        staging.chmod(new_mode(directory=True))  # mkdtemp made it 0o700
         for path in staging.iterdir():
-            path.chmod(0o666 & ~mask)
+            path.chmod(new_mode())
         _replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -163,6 +163,11 @@ class MCDrop:
             print(f"mcdrop: cannot serve: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
 
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """When the server stops: cancel the queued work and stop the scheduler's worker thread."""
+        self.scheduler.close()
+
     def __is_ready__(self) -> bool:
         """Not ready while the queued work would not finish within a request's timeout (overload)."""
         return not self.scheduler.overloaded()

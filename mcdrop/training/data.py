@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from mcdrop.io.atomic import AtomicFile
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "UCI_DATASETS",
@@ -94,10 +96,8 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
         plain = cache_dir() / "idx" / f"{path.stem}-{path.stat().st_size}-{int(path.stat().st_mtime)}"
         if not plain.exists():
             plain.parent.mkdir(parents=True, exist_ok=True)
-            tmp = plain.with_suffix(f".{os.getpid()}.tmp")  # processes may fill the cache at once
-            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            with gzip.open(path, "rb") as src, AtomicFile(plain, binary=True) as dst:  # processes may fill the cache at once
                 shutil.copyfileobj(src, dst)
-            tmp.replace(plain)
         path = plain
     try:
         return read_sn3_pascalvincent_tensor(str(path), strict=False)
@@ -125,13 +125,9 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
     for name in _FMNIST_FILES:
         if (target / name).exists():
             continue
-        tmp = target / f"{name}.{os.getpid()}.tmp"
-        if (raw / name).is_file():
-            shutil.copyfile(raw / name, tmp)
-        else:
-            with gzip.open(raw / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        tmp.replace(target / name)
+        with (open(raw / name, "rb") if (raw / name).is_file() else gzip.open(raw / f"{name}.gz", "rb")) as src, \
+                AtomicFile(target / name, binary=True) as dst:
+            shutil.copyfileobj(src, dst)
     ds = FashionMNIST(str(cached), train=train, download=False)
     return ds.data, ds.targets.long()
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from mcdrop.io.atomic import atomic_write
 from mcdrop.request import Mode
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.schemas import ModelCard
@@ -280,7 +281,7 @@ def write_page(out: Path, report: dict[str, Any], card: ModelCard, notes: Sequen
             "pre{background:#f7f7f7;padding:.8em;font-size:.8em;overflow:auto}.note{color:#555}</style></head><body>"
             + "".join(parts) + "</body></html>")
     path = out / "index.html"
-    path.write_text(page)
+    atomic_write(path, page)
     if report.get("metrics"):
-        (out / "metrics.json").write_text(json.dumps(report["metrics"], indent=1) + "\n")
+        atomic_write(out / "metrics.json", json.dumps(report["metrics"], indent=1) + "\n")
     return path

@@ -25,9 +25,19 @@ def test_auto_and_cuda_with_gpus(monkeypatch):
     alone (they are set explicitly, mcdrop.sampling.precision)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    before = torch.get_float32_matmul_precision()
-    assert resolve_device("auto") == torch.device("cuda")
-    assert torch.get_float32_matmul_precision() == before
+    def flags() -> tuple[object, ...]:
+        return (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32)
+
+    before = flags()
+    try:  # from the state resolve_device used to change: TF32 on
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        assert resolve_device("auto") == torch.device("cuda")
+        assert flags() == ("high", True, True)
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1], before[2]
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match=r"2 CUDA device\(s\), cuda:0..cuda:1"):
         resolve_device("cuda:2")

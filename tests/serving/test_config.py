@@ -74,3 +74,71 @@ def test_bad_precision_or_workers_name_the_variable(env, variable):
     assert err.value.variable == variable
     if variable == "MCDROP_WORKERS":
         assert workers_from_env(env, strict=False) == 1  # the service's decorator: from_env reports it
+
+
+def test_the_environment_is_read_as_a_given_mapping_is(monkeypatch):
+    """ServiceConfig.from_env() reads os.environ through pydantic-settings; a mapping gives the same answer."""
+    env = {"MCDROP_MAX_ROWS": " 7 ", "MCDROP_SERVE_MODELS": "a,b", "MCDROP_DOCS": "true", "MCDROP_THREADS": ""}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from_os = ServiceConfig.from_env()
+    assert from_os == ServiceConfig.from_env(env) and from_os.limits.max_rows == 7 and from_os.threads is None
+    assert from_os.models == ("a", "b") and from_os.docs
+    monkeypatch.setenv("MCDROP_MAX_ROWS", "seven")
+    with pytest.raises(SettingError, match=r"^MCDROP_MAX_ROWS: expected an integer, but got 'seven'$"):
+        ServiceConfig.from_env()
+    assert ServiceConfig.from_env({}).limits.max_rows == 1024  # a given mapping is all that is read
+    assert ServiceConfig.from_env({"mcdrop_max_rows": "5"}).limits.max_rows == 1024  # names are case-sensitive
+
+
+def test_a_bad_value_is_one_line_naming_what_was_expected():
+    with pytest.raises(SettingError) as err:
+        ServiceConfig.from_env({"MCDROP_BODY_TIMEOUT": "soon", "MCDROP_PRECISION": "fp8"})
+    assert "\n" not in str(err.value) and "expected" in str(err.value) and err.value.variable in str(err.value)
+
+
+def test_the_readme_table_is_generated_from_the_fields():
+    """README.md's settings table is settings_table()'s text, so the docs cannot drift from the code; regenerate it
+    with ``python -c 'from mcdrop.serving.config import settings_table; print(settings_table())'``."""
+    from pathlib import Path
+
+    from mcdrop.serving.config import ServiceSettings, settings_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    begin = readme.index("| variable | flag | meaning | default |")
+    assert readme[begin:readme.index("<!-- end of the generated table -->", begin)] == settings_table()
+    assert len(settings_table().splitlines()) == 2 + len(ServiceSettings.model_fields)
+
+
+def test_every_variable_the_code_reads_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    read = {name for path in (root / "mcdrop").rglob("*.py") for name in re.findall(r"MCDROP_[A-Z0-9_]+", path.read_text())}
+    internal = {"MCDROP_ANNOUNCE_URL"}  # set by `mcdrop serve` for the service it starts
+    readme = (root / "README.md").read_text()
+    assert "MCDROP_MAX_ROWS" in read and not {name for name in read - internal if name not in readme}
+
+
+def test_serve_flags_set_their_variables():
+    """Every flag the settings name exists on `mcdrop serve` and sets its variable."""
+    import argparse
+
+    from mcdrop.cli import serve
+    from mcdrop.serving.config import flags
+
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers(), "serve")
+    args = parser.parse_args(["serve", *(arg for flag in flags() for arg in (flag, "3"))])
+    assert flags() == {"--models": "MCDROP_SERVE_MODELS", "--max-rows": "MCDROP_MAX_ROWS",
+                       "--max-samples": "MCDROP_MAX_SAMPLES", "--allowed-hosts": "MCDROP_ALLOWED_HOSTS",
+                       "--threads": "MCDROP_THREADS"}
+    assert all(getattr(args, flag[2:].replace("-", "_")) in ("3", 3) for flag in flags())
+
+
+def test_openapi_description_lists_every_setting():
+    from mcdrop.serving.config import SETTINGS, ServiceSettings, variable
+
+    assert list(SETTINGS) == [variable(name) for name in ServiceSettings.model_fields]
+    assert SETTINGS["MCDROP_MAX_ROWS"] == "rows per request (default 1024)"

@@ -25,6 +25,23 @@ def predictor(tmp_path_factory):
     return Predictor([str(paths["tiny-cls"])], limits=Limits(max_rows=4096, max_samples=100_000))
 
 
+@pytest.fixture(autouse=True)
+def _close_schedulers(monkeypatch):
+    """Every Scheduler a test makes is closed when the test ends; its worker thread then has to have stopped."""
+    made: list[Scheduler] = []
+    init = Scheduler.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Scheduler, "__init__", recorded)
+    yield
+    for scheduler in made:
+        scheduler.close()
+    assert not [s for s in made if s._thread is not None and s._thread.is_alive()]
+
+
 def req(rows: int, n: int = 20, seed: int = 0, **kw) -> PredictRequest:
     x = np.random.default_rng(rows).normal(size=(rows, 4))
     return PredictRequest.model_validate({"inputs": x, "n_samples": n, "seed": seed, **kw}, strict=False)

@@ -33,7 +33,7 @@ def test_two_disagreeing_one_hot_samples_give_ln2():
 def test_hand_computed_classification_summary():
     probs = torch.tensor([[[0.9, 0.1]], [[0.6, 0.4]], [[0.3, 0.7]]], dtype=torch.float64)
     s = U.summarize_classification(probs.log())
-    mean = probs.mean(0)[0]
+    mean = torch.tensor([0.6, 0.4], dtype=torch.float64)
     assert torch.allclose(s.probabilities[0], mean)
     h_mean = stats.entropy(mean.numpy())
     h_each = [stats.entropy(p[0].numpy()) for p in probs]
@@ -42,9 +42,9 @@ def test_hand_computed_classification_summary():
     assert s.mutual_information.item() == pytest.approx(h_mean - sum(h_each) / 3)
     assert s.variation_ratio.item() == pytest.approx(1 - 2 / 3)
     assert s.predicted_class.item() == 0 and s.confidence.item() == pytest.approx(0.6)
-    sd = probs[:, 0].std(0, correction=1)
-    assert torch.allclose(s.probability_std, sd)
-    assert torch.allclose(s.probability_stderr, sd / math.sqrt(3))
+    # each class's probabilities are three values 0.3 apart (0.9, 0.6, 0.3 and 0.1, 0.4, 0.7): sample sd 0.3
+    assert s.probability_std[0].tolist() == pytest.approx([0.3, 0.3], abs=1e-12)
+    assert s.probability_stderr[0].tolist() == pytest.approx([0.3 / math.sqrt(3)] * 2, abs=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

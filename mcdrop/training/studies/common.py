@@ -20,6 +20,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from mcdrop.io.atomic import atomic_write
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.classifier import train_classifier
 from mcdrop.training.configs import ClassifierConfig
@@ -293,14 +294,14 @@ def write_result(result: StudyResult, ctx: Context, out: Path, command: str) -> 
                "seeds": ctx.seeds, "quick": ctx.quick, "data": ctx.data.description, "settings": result.settings,
                "results": result.results, "timings": result.timings}
     written = [out / "results.json", out / "table.md"]
-    (out / "results.json").write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
+    atomic_write(out / "results.json", json.dumps(_jsonable(payload), indent=1) + "\n")
     body = [f"# {result.title}", "", f"`{command}` ({ctx.data.description}; seeds {ctx.seeds}; 95% t-intervals over "
             "seeds, paired where runs share a seed)", "", result.answer, ""]
     for table in result.tables:
         body += [table, ""]
-    (out / "table.md").write_text("\n".join(body))
+    atomic_write(out / "table.md", "\n".join(body))
     if result.timings.get("table"):
-        (out / "timings.md").write_text(result.timings["table"] + "\n")
+        atomic_write(out / "timings.md", result.timings["table"] + "\n")
         written.append(out / "timings.md")
     for name, draw in result.plots.items():
         draw(out / name)
