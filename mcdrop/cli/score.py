@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.cli.common import CLIError, is_terminal, log
+from mcdrop.cli.common import INPUT_FLAGS, OUTPUT_FLAGS, CLIError, as_flags, is_terminal, log
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, new_seed
 
 Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResult
@@ -284,9 +284,9 @@ def run(args: argparse.Namespace) -> int:
                             header=args.header, key=args.key, chunk_rows=args.batch_size,
                             max_line=args.max_line_length)
     except InputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=INPUT_FLAGS) from err
     for note in source.notes:
-        say(note)
+        say(as_flags(note, INPUT_FLAGS))
     scale = _scale(args.scale, source.dtype)
     close: Callable[[], None] = lambda: None  # noqa: E731
     if args.url:
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
                                  class_names=card.class_names)
         except OutputError as err:
-            raise CLIError(str(err), 2 if err.usage else 1) from err
+            raise CLIError(str(err), 2 if err.usage else 1, flags=OUTPUT_FLAGS) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1, card=card)
@@ -344,16 +344,16 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         parts, total = ray_score.plan_parts(files, args.input_format, header=args.header, key=args.key,
                                             min_parts=ray_score.PARTS_PER_ACTOR * (args.actors or os.cpu_count() or 1))
     except InputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=INPUT_FLAGS) from err
     for note in first.notes:
-        say(note)
+        say(as_flags(note, INPUT_FLAGS))
     _, card = _local(args, options)  # checks the model and the options against it before Ray starts
     if first.width != card.input_size:
         raise CLIError(f"{files[0]}: rows have {first.width} features, but model {card.name!r} expects {card.input_size}")
     try:
         sample = next(first.chunks, None)  # the first rows, for the 0-255 warning
     except InputError as err:
-        raise CLIError(str(err)) from err
+        raise CLIError(str(err), flags=INPUT_FLAGS) from err
     if sample is not None:
         _warn_range(sample.x * np.float32(_scale(args.scale, first.dtype)), card)
     try:
@@ -371,7 +371,7 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
                              class_names=card.class_names)
     except OutputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=OUTPUT_FLAGS) from err
     import ray
 
     started = not ray.is_initialized()
@@ -547,7 +547,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
             progress.advance(len(chunk.bad))
         drain(0)
     except InputError as err:
-        raise CLIError(str(err)) from err
+        raise CLIError(str(err), flags=INPUT_FLAGS) from err
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.errors import DataError
 from mcdrop.schemas import PredictResult
 
 __all__ = ["FORMATS", "OutputError", "Writer", "open_output"]
@@ -35,8 +36,8 @@ FORMATS = ("csv", "jsonl", "npz", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 
 
-class OutputError(OSError):
-    """OUTPUT cannot be written; the message names the path (``usage``: the path itself is wrong, exit 2)."""
+class OutputError(DataError, OSError):
+    """An output that cannot be written; the message names the path (``usage``: the path itself is wrong, exit 2)."""
 
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(message)
@@ -100,7 +101,7 @@ def check_target(path: Path) -> None:
     kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
             "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
             "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-    raise OutputError(f"{path}: is {kind}; OUTPUT has to be a regular file (or - for standard output)", usage=True)
+    raise OutputError(f"{path}: is {kind}; expected a regular file (or - for standard output)", usage=True)
 
 
 def _fields(result: PredictResult) -> list[str]:
@@ -356,7 +357,7 @@ def open_output(
     fmt = format or ("csv" if stdout else _SUFFIXES.get(path.suffix.lower()))
     if fmt not in FORMATS:
         raise OutputError(f"{path}: cannot tell the output format from the suffix {path.suffix!r}; expected .csv, "
-                          ".jsonl, .npz or .parquet, or pass --output-format", usage=True)
+                          ".jsonl, .npz or .parquet, or pass `format`", usage=True)
     if stdout:
         if fmt not in ("csv", "jsonl"):
             raise OutputError(f"- (standard output) takes csv or jsonl, not {fmt}", usage=True)

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mcdrop.errors import ModelError
 from mcdrop.nets.models import build_model, describe_architecture, multiply_adds
 from mcdrop.schemas import ModelCard
 from mcdrop.uncertainty.calibration import Calibration
@@ -66,7 +67,7 @@ def model_path() -> list[Path]:
     return [*folders, *([bundled] if bundled is not None else [])]
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ModelError, ValueError):
     """A model directory is missing, incomplete or does not match its card."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mcdrop.errors import DataError
 from mcdrop.nets.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
 from mcdrop.request import Task
 from mcdrop.sampling.engine import MCEngine
@@ -44,7 +45,7 @@ SPLIT = (0.4, 0.2, 0.4)
 MIN_ROWS = 20
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(DataError, ValueError):
     """The calibration data does not fit the model (width, labels, too few rows)."""
 
 

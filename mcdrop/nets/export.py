@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from mcdrop.errors import ModelError
 from mcdrop.nets.artifacts import save_model
 from mcdrop.nets.graph import (
     MODULES,
@@ -54,7 +55,7 @@ __all__ = ["ExportError", "export_model", "import_module"]
 TASK_ALIASES = {"regression": Task.HOMOSCEDASTIC, "classifier": Task.CLASSIFICATION}
 
 
-class ExportError(ValueError):
+class ExportError(ModelError, ValueError):
     """The module cannot be imported as it stands; the message names the layer or op and what is supported."""
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
+from mcdrop.errors import ModelError
 from mcdrop.request import Task
 from mcdrop.sampling import layers as mcl
 
@@ -40,7 +41,7 @@ __all__ = ["FUNCTIONS", "METHODS", "MODULES", "GraphFormatError", "ImportedNet",
 GRAPH_FORMAT = 1
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(ModelError, ValueError):
     """An architecture spec names something outside the tables or is malformed."""
 
 

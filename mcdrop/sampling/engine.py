@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from mcdrop.errors import MCDropError, ModelError
 from mcdrop.sampling import functional as F
 from mcdrop.sampling import rng, runtime
 from mcdrop.sampling.layers import MCDropoutLayer
@@ -73,11 +74,11 @@ KeyedDropout = Callable[[nn.Module, Tensor, Tensor], Tensor]
 y ``(S*B, *)``)."""
 
 
-class DropoutConfigError(ValueError):
+class DropoutConfigError(ModelError, ValueError):
     """The model cannot be sampled in MC mode as it stands; the message says how to fix it."""
 
 
-class SamplingCancelled(RuntimeError):
+class SamplingCancelled(MCDropError, RuntimeError):
     """The caller's ``cancelled`` check returned True between two chunks."""
 
 

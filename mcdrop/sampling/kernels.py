@@ -29,12 +29,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["Kernels", "describe", "load"]
+from mcdrop.errors import ModelError
+
+__all__ = ["KernelBuildError", "Kernels", "describe", "load"]
 
 log = logging.getLogger(__name__)
 
 MIN_PAIRS_PER_THREAD = 16
 """Pairs a thread must have before the work is split (below it, waking a thread costs more than it saves)."""
+
+
+class KernelBuildError(ModelError, RuntimeError):
+    """The fused kernel could not be compiled (no C compiler, or every flag set failed); :func:`load` logs it."""
 
 
 class Kernels:
@@ -136,7 +142,7 @@ def load() -> Kernels | None:
             kernels = None
             try:
                 kernels = Kernels(ctypes.CDLL(str(_build())))
-            except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+            except (OSError, subprocess.SubprocessError, RuntimeError) as err:  # KernelBuildError, or a load failure
                 log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
                             err)
             if kernels is not None and not kernels.openmp:
@@ -155,7 +161,7 @@ def _build() -> Path:
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+        raise KernelBuildError("no C compiler (cc, gcc or clang) on PATH; set CC to one")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, out = Path(tmp) / "kernels.c", Path(tmp) / target.name
@@ -171,4 +177,4 @@ def _build() -> Path:
                 os.replace(out, target)  # atomic: another process may be building the same file
                 return target
             errors = proc.stderr.strip()[:300]
-        raise RuntimeError(f"{compiler} failed: {errors}")
+        raise KernelBuildError(f"{compiler} failed: {errors}")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcdrop.errors import ParameterError
 from mcdrop.request import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, DEFAULT_MAX_SAMPLES
 from mcdrop.schemas import Limits
 
@@ -60,11 +61,11 @@ SETTINGS: dict[str, str] = {
 }
 
 
-class SettingError(ValueError):
+class SettingError(ParameterError):
     """A setting with an unusable value; ``variable`` names it."""
 
     def __init__(self, variable: str, message: str) -> None:
-        super().__init__(f"{variable}: {message}")
+        super().__init__(f"{variable}: {message}", variable)
         self.variable = variable
 
 
