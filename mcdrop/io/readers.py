@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def _open_npz(path: Path, key: str | None, chunk_rows: int) -> InputFile:
 
 
 def _open_idx(path: Path, chunk_rows: int) -> InputFile:
-    fh: IO[bytes] = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - streamed
+    fh = cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - streamed
     try:
         magic = fh.read(4)
         if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES or magic[3] < 1:

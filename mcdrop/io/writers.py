@@ -136,7 +136,7 @@ class Writer:
         except OSError as err:
             raise OutputError(f"{path}: cannot write there: {err.strerror}") from err
         self.tmp = Path(name)
-        self.fh = os.fdopen(fd, "wb" if self.binary else "w", **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
+        self.fh = os.fdopen(fd, "wb") if self.binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
 
     def write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
         with self._failing():
@@ -276,6 +276,7 @@ class NPZWriter(Writer):
 
     def _finish(self) -> None:
         n = self.rows_written
+        assert self.tmp is not None  # .npz never goes to standard output
         with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, (dtype, tail) in self.columns.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:

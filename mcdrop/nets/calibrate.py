@@ -99,8 +99,8 @@ def _labels(y: Any, task: Task, class_names: Sequence[str] | None, n_classes: in
         try:
             codes = np.array([names[str(v)] if str(v) in names else int(v) for v in arr])
         except ValueError:
-            bad = next(str(v) for v in arr if str(v) not in names)
-            raise CalibrationDataError(f"label {bad!r} is neither a class name ({', '.join(names)}) nor a class "
+            label = next(str(v) for v in arr if str(v) not in names)
+            raise CalibrationDataError(f"label {label!r} is neither a class name ({', '.join(names)}) nor a class "
                                        f"index 0..{n_classes - 1}") from None
     else:
         if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):

@@ -211,7 +211,7 @@ def _replica(model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
 
     def clone(module: nn.Module, prefix: str) -> nn.Module:
         twin = object.__new__(_replica_type(type(module)))
-        own = {k: copy.copy(v) for k, v in module.__dict__.items() if "hooks" in k and isinstance(v, dict)}
+        own: dict[str, Any] = {k: copy.copy(v) for k, v in module.__dict__.items() if "hooks" in k and isinstance(v, dict)}
         own.update(training=False, _mcdrop_original=module, _modules={
             name: None if child is None else clone(child, f"{prefix}{name}.") for name, child in module._modules.items()})
         twin.__dict__.update(own)
@@ -322,7 +322,8 @@ class MCEngine:
         self._plan_built = False
         self._lock = threading.Lock()  # guards (re)building the replica and the probe cache only
         self._signature: tuple[int, ...] = ()
-        self._replica, self._layers = model, []  # built on first use
+        self._replica = model  # built on first use
+        self._layers: list[tuple[str, nn.Module]] = []
         self._probes: dict[tuple[Any, ...], _Probe] = {}
         self._hooked: set[str] = set()
         self._current()

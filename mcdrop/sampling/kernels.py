@@ -48,8 +48,8 @@ class Kernels:
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, i32, u64, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_void_p
-        common = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
-                  ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
+        common: list[Any] = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
+                             ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
         self.mlp_sample = library.mlp_sample
         self.mlp_sample.argtypes = [i32, *common]
         self.mlp_sample.restype = None

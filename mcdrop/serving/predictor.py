@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcdrop.inputs import range_note
 from mcdrop.nets.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
-from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Mode, Task, new_seed
 from mcdrop.sampling.engine import MCEngine, SamplingCancelled
 from mcdrop.sampling.precision import apply_precision, check_precision
@@ -47,7 +46,7 @@ __all__ = ["Predictor", "Served", "request_error"]
 class Served:
     """A model ready to serve: the network, its card and engine, and its calibration (or None)."""
 
-    model: DropoutMLP
+    model: nn.Module  # one of mcdrop's models (DropoutMLP, DropoutCNN, an imported network)
     card: ModelCard
     engine: MCEngine
     calibration: Calibration | None
@@ -294,6 +293,7 @@ def _finite_rows(summary: ClassificationSummary | RegressionSummary) -> Tensor:
 
 def _columns(summary: ClassificationSummary | RegressionSummary) -> dict[str, np.ndarray]:
     """A summary's fields as result columns, named explicitly (fields None in this mode are left out)."""
+    names: tuple[str, ...]
     if isinstance(summary, ClassificationSummary):
         names = ("predicted_class", "confidence", "probabilities", "predictive_entropy", "expected_entropy",
                  "mutual_information", "variation_ratio", "probability_std", "probability_stderr", "n_samples")

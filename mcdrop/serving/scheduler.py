@@ -226,7 +226,8 @@ class Scheduler:
             if len(small) == 1 and self.batch_wait > 0:  # an idle worker waits briefly for company
                 self._cond.wait(self.batch_wait)
                 small = self._small() or small
-            batch, rows, cost = [], 0, 0.0
+            batch: list[_Job] = []
+            rows, cost = 0, 0.0
             for job in small:
                 n = len(job.request.inputs)
                 if batch and (rows + n > self.max_rows or cost + job.cost > 4 * self.slice_cost):

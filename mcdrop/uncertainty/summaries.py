@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -153,9 +154,9 @@ class ClassificationSummary:
 
     def select(self, index: Tensor) -> ClassificationSummary:
         """The rows ``index`` of every field."""
-        return type(self)(
-            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)}
-        )
+        rows: dict[str, Any] = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                                for f in fields(self)}
+        return type(self)(**rows)
 
 
 @dataclass(frozen=True)
