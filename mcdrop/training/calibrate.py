@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mcdrop.errors import ParameterError
 from mcdrop.request import Mode, Task
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.sampling.prediction import predict
@@ -30,6 +31,7 @@ from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.metrics import aupr, auroc, fpr_at_95_tpr
 from mcdrop.uncertainty.ood import fit_feature_density
+from mcdrop.uncertainty.summaries import ClassificationSummary
 
 __all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
            "ood_metrics", "ood_report", "ood_scores", "ood_threshold", "regression_conformal_tensors"]
@@ -186,6 +188,9 @@ def ood_scores(engine: MCEngine, calibrated: Calibration | None, x: Tensor, *, n
         out["ood_score"] = calibrated.density.score(features(engine, x, calibrated.feature_layers)).numpy()
     mc = mc if mc is not None else predict(engine, x, n_samples=n_samples, seed=seed).summary
     det = deterministic if deterministic is not None else predict(engine, x, mode=Mode.DETERMINISTIC).summary
+    if not isinstance(mc, ClassificationSummary) or not isinstance(det, ClassificationSummary):
+        raise ParameterError("ood_scores compares a classifier's scores, but `engine` samples a regressor", "engine")
+    assert mc.mutual_information is not None  # an MC summary has it
     out["mc_mutual_information"] = mc.mutual_information.numpy()
     out["mc_predictive_entropy"] = mc.predictive_entropy.numpy()
     out["mc_max_probability"] = -mc.confidence.numpy()
