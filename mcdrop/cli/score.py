@@ -20,16 +20,21 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from mcdrop.cli.common import INPUT_FLAGS, OUTPUT_FLAGS, CLIError, as_flags, is_terminal, log
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES, new_seed
 
-Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResult
+if TYPE_CHECKING:
+    from mcdrop.io.readers import InputFile
+    from mcdrop.io.writers import ScoredRows, Writer
+
+Scorer = Callable[[np.ndarray, int], "ScoredRows"]  # (rows (n, D) float32, row number of the first) -> PredictResult
+T = TypeVar("T")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -171,7 +176,7 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
     except PredictError as err:
         raise CLIError(f"{_FLAGS.get(err.field or '', err.field or '--model')}: {err}", 2) from err
 
-    def score(x: np.ndarray, first_row: int) -> Any:
+    def score(x: np.ndarray, first_row: int) -> ScoredRows:
         try:
             return predictor.predict_array(x, row_offset=first_row, **options)
         except PredictError as err:
@@ -194,7 +199,7 @@ def _remote(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, 
         client.close()
         raise CLIError(f"--model: {err.args[0]}", 2) from err
 
-    def score(x: np.ndarray, first_row: int) -> Any:
+    def score(x: np.ndarray, first_row: int) -> ScoredRows:
         try:
             return client.predict(x, model=args.model, row_offset=first_row, **options)
         except ClientError as err:
@@ -452,7 +457,7 @@ def _warn_range(x: np.ndarray, card: Any) -> bool:
     return note is not None
 
 
-def prefetch(chunks: Any, depth: int = 2) -> Any:
+def prefetch(chunks: Iterable[T], depth: int = 2) -> Iterator[T]:
     """``chunks`` read ahead by a background thread (at most ``depth`` waiting), in order: the next chunk is parsed
     while this one is scored (the engine releases the GIL); the reader's exceptions are raised here, in turn."""
     import queue
@@ -502,7 +507,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any,
+def _score_all(args: argparse.Namespace, source: InputFile, score: Scorer, scale: float, writer: Writer,
                bad_path: Path | None, *, in_flight: int = 1, card: Any = None) -> int:
     """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
     going at once, so the client encodes the next chunk while the server computes this one; answers are
