@@ -44,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -87,9 +87,13 @@ class SamplingCancelled(MCDropError, RuntimeError):
 _REGISTRY: dict[type[nn.Module], KeyedDropout] = {}
 
 
-def register_dropout(cls: type[nn.Module], fn: KeyedDropout) -> None:
-    """Let MC mode sample modules of ``cls`` (and its subclasses) with ``fn(module, x, keys)``."""
-    _REGISTRY[cls] = fn
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def register_dropout(cls: type[_M], fn: Callable[[_M, Tensor, Tensor], Tensor]) -> None:
+    """Let MC mode sample modules of ``cls`` (and its subclasses) with ``fn(module, x, keys)``; ``fn`` is typed
+    for ``cls``, so it may read the module's own attributes (``module.p``)."""
+    _REGISTRY[cls] = cast(KeyedDropout, fn)  # keyed_function hands fn only modules of cls
 
 
 def keyed_function(module: nn.Module) -> KeyedDropout | None:
@@ -101,12 +105,12 @@ def keyed_function(module: nn.Module) -> KeyedDropout | None:
     return None
 
 
-register_dropout(MCDropoutLayer, lambda m, x, keys: m.mc_forward(x, keys))  # type: ignore[operator]
-register_dropout(nn.Dropout, lambda m, x, keys: F.mc_dropout(x, keys, m.p))  # type: ignore[arg-type]
+register_dropout(MCDropoutLayer, lambda m, x, keys: m.mc_forward(x, keys))
+register_dropout(nn.Dropout, lambda m, x, keys: F.mc_dropout(x, keys, m.p))
 for _channel in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
-    register_dropout(_channel, lambda m, x, keys: F.mc_channel_dropout(x, keys, m.p))  # type: ignore[arg-type]
-register_dropout(nn.AlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p))  # type: ignore[arg-type]
-register_dropout(nn.FeatureAlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p, feature=True))  # type: ignore[arg-type]
+    register_dropout(_channel, lambda m, x, keys: F.mc_channel_dropout(x, keys, m.p))
+register_dropout(nn.AlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p))
+register_dropout(nn.FeatureAlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p, feature=True))
 
 
 class FastPath(Protocol):

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcdrop.errors import ParameterError
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.sampling.prediction import predict
 from mcdrop.uncertainty import metrics as M
-from mcdrop.uncertainty.summaries import RegressionSummary
+from mcdrop.uncertainty.summaries import regression
 
 __all__ = ["classifier_summaries", "evaluate_classifier", "evaluate_regressor"]
 
@@ -67,10 +66,8 @@ def evaluate_regressor(engine: MCEngine, x: Tensor, y: Tensor, *, n_samples: int
     results: dict[str, dict[str, float]] = {}
     for mode in ("deterministic", "mc"):
         result = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed, level=level, return_samples=True)
-        s = result.summary
+        s = regression(result.summary)
         samples = result.samples
-        if not isinstance(s, RegressionSummary):
-            raise ParameterError("evaluate_regressor needs a regressor, but `engine` samples a classifier", "engine")
         tau = float(engine.model.get_buffer("tau"))
         assert samples is not None
         inside = (y >= s.interval_low) & (y <= s.interval_high)
