@@ -168,7 +168,7 @@ def concrete_mlp(in_features: int, hidden: Sequence[int], out_features: int, *, 
 
 def _pairs(model: nn.Module) -> list[tuple[str, ConcreteDropout, nn.Linear]]:
     """(name, ConcreteDropout, the first nn.Linear after it) in ``model.net``."""
-    net = list(model.net.named_children())  # type: ignore[union-attr]
+    net = list(model.get_submodule("net").named_children())
     out = []
     for i, (name, module) in enumerate(net):
         if isinstance(module, ConcreteDropout):

@@ -538,7 +538,8 @@ def export_model(model: nn.Module, directory: str | os.PathLike[str], *, task: T
     if isinstance(net, ImportedNet):
         size, shape = net.in_features, (list(net.inputs[0]["shape"]) if len(net.inputs) == 1 else [net.in_features])
     else:
-        size = shape_size = int(net.in_features)  # type: ignore[arg-type]
+        assert isinstance(net, DropoutMLP)  # import_module's fast path
+        size = shape_size = net.in_features
         shape = [shape_size]
     out = MCEngine(net).deterministic(torch.cat([t.reshape(t.shape[0], -1) for t in examples], dim=1))
     if task_value is Task.CLASSIFICATION:
