@@ -68,4 +68,3 @@ class ModelError(MCDropError):
 
 class DataError(MCDropError):
     """Data (a file, an array, a request body) that is missing or not what it claims; the message names it."""
-

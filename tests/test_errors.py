@@ -28,8 +28,12 @@ def _module(path: Path) -> str:
 
 def _classes() -> list[tuple[str, str]]:
     """(module, name) of every class defined at the top level of a module of mcdrop/."""
-    return [(_module(path), node.name) for path in SOURCES for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.ClassDef)]
+    return [
+        (_module(path), node.name)
+        for path in SOURCES
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.ClassDef)
+    ]
 
 
 def exception_classes() -> dict[str, type[BaseException]]:
@@ -94,11 +98,20 @@ def test_the_drawing_lists_every_class_under_its_real_parent_with_its_builtin_ba
         parents.append(name)
 
 
-@pytest.mark.parametrize(("name", "builtin"), [
-    ("InputError", ValueError), ("OutputError", OSError), ("DataNotFoundError", FileNotFoundError),
-    ("SamplingCancelled", RuntimeError), ("ArtifactError", ValueError), ("ConfigError", ValueError),
-    ("SettingError", ValueError), ("WireError", ValueError), ("KernelBuildError", RuntimeError),
-])
+@pytest.mark.parametrize(
+    ("name", "builtin"),
+    [
+        ("InputError", ValueError),
+        ("OutputError", OSError),
+        ("DataNotFoundError", FileNotFoundError),
+        ("SamplingCancelled", RuntimeError),
+        ("ArtifactError", ValueError),
+        ("ConfigError", ValueError),
+        ("SettingError", ValueError),
+        ("WireError", ValueError),
+        ("KernelBuildError", RuntimeError),
+    ],
+)
 def test_a_users_except_clause_for_the_old_builtin_base_still_catches(name, builtin):
     cls = exception_classes()[name]
     args = ("field", "message") if name in ("ConfigError", "SettingError") else ("message",)

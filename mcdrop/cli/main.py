@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcdrop {args.command}: error: {err}", file=sys.stderr)
         return err.code
     except MCDropError as err:  # a library error the command did not word itself: one line, parameters as flags
+        if isinstance(err, OSError):  # an OutputError: as for any OSError below, nothing more goes to stdout
+            _detach_stdout()
         print(f"mcdrop {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return 2 if isinstance(err, ParameterError) or getattr(err, "usage", False) else 1
     except KeyboardInterrupt:
