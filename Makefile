@@ -21,13 +21,15 @@ PORT ?= 3000
 serve: $(STAMP)  ## serve the bundled default model on http://127.0.0.1:$(PORT) (make serve PORT=3001)
 	$(VENV)/bin/mcdrop serve --port $(PORT)
 
-test: $(STAMP)  ## lint, then the whole test suite
+test: $(STAMP)  ## lint and type-check, then the whole test suite
 	$(VENV)/bin/ruff check mcdrop tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and mypy over mcdrop/ (settings: pyproject.toml [tool.mypy])
 	$(VENV)/bin/ruff check mcdrop tests bench
 	$(VENV)/bin/ruff format --check mcdrop tests bench
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format mcdrop tests bench
@@ -37,4 +39,4 @@ bench: $(STAMP)  ## the engine benchmark (BENCHMARKS.md)
 	$(PY) bench/bench_engine.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -6,7 +6,8 @@ service's predictor (:mod:`mcdrop.serving`), the HTTP service (:mod:`mcdrop.serv
 (:mod:`mcdrop.training`), file readers and writers (:mod:`mcdrop.io`), and the torch-free request vocabulary,
 schemas and client (:mod:`mcdrop.request`, :mod:`mcdrop.schemas`, :mod:`mcdrop.client`).  See
 :mod:`mcdrop.sampling.engine` for the conventions shared by everything: samples first ``(S, B, ...)``,
-randomness only through a seed.
+randomness only through a seed.  Every exception it raises on purpose is an :class:`MCDropError`
+(the tree is drawn in :mod:`mcdrop.errors`).
 
 The names below are loaded on first use, so ``import mcdrop`` (and the client) imports no torch.
 """
@@ -17,6 +18,7 @@ from typing import Any
 _EXPORTS = {
     "AsyncClient": "mcdrop.client", "Client": "mcdrop.client",
     "Mode": "mcdrop.request", "Task": "mcdrop.request",
+    "MCDropError": "mcdrop.errors",
     "PredictRequest": "mcdrop.schemas", "PredictResult": "mcdrop.schemas",
     "DropoutConfigError": "mcdrop.sampling.engine", "MCEngine": "mcdrop.sampling.engine",
     "SamplingCancelled": "mcdrop.sampling.engine", "dropout_layers": "mcdrop.sampling.engine",

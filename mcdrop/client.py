@@ -42,6 +42,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from mcdrop import wire
+from mcdrop.errors import MCDropError
 from mcdrop.inputs import to_model_range
 from mcdrop.plan import Plan, make_plan, with_seed
 from mcdrop.schemas import (
@@ -62,7 +63,7 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 _RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
-class ClientError(Exception):
+class ClientError(MCDropError):
     """Base class of the client's errors."""
 
 

@@ -239,7 +239,13 @@ class PredictResult(ColumnViews):
         samples = None
         if self.samples is not None:
             a = self.samples.astype(np.float64)
-            samples = np.where(np.isnan(a), None, a).tolist() if np.isnan(a).any() else a.tolist()
+            missing = np.isnan(a)
+            if missing.any():  # null beyond an adaptive row's n_samples
+                obj = a.astype(object)
+                obj[missing] = None
+                samples = obj.tolist()
+            else:
+                samples = a.tolist()
         return PredictResponse.model_construct(model=self.model, model_version=self.model_version, task=self.task,
                                                mode=self.mode, seed=self.seed, predictions=self.predictions,
                                                samples=samples, notes=self.notes)
@@ -247,14 +253,14 @@ class PredictResult(ColumnViews):
     @classmethod
     def from_response(cls, response: PredictResponse, class_names: list[str] | None = None) -> PredictResult:
         """The columns of a JSON response (the inverse of :meth:`predictions`)."""
-        preds = response.predictions
+        preds: list[Any] = list(response.predictions)
         columns: dict[str, np.ndarray] = {}
         for c in fields_of(response.task) if preds else ():
             values = [getattr(p, c.name) for p in preds]
             if not c.is_array or all(v is None for v in values):
                 continue
             if c.kind == "set":
-                mask = np.zeros((len(preds), len(preds[0].probabilities)), dtype=bool)
+                mask = np.zeros((len(preds), len(preds[0].probabilities)), dtype=np.bool_)
                 for i, v in enumerate(values):
                     mask[i, v or []] = True
                 columns[c.name] = mask
@@ -268,8 +274,9 @@ class PredictResult(ColumnViews):
                                              dtype=np.int64 if c.kind == "int" else np.float64)
         samples = None
         if response.samples is not None:
-            samples = np.asarray(response.samples, dtype=object)
-            samples = np.where(samples == None, np.nan, samples).astype(np.float64)  # noqa: E711
+            raw = np.asarray(response.samples, dtype=object)
+            raw[raw == None] = np.nan  # noqa: E711 (elementwise: null beyond an adaptive row's n_samples)
+            samples = raw.astype(np.float64)
         return cls(model=response.model, model_version=response.model_version, task=response.task, mode=response.mode,
                    seed=response.seed, columns=columns, samples=samples, notes=response.notes, class_names=class_names)
 

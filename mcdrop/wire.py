@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.errors import DataError
 from mcdrop.inputs import to_model_range
 from mcdrop.schemas import PredictResult
 
@@ -35,7 +36,7 @@ NPY = "application/x-npy"
 _MAX_HEADER = 4096
 
 
-class WireError(ValueError):
+class WireError(DataError, ValueError):
     """A binary body that is not what it claims; the message says what is wrong."""
 
 

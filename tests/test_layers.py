@@ -13,7 +13,7 @@ import mcdrop
 ROOT = Path(mcdrop.__file__).parent
 
 FLOORS = [
-    {"request", "schemas", "result", "plan", "inputs", "wire", "__init__", "__version__"},  # the vocabulary: no torch
+    {"errors", "request", "schemas", "result", "plan", "inputs", "wire", "__init__", "__version__"},  # no torch
     {"client", "io"},  # no torch either
     {"sampling"},  # keyed randomness, layers, the engine
     {"uncertainty"},  # functions of samples, the predict loop, a model's calibration

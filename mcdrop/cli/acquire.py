@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.cli.common import CLIError, log
+from mcdrop.cli.common import INPUT_FLAGS, CLIError, log
 from mcdrop.io.atomic import atomic_write
 from mcdrop.plan import draw_seed
 from mcdrop.request import DEFAULT_N_SAMPLES
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         source = open_input(args.pool, format=args.input_format, columns=args.columns, key=args.key,
                             chunk_rows=args.batch_size)
     except InputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=INPUT_FLAGS) from err
     scale = _scale(args.scale, source.dtype)
     rows: list[np.ndarray] = []
     if args.url:

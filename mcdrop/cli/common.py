@@ -1,15 +1,39 @@
-"""What the commands share: errors with exit codes, logging to stderr, progress on a terminal."""
+"""What the commands share: errors with exit codes, flags for the library's parameter names, logging to stderr."""
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Mapping
+
+from mcdrop.errors import MCDropError
+
+PARAM_FLAGS = {"max_line": "--max-line-length", "root": "--data-root", "n_samples": "--samples"}
+"""The flag of each library parameter whose name is not its flag's (otherwise ``id_column`` is ``--id-column``)."""
+INPUT_FLAGS = {"format": "--input-format"}
+"""The flags of :func:`mcdrop.io.readers.open_input`'s parameters where they differ from :data:`PARAM_FLAGS`."""
+OUTPUT_FLAGS = {"format": "--output-format"}
+"""The flags of :func:`mcdrop.io.writers.open_output`'s parameters where they differ from :data:`PARAM_FLAGS`."""
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-class CLIError(Exception):
-    """A failure reported as one line; ``code`` 1 for data/runtime errors, 2 for usage errors."""
+def as_flags(message: str, flags: Mapping[str, str] | None = None) -> str:
+    """``message`` with each parameter the library marks ```name``` written as the command's flag: ``flags[name]``,
+    else ``PARAM_FLAGS[name]``, else ``--name`` with dashes (see :mod:`mcdrop.errors`)."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
+    def flag(match: re.Match[str]) -> str:
+        name = match[1]
+        return (flags or {}).get(name) or PARAM_FLAGS.get(name) or "--" + name.replace("_", "-")
+
+    return _PARAM.sub(flag, message)
+
+
+class CLIError(MCDropError):
+    """A failure reported as one line; ``code`` 1 for data/runtime errors, 2 for usage errors.  Parameters the
+    message names as the library does (```key```) are written as flags (:func:`as_flags`, ``flags``)."""
+
+    def __init__(self, message: str, code: int = 1, *, flags: Mapping[str, str] | None = None) -> None:
+        super().__init__(as_flags(message, flags))
         self.code = code
 
 

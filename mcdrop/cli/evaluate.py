@@ -107,6 +107,7 @@ def _coverage_table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from mcdrop.nets.artifacts import ArtifactError, ModelNotFoundError, load_artifact
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 rows = holdout_split(len(data.y), holdout["fraction"], holdout["seed"])[2]
                 what, prefix = f"the {len(rows)} held-out test rows", "heldout_test_mc_"
             else:
-                rows = list(range(len(data.y)))
+                rows = np.arange(len(data.y))
                 what, prefix = f"all {len(rows)} rows (its training data)", "all_rows_fit_mc_"
             n = args.samples or _card_samples(card, prefix, 10_000)
             log(f"evaluating {card.name} on {what} of UCI {dataset}, MC N={n}, seed {args.seed}")

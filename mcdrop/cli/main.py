@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from mcdrop.cli import acquire, bench, calibrate, evaluate, report, score, serve, study, train
-from mcdrop.cli.common import CLIError
+from mcdrop.cli.common import CLIError, as_flags
+from mcdrop.errors import MCDropError, ParameterError
 
 COMMANDS = {"score": score, "train": train, "evaluate": evaluate, "report": report, "bench": bench, "serve": serve,
             "study": study, "calibrate": calibrate, "acquire": acquire}
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as err:
         print(f"mcdrop {args.command}: error: {err}", file=sys.stderr)
         return err.code
+    except MCDropError as err:  # a library error the command did not word itself: one line, parameters as flags
+        if isinstance(err, OSError):  # an OutputError: as for any OSError below, nothing more goes to stdout
+            _detach_stdout()
+        print(f"mcdrop {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
+        return 2 if isinstance(err, ParameterError) or getattr(err, "usage", False) else 1
     except KeyboardInterrupt:
         print(f"mcdrop {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -20,17 +20,22 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from mcdrop.cli.common import CLIError, is_terminal, log
+from mcdrop.cli.common import INPUT_FLAGS, OUTPUT_FLAGS, CLIError, as_flags, is_terminal, log
 from mcdrop.plan import with_seed
 from mcdrop.request import DEFAULT_LEVEL, DEFAULT_MAX_SAMPLES, DEFAULT_N_SAMPLES
 
-Scorer = Callable[[np.ndarray, int], Any]  # (rows (n, D) float32, row number of the first) -> PredictResult
+if TYPE_CHECKING:
+    from mcdrop.io.readers import InputFile
+    from mcdrop.io.writers import ScoredRows, Writer
+
+Scorer = Callable[[np.ndarray, int], "ScoredRows"]  # (rows (n, D) float32, row number of the first) -> PredictResult
+T = TypeVar("T")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -173,7 +178,7 @@ def _local(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, A
     except PredictError as err:
         raise CLIError(f"{_FLAGS.get(err.field or '', err.field or '--model')}: {err}", 2) from err
 
-    def score(x: np.ndarray, first_row: int) -> Any:
+    def score(x: np.ndarray, first_row: int) -> ScoredRows:
         try:
             return predictor.predict_array(x, row_offset=first_row, **options)
         except PredictError as err:
@@ -196,7 +201,7 @@ def _remote(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Scorer, 
         client.close()
         raise CLIError(f"--model: {err.args[0]}", 2) from err
 
-    def score(x: np.ndarray, first_row: int) -> Any:
+    def score(x: np.ndarray, first_row: int) -> ScoredRows:
         try:
             return client.predict(x, model=args.model, row_offset=first_row, **options)
         except ClientError as err:
@@ -285,9 +290,9 @@ def run(args: argparse.Namespace) -> int:
                             header=args.header, key=args.key, chunk_rows=args.batch_size,
                             max_line=args.max_line_length)
     except InputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=INPUT_FLAGS) from err
     for note in source.notes:
-        say(note)
+        say(as_flags(note, INPUT_FLAGS))
     scale = _scale(args.scale, source.dtype)
     close: Callable[[], None] = lambda: None  # noqa: E731
     if args.url:
@@ -304,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
                                  class_names=card.class_names)
         except OutputError as err:
-            raise CLIError(str(err), 2 if err.usage else 1) from err
+            raise CLIError(str(err), 2 if err.usage else 1, flags=OUTPUT_FLAGS) from err
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             n_bad = _score_all(args, source, score, scale, writer, bad_path, in_flight=2 if args.url else 1, card=card)
@@ -345,16 +350,16 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         parts, total = ray_score.plan_parts(files, args.input_format, header=args.header, key=args.key,
                                             min_parts=ray_score.PARTS_PER_ACTOR * (args.actors or os.cpu_count() or 1))
     except InputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=INPUT_FLAGS) from err
     for note in first.notes:
-        say(note)
+        say(as_flags(note, INPUT_FLAGS))
     _, card = _local(args, options)  # checks the model and the options against it before Ray starts
     if first.width != card.input_size:
         raise CLIError(f"{files[0]}: rows have {first.width} features, but model {card.name!r} expects {card.input_size}")
     try:
         sample = next(first.chunks, None)  # the first rows, for the 0-255 warning
     except InputError as err:
-        raise CLIError(str(err)) from err
+        raise CLIError(str(err), flags=INPUT_FLAGS) from err
     if sample is not None:
         _warn_range(sample.x * np.float32(_scale(args.scale, first.dtype)), card)
     try:
@@ -372,7 +377,7 @@ def _run_ray(args: argparse.Namespace, options: dict[str, Any], say: Callable[[s
         writer = open_output(args.output, format=args.output_format, with_ids=args.id_column is not None,
                              class_names=card.class_names)
     except OutputError as err:
-        raise CLIError(str(err), 2 if err.usage else 1) from err
+        raise CLIError(str(err), 2 if err.usage else 1, flags=OUTPUT_FLAGS) from err
     import ray
 
     started = not ray.is_initialized()
@@ -449,7 +454,7 @@ def _warn_range(x: np.ndarray, card: Any) -> bool:
     return note is not None
 
 
-def prefetch(chunks: Any, depth: int = 2) -> Any:
+def prefetch(chunks: Iterable[T], depth: int = 2) -> Iterator[T]:
     """``chunks`` read ahead by a background thread (at most ``depth`` waiting), in order: the next chunk is parsed
     while this one is scored (the engine releases the GIL); the reader's exceptions are raised here, in turn."""
     import queue
@@ -499,7 +504,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: float, writer: Any,
+def _score_all(args: argparse.Namespace, source: InputFile, score: Scorer, scale: float, writer: Writer,
                bad_path: Path | None, *, in_flight: int = 1, card: Any = None) -> int:
     """Read, score and write chunk by chunk.  ``in_flight`` > 1 (remote scoring) keeps that many requests
     going at once, so the client encodes the next chunk while the server computes this one; answers are
@@ -544,7 +549,7 @@ def _score_all(args: argparse.Namespace, source: Any, score: Scorer, scale: floa
             progress.advance(len(chunk.bad))
         drain(0)
     except InputError as err:
-        raise CLIError(str(err)) from err
+        raise CLIError(str(err), flags=INPUT_FLAGS) from err
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

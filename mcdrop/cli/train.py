@@ -49,7 +49,7 @@ def add_parser(sub: Any, name: str) -> None:
         elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), help=f.metadata["help"])
+            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), help=f.metadata["help"])
     p.add_argument("--output", "-o", type=Path, required=True,
                    help="model directory to write (models/NAME replaces a bundled model in a checkout)")
     p.add_argument("--model-name", help="model name in the card (default: the directory name)")
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         "input_shape": [28, 28], "input_size": 784, "input_range": [0.0, 1.0],
         "normalisation": "pixels scaled to [0, 1] (value / 255), rows of 784 in row-major order; the model "
                          "standardises internally with the training mean and std",
-        "class_names": list(FASHION_MNIST_CLASSES), "temperature": float(model.temperature),
+        "class_names": list(FASHION_MNIST_CLASSES), "temperature": float(model.get_buffer("temperature")),
         "training": {**config.relevant(), "train_seconds": round(history["train_seconds"], 1),
                      "final_val_accuracy": history["val_accuracy"][-1]},
         "data": f"Fashion-MNIST (Xiao et al. 2017): of the 60,000 training images, {len(parts['train'])} train the "

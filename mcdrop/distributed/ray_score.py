@@ -104,7 +104,7 @@ def plan_parts(files: list[Path], fmt: str | None, *, header: str = "auto", key:
     for path in files:
         kind = fmt or detect_format(path)
         if kind not in _FORMATS:
-            raise InputError(f"{path}: --engine ray reads {', '.join(_FORMATS)}, not {kind}")
+            raise InputError(f"{path}: Ray scoring reads {', '.join(_FORMATS)}, not {kind}")
         base = {"path": str(path.resolve()), "format": kind, "lo": -1, "hi": -1, "groups": ""}
         if kind in ("npy", "parquet"):
             n = open_input(path, format=kind).n_rows or 0

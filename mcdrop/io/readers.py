@@ -21,9 +21,11 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
+
+from mcdrop.errors import DataError
 
 __all__ = ["Chunk", "InputError", "InputFile", "LineBound", "open_input"]
 
@@ -32,7 +34,7 @@ _NPZ_KEYS = ("inputs", "x", "images", "features", "X")
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
-class InputError(ValueError):
+class InputError(DataError, ValueError):
     """The input file (or a flag describing it: ``usage=True``) is unusable; the message names it and what
     was expected."""
 
@@ -148,9 +150,9 @@ def _open_npz(path: Path, key: str | None, chunk_rows: int) -> InputFile:
     if key is None:
         key = keys[0] if len(keys) == 1 else next((k for k in _NPZ_KEYS if k in keys), None)
         if key is None:
-            raise InputError(f"{path}: holds arrays {keys}; choose the inputs with --key")
+            raise InputError(f"{path}: holds arrays {keys}; choose the inputs with `key`")
     if key not in keys:
-        raise InputError(f"--key {key!r}: {path} holds no such array; it holds {keys}", usage=True)
+        raise InputError(f"`key` {key!r}: {path} holds no such array; it holds {keys}", usage=True)
     fh = archive.open(key + ".npy")
     shape, dtype = _npy_header(fh, f"{path}[{key}]")
     chunks = _stream(fh, dtype, shape[1:], shape[0], chunk_rows, f"{path}[{key}]")
@@ -158,7 +160,7 @@ def _open_npz(path: Path, key: str | None, chunk_rows: int) -> InputFile:
 
 
 def _open_idx(path: Path, chunk_rows: int) -> InputFile:
-    fh: IO[bytes] = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - streamed
+    fh = cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - streamed
     try:
         magic = fh.read(4)
         if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES or magic[3] < 1:
@@ -189,12 +191,12 @@ LINE_SLACK = 1 << 16
 
 class LineBound:
     """The longest CSV line accepted: ``FIRST_LINE_MAX`` for the first line, then ``max(64 x columns, 8 x the
-    first line) + 64 KiB``, or ``fixed`` (``--max-line-length``) for every line.  Lines are read with
+    first line) + 64 KiB``, or ``fixed`` (``open_input(max_line=...)``) for every line.  Lines are read with
     ``readline(bound + 1)``, so memory stays within the bound whatever the file."""
 
     def __init__(self, fixed: int | None = None) -> None:
         if fixed is not None and fixed < 1:
-            raise InputError(f"--max-line-length {fixed}: expected a positive number of characters", usage=True)
+            raise InputError(f"`max_line` {fixed}: expected a positive number of characters", usage=True)
         self.fixed = fixed
         self.consumed = 0  # characters read so far: about the bytes, for progress
         self.limit = fixed or FIRST_LINE_MAX
@@ -215,7 +217,7 @@ class LineBound:
             number += 1
             if len(line) > self.limit and line[-1] not in "\r\n":
                 raise InputError(f"{name}: line {number} is longer than {self.limit:,} characters ({self.why}); "
-                                 "expected CSV rows separated by line breaks (--max-line-length allows longer lines)")
+                                 "expected CSV rows separated by line breaks (a larger `max_line` allows longer lines)")
             self.consumed += len(line)
             yield line
 
@@ -229,8 +231,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _select(spec: str | None, names: list[str], exclude: int | None) -> list[int]:
-    """Column indices from ``--columns`` (names, 0-based indices, ``a:b`` ranges; default: all but the id)."""
+def _select(spec: str | None, names: list[str], exclude: int | None, param: str = "columns") -> list[int]:
+    """Column indices from ``columns`` (names, 0-based indices, ``a:b`` ranges; default: all but the id); errors
+    name ``param``, the parameter ``spec`` came from."""
     if spec is None:
         return [i for i in range(len(names)) if i != exclude]
     out: list[int] = []
@@ -240,16 +243,16 @@ def _select(spec: str | None, names: list[str], exclude: int | None) -> list[int
             try:
                 out += range(len(names))[slice(int(a) if a else None, int(b) if b else None)]
             except ValueError as err:
-                raise InputError(f"--columns: {part!r} is not a range of column indices like 1:785", usage=True) from err
+                raise InputError(f"`{param}`: {part!r} is not a range of column indices like 1:785", usage=True) from err
         elif part in names:
             out.append(names.index(part))
         elif part.lstrip("-").isdigit() and -len(names) <= int(part) < len(names):
             out.append(int(part) % len(names))
         else:
-            raise InputError(f"--columns: no column {part!r}; the file has {len(names)} columns"
+            raise InputError(f"`{param}`: no column {part!r}; the file has {len(names)} columns"
                              + (f" named {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""), usage=True)
     if not out:
-        raise InputError(f"--columns {spec!r} selects no columns", usage=True)
+        raise InputError(f"`{param}` {spec!r} selects no columns", usage=True)
     return out
 
 
@@ -276,12 +279,12 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
     notes = []
     if header == "auto":
         notes.append(f"{path.name}: the first line is a header (it holds names: {', '.join(cells[:4])}"
-                     f"{', ...' if len(cells) > 4 else ''}); pass --header no if it is data" if has_header else
-                     f"{path.name}: no header (the first line holds numbers); pass --header yes if it is one")
+                     f"{', ...' if len(cells) > 4 else ''}); pass `header` 'no' if it is data" if has_header else
+                     f"{path.name}: no header (the first line holds numbers); pass `header` 'yes' if it is one")
     names = cells if has_header else [str(i) for i in range(len(cells))]
     id_index = None
     if id_column is not None:
-        id_index = _select(id_column, names, None)[0]
+        id_index = _select(id_column, names, None, "id_column")[0]
     use = _select(columns, names, id_index)
     pending = [] if has_header else [first]
     chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
@@ -358,7 +361,7 @@ def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_
         raise InputError(f"{path}: not a Parquet file ({err})") from err
     schema = parquet.schema_arrow
     names = schema.names
-    id_index = _select(id_column, names, None)[0] if id_column is not None else None
+    id_index = _select(id_column, names, None, "id_column")[0] if id_column is not None else None
     use = _select(columns, names, id_index)
     width = 0
     for i in use:
@@ -369,7 +372,7 @@ def _open_parquet(path: Path, columns: str | None, id_column: str | None, chunk_
             width += 1
         else:
             raise InputError(f"{path}: column {names[i]!r} holds {kind}; expected numbers or fixed-size lists of numbers "
-                             "(choose the feature columns with --columns)", usage=columns is not None)
+                             "(choose the feature columns with `columns`)", usage=columns is not None)
     read = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
     meta = parquet.metadata
     groups = list(range(meta.num_row_groups)) if row_groups is None else sorted(row_groups)
@@ -436,7 +439,7 @@ def detect_format(path: Path) -> str:
     if "idx" in name or name.endswith("ubyte") or name.endswith("ubyte.gz"):
         return "idx"
     raise InputError(f"{path}: cannot tell the format from the name; expected .csv, .parquet, .npy, .npz or an IDX "
-                     "file (name containing 'idx' or ending in 'ubyte', optionally .gz); or pass --input-format")
+                     "file (name containing 'idx' or ending in 'ubyte', optionally .gz); or pass `format`")
 
 
 def open_input(path: str | Path, *, format: str | None = None, columns: str | None = None,
@@ -454,7 +457,7 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
         raise InputError(f"{path}: {what}; expected an input file (.csv, .parquet, .npy, .npz or IDX)")
     fmt = format or detect_format(path)
     if fmt not in ("csv", "parquet") and (columns or id_column):
-        raise InputError(f"--columns and --id-column apply to CSV and Parquet input, but {path} is {fmt}", usage=True)
+        raise InputError(f"`columns` and `id_column` apply to CSV and Parquet input, but {path} is {fmt}", usage=True)
     try:
         if fmt == "csv":
             if path.name.lower().endswith(".gz"):
@@ -472,4 +475,4 @@ def open_input(path: str | Path, *, format: str | None = None, columns: str | No
         raise InputError(f"{path}: is not UTF-8 text ({err.reason}); expected CSV") from err
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
-    raise InputError(f"--input-format {fmt!r}: expected csv, parquet, npy, npz or idx", usage=True)
+    raise InputError(f"`format` {fmt!r}: expected csv, parquet, npy, npz or idx", usage=True)

@@ -21,25 +21,25 @@ import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from mcdrop.errors import DataError
 from mcdrop.io.atomic import TMP_MARK as _TMP_MARK
 from mcdrop.io.atomic import AtomicFile
 from mcdrop.io.atomic import temp_prefix as _temp_prefix
-from mcdrop.schemas import PredictResult
 
-__all__ = ["FORMATS", "OutputError", "Writer", "open_output"]
+__all__ = ["FORMATS", "OutputError", "ScoredRows", "Writer", "open_output"]
 
 FORMATS = ("csv", "jsonl", "npz", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 
 
-class OutputError(OSError):
-    """OUTPUT cannot be written; the message names the path (``usage``: the path itself is wrong, exit 2)."""
+class OutputError(DataError, OSError):
+    """An output that cannot be written; the message names the path (``usage``: the path itself is wrong, exit 2)."""
 
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(message)
@@ -89,10 +89,21 @@ def check_target(path: Path) -> None:
     kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
             "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
             "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-    raise OutputError(f"{path}: is {kind}; OUTPUT has to be a regular file (or - for standard output)", usage=True)
+    raise OutputError(f"{path}: is {kind}; expected a regular file (or - for standard output)", usage=True)
 
 
-def _fields(result: PredictResult) -> list[str]:
+class ScoredRows(Protocol):
+    """What a writer reads of a result (:class:`~mcdrop.schemas.PredictResult` is one): its columns by name, each
+    with one entry per row (``predicted_class`` holds class indices), and the model's class names, if any."""
+
+    @property
+    def columns(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def class_names(self) -> Sequence[str] | None: ...
+
+
+def _fields(result: ScoredRows) -> list[str]:
     """The columns of this run in the order of the response fields (the first chunk decides for the file)."""
     names = [k for k in result.columns]
     if result.class_names and "predicted_class" in names:
@@ -100,9 +111,9 @@ def _fields(result: PredictResult) -> list[str]:
     return names
 
 
-def _class_names(result: PredictResult) -> list[str]:
+def _class_names(result: ScoredRows) -> list[str]:
     names = result.class_names or []
-    return [names[c] for c in result.predicted_class.tolist()]
+    return [names[c] for c in result.columns["predicted_class"].tolist()]
 
 
 class Writer:
@@ -125,7 +136,7 @@ class Writer:
             raise OutputError(f"{path}: cannot write there: {err.strerror}") from err
         self.tmp, self.fh = self.out.tmp, self.out.fh
 
-    def write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         with self._failing():
             if self.fields is None:
                 self.fields = _fields(result)
@@ -145,10 +156,10 @@ class Writer:
             where = "standard output" if self.tmp is None else str(self.path)
             raise OutputError(f"{where}: cannot write: {err.strerror or err}") from err
 
-    def _begin(self, result: PredictResult) -> None:
+    def _begin(self, result: ScoredRows) -> None:
         pass
 
-    def _write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def _write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         raise NotImplementedError
 
     def _finish(self) -> None:
@@ -175,7 +186,7 @@ class Writer:
 class CSVWriter(Writer):
     """One line per row: ``row[,id],<fields>``, 2-D fields expanded as ``field_0..field_{C-1}``; RFC 4180 quoting."""
 
-    def _begin(self, result: PredictResult) -> None:
+    def _begin(self, result: ScoredRows) -> None:
         names = ["row"] + (["id"] if self.with_ids else [])
         for name in self.fields or []:
             value = result.columns.get(name)
@@ -183,7 +194,7 @@ class CSVWriter(Writer):
             names += [f"{name}_{i}" for i in range(value.shape[1])] if wide else [name]  # type: ignore[union-attr]
         self.fh.write(",".join(names) + "\n")
 
-    def _write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def _write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         blocks: list[list[str]] = [[str(r) for r in rows.tolist()]]
         if self.with_ids:
             blocks.append([csv_text(i) for i in ids or [""] * len(rows)])
@@ -212,7 +223,7 @@ def csv_text(text: str) -> str:
 class JSONLWriter(Writer):
     """One JSON object per row: ``{"row": ..., ["id": ...,] <fields>}``."""
 
-    def _write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def _write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         keep = self.fields or []
         columns: dict[str, list[Any]] = {}
         for name in keep:
@@ -248,7 +259,7 @@ class NPZWriter(Writer):
         with (self.parts / f"{name}.bin").open("ab") as f:
             f.write(np.ascontiguousarray(values).tobytes())
 
-    def _write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def _write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         self._append("row", rows.astype(np.int64))
         if self.with_ids:
             with (self.parts / "id.txt").open("a", encoding="utf-8") as f:
@@ -259,6 +270,7 @@ class NPZWriter(Writer):
 
     def _finish(self) -> None:
         n = self.rows_written
+        assert self.tmp is not None  # .npz never goes to standard output
         with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, (dtype, tail) in self.columns.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -295,7 +307,7 @@ class ParquetWriter(Writer):
         super().__init__(path, with_ids=with_ids)
         self.writer: Any = None
 
-    def _write(self, rows: np.ndarray, ids: list[str] | None, result: PredictResult) -> None:
+    def _write(self, rows: np.ndarray, ids: list[str] | None, result: ScoredRows) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -340,7 +352,7 @@ def open_output(
     fmt = format or ("csv" if stdout else _SUFFIXES.get(path.suffix.lower()))
     if fmt not in FORMATS:
         raise OutputError(f"{path}: cannot tell the output format from the suffix {path.suffix!r}; expected .csv, "
-                          ".jsonl, .npz or .parquet, or pass --output-format", usage=True)
+                          ".jsonl, .npz or .parquet, or pass `format`", usage=True)
     if stdout:
         if fmt not in ("csv", "jsonl"):
             raise OutputError(f"- (standard output) takes csv or jsonl, not {fmt}", usage=True)

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mcdrop.errors import ModelError
 from mcdrop.io.atomic import new_mode
 from mcdrop.nets.models import build_model, describe_architecture, multiply_adds
 from mcdrop.schemas import ModelCard
@@ -67,7 +68,7 @@ def model_path() -> list[Path]:
     return [*folders, *([bundled] if bundled is not None else [])]
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ModelError, ValueError):
     """A model directory is missing, incomplete or does not match its card."""
 
 
@@ -113,7 +114,7 @@ COMPUTED_CARD_FIELDS = frozenset({"architecture", "weights_file", "weights_sha25
 """The card fields :func:`save_model` fills in itself (leave them out of the ``card`` passed to it)."""
 
 
-def save_model(model: nn.Module, directory: Path, card: dict[str, object], calibration: Calibration | None = None,
+def save_model(model: nn.Module, directory: Path, card: dict[str, Any], calibration: Calibration | None = None,
                calibration_meta: dict[str, Any] | None = None) -> ModelCard:
     """Write a model folder: ``weights.safetensors`` (and ``calibration.safetensors``), ``card.json``, ``card.md``.
 
@@ -147,8 +148,8 @@ def save_model(model: nn.Module, directory: Path, card: dict[str, object], calib
                         "task=..., example_input=...)")
     config = config_fn()
     directory = Path(directory)
-    shape = card.get("input_shape") or [int(card.get("input_size", config.get("in_features", 1)))]  # type: ignore[call-overload]
-    size = int(card.get("input_size", math.prod(int(d) for d in shape)))  # type: ignore[arg-type, union-attr]
+    shape = card.get("input_shape") or [int(card.get("input_size", config.get("in_features", 1)))]
+    size = int(card.get("input_size", math.prod(int(d) for d in shape)))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
@@ -168,13 +169,13 @@ def save_model(model: nn.Module, directory: Path, card: dict[str, object], calib
                 "library_version": __version__,
                 "input_size": size,
                 **card,
-                "input_shape": list(shape),  # type: ignore[arg-type]
+                "input_shape": list(shape),
                 **extra,
                 "architecture": config,
                 "weights_file": weights.name,
                 "weights_sha256": sha256(weights),
                 "parameter_shapes": {k: list(v.shape) for k, v in state.items()},
-                "cost": float(multiply_adds(model, torch.zeros(1, *shape))),  # type: ignore[misc]
+                "cost": float(multiply_adds(model, torch.zeros(1, *shape))),
             }
         )
         (staging / "card.json").write_text(full.model_dump_json(indent=2) + "\n")

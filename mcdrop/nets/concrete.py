@@ -126,8 +126,8 @@ class ConcreteDropout(MCDropoutLayer):
         self.temperature = float(temperature)
         self.p_logit = nn.Parameter(torch.tensor(_logit(p)))
 
-    @property  # type: ignore[override]
-    def p(self) -> float:
+    @property
+    def p(self) -> float:  # type: ignore[override]  # read-only here: the rate is learned, not set
         """The current rate ``sigmoid(p_logit)`` as a Python float."""
         return float(torch.sigmoid(self.p_logit.detach()))
 
@@ -168,7 +168,7 @@ def concrete_mlp(in_features: int, hidden: Sequence[int], out_features: int, *, 
 
 def _pairs(model: nn.Module) -> list[tuple[str, ConcreteDropout, nn.Linear]]:
     """(name, ConcreteDropout, the first nn.Linear after it) in ``model.net``."""
-    net = list(model.net.named_children())  # type: ignore[union-attr]
+    net = list(model.get_submodule("net").named_children())
     out = []
     for i, (name, module) in enumerate(net):
         if isinstance(module, ConcreteDropout):
@@ -212,7 +212,8 @@ def to_dropout(model: DropoutMLP) -> DropoutMLP:
     net = list(model.net)
     if not any(isinstance(m, ConcreteDropout) for m in net):
         raise ValueError("the model has no ConcreteDropout layer: nothing to convert (build it with concrete_mlp)")
-    hidden_rates = [net[i + 2].p for i, m in enumerate(net) if isinstance(m, nn.Linear) and i + 2 < len(net)]
+    hidden_rates = [d.p for i, m in enumerate(net)
+                    if isinstance(m, nn.Linear) and i + 2 < len(net) and isinstance(d := net[i + 2], MCDropoutLayer)]
     input_rate = net[0].p if isinstance(net[0], MCDropoutLayer) else 0.0
     tau = float(model.tau)
     plain = DropoutMLP(model.in_features, model.hidden, model.out_features, dropout=hidden_rates,

@@ -28,11 +28,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
 
+from mcdrop.errors import ModelError
 from mcdrop.nets.artifacts import save_model
 from mcdrop.nets.graph import (
     MODULES,
@@ -54,7 +55,7 @@ __all__ = ["ExportError", "export_model", "import_module"]
 TASK_ALIASES = {"regression": Task.HOMOSCEDASTIC, "classifier": Task.CLASSIFICATION}
 
 
-class ExportError(ValueError):
+class ExportError(ModelError, ValueError):
     """The module cannot be imported as it stands; the message names the layer or op and what is supported."""
 
 
@@ -395,22 +396,22 @@ def import_module(model: nn.Module, *, task: Task | str, example_input: Tensor |
             specs.append({"name": features, "type": "Identity", "args": {}})  # last: dropout indices are unchanged
     inputs = [{"name": name, "shape": list(t.shape[1:])} for name, t in zip(conv.placeholders, examples, strict=True)]
     try:
-        net: nn.Module = ImportedNet(inputs=inputs, modules=specs, nodes=nodes, output=conv.output, head=head,
-                                     tensors=[{k: v for k, v in t.items() if k != "value"} for t in conv.tensors],
-                                     features=features)
+        imported = ImportedNet(inputs=inputs, modules=specs, nodes=nodes, output=conv.output, head=head,
+                               tensors=[{k: v for k, v in t.items() if k != "value"} for t in conv.tensors],
+                               features=features)
     except GraphFormatError as err:
         raise ExportError(str(err)) from err
     with torch.no_grad():
         for spec in specs:
             if spec["name"] in types and not spec["name"].startswith(("functional_dropout.", "mcdrop_features")):
-                net.layers.get_submodule(spec["name"]).load_state_dict(model.get_submodule(spec["name"]).state_dict())
+                imported.layers.get_submodule(spec["name"]).load_state_dict(model.get_submodule(spec["name"]).state_dict())
         for t in conv.tensors:
-            getattr(net.attr_tensors, t["key"]).copy_(t["value"])
+            getattr(imported.attr_tensors, t["key"]).copy_(t["value"])
         if tau is not None:
-            net.tau.fill_(float(tau))  # type: ignore[operator]
-    net.eval()
+            imported.tau.fill_(float(tau))
+    net: nn.Module = imported.eval()
     if fast and not conv.extra_modules:
-        mlp = _as_dropout_mlp(net, model, head, tau)
+        mlp = _as_dropout_mlp(imported, model, head, tau)
         if mlp is not None:
             net = mlp
     _verify(net, model, examples, reference, head)
@@ -424,7 +425,7 @@ def _verify(net: nn.Module, model: nn.Module, examples: list[Tensor], reference:
     got = engine.deterministic(flat)
     helper = ImportedNet.__new__(ImportedNet)
     helper.head, helper.head_spec = Task(head["task"]), head
-    helper.temperature = torch.ones(())  # type: ignore[assignment]
+    helper.temperature = torch.ones(())
     want = ImportedNet.apply_head(helper, reference)
     scale = want.abs().amax().clamp_min(1.0)
     if got.shape != want.shape or not bool(((got - want).abs() <= 1e-4 * scale).all()):
@@ -457,17 +458,18 @@ def _as_dropout_mlp(net: nn.Module, model: nn.Module, head: dict[str, Any], tau:
     kinds = [type(m) for m in mods]
     pos, input_dropout = 0, 0.0
     if kinds and kinds[0] in (nn.Dropout, Dropout):
-        input_dropout, pos = float(mods[0].p), 1  # type: ignore[arg-type]
-    linears, rates = [], []
+        input_dropout, pos = float(cast(nn.Dropout | Dropout, mods[0]).p), 1  # exact types checked above: a cast
+    linears: list[nn.Linear] = []
+    rates: list[float] = []
     drops = (nn.Dropout, Dropout)
     while pos + 3 <= len(mods) and kinds[pos] is nn.Linear and kinds[pos + 1] is nn.ReLU and kinds[pos + 2] in drops:
-        linears.append(mods[pos])
-        rates.append(float(mods[pos + 2].p))  # type: ignore[arg-type]
+        linears.append(cast(nn.Linear, mods[pos]))
+        rates.append(float(cast(nn.Dropout | Dropout, mods[pos + 2]).p))
         pos += 3
     if pos != len(mods) - 1 or kinds[pos] is not nn.Linear or not linears:
         return None
-    linears.append(mods[pos])
-    if any(lin.bias is None for lin in linears):  # type: ignore[union-attr]
+    linears.append(cast(nn.Linear, mods[pos]))
+    if any(lin.bias is None for lin in linears):
         return None
     if len(chain) - (1 if input_dropout else 0) != 3 * len(rates) + 1:
         return None
@@ -476,21 +478,22 @@ def _as_dropout_mlp(net: nn.Module, model: nn.Module, head: dict[str, Any], tau:
     if n_dropouts != len(rates) + int(has_input) or (has_input and input_dropout == 0.0):
         return None  # another dropout layer holds an index, or Dropout(0) on the input (DropoutMLP has none there)
     task = Task(head["task"])
-    last: nn.Linear = linears[-1]  # type: ignore[assignment]
+    last = linears[-1]
     if task is Task.CLASSIFICATION and last.out_features < 2:
         return None  # a binary logit: the graph's head turns it into [0, z]
     rows = list(range(last.out_features)) if task is Task.CLASSIFICATION else head["columns"]
     out_features = last.out_features if task is Task.CLASSIFICATION else 1
-    mlp = DropoutMLP(linears[0].in_features, [lin.out_features for lin in linears[:-1]], out_features,  # type: ignore[misc]
+    mlp = DropoutMLP(linears[0].in_features, [lin.out_features for lin in linears[:-1]], out_features,
                      dropout=rates, input_dropout=input_dropout, head=task, tau=tau)
     with torch.no_grad():
         mlp_linears = [m for m in mlp.net if isinstance(m, nn.Linear)]
         for src, dst in zip(linears, mlp_linears, strict=True):
-            w, b = src.weight, src.bias  # type: ignore[union-attr]
+            w: Tensor = src.weight
+            b: Tensor = src.bias
             if src is last:
-                w, b = w[rows], b[rows]  # type: ignore[index]
-            dst.weight.copy_(w)  # type: ignore[arg-type]
-            dst.bias.copy_(b)  # type: ignore[arg-type]
+                w, b = w[rows], b[rows]
+            dst.weight.copy_(w)
+            dst.bias.copy_(b)
     return mlp.eval()
 
 
@@ -535,7 +538,8 @@ def export_model(model: nn.Module, directory: str | os.PathLike[str], *, task: T
     if isinstance(net, ImportedNet):
         size, shape = net.in_features, (list(net.inputs[0]["shape"]) if len(net.inputs) == 1 else [net.in_features])
     else:
-        size = shape_size = int(net.in_features)  # type: ignore[arg-type]
+        assert isinstance(net, DropoutMLP)  # import_module's fast path
+        size = shape_size = net.in_features
         shape = [shape_size]
     out = MCEngine(net).deterministic(torch.cat([t.reshape(t.shape[0], -1) for t in examples], dim=1))
     if task_value is Task.CLASSIFICATION:

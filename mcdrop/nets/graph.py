@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
+from mcdrop.errors import ModelError
 from mcdrop.request import Task
 from mcdrop.sampling import layers as mcl
 
@@ -40,19 +41,23 @@ __all__ = ["FUNCTIONS", "METHODS", "MODULES", "GraphFormatError", "ImportedNet",
 GRAPH_FORMAT = 1
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(ModelError, ValueError):
     """An architecture spec names something outside the tables or is malformed."""
 
 
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def _attrs(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
+Args = Callable[[Any], dict[str, Any]]
+"""A layer's constructor arguments, read from an instance of its class (the table pairs them; mypy cannot)."""
+
+
+def _attrs(*names: str) -> Args:
     return lambda m: {n: getattr(m, n) for n in names}
 
 
-def _with_bias(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
-    return lambda m: {**{n: getattr(m, n) for n in names}, "bias": m.bias is not None}  # type: ignore[attr-defined]
+def _with_bias(*names: str) -> Args:
+    return lambda m: {**{n: getattr(m, n) for n in names}, "bias": m.bias is not None}
 
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
@@ -63,7 +68,7 @@ _CONVT = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "ou
           "padding_mode")
 _NONE = _attrs()
 
-MODULES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
+MODULES: dict[str, tuple[type[nn.Module], Args]] = {
     "Linear": (nn.Linear, _with_bias("in_features", "out_features")),
     "Bilinear": (nn.Bilinear, _with_bias("in1_features", "in2_features", "out_features")),
     "Conv1d": (nn.Conv1d, _with_bias(*_CONV)),
@@ -305,13 +310,16 @@ class ImportedNet(nn.Module):
     ``(B, C)``, ``(B,)`` or ``(B, 2)``.
     """
 
+    temperature: Tensor  # buffers, registered in __init__
+    tau: Tensor
+
     def __init__(self, *, inputs: Sequence[dict[str, Any]], modules: Sequence[dict[str, Any]],
                  nodes: Sequence[dict[str, Any]], output: Any, head: dict[str, Any], tensors: Sequence[dict[str, Any]] = (),
                  format: int = GRAPH_FORMAT, features: str | None = None) -> None:
         super().__init__()
         if format != GRAPH_FORMAT:
             raise GraphFormatError(f"graph format {format} is not supported (this mcdrop reads format {GRAPH_FORMAT})")
-        self.inputs = [{"name": str(i["name"]), "shape": [int(d) for d in i["shape"]]} for i in inputs]
+        self.inputs: list[dict[str, Any]] = [{"name": str(i["name"]), "shape": [int(d) for d in i["shape"]]} for i in inputs]
         self.modules_spec = [dict(m) for m in modules]
         self.nodes = [dict(n) for n in nodes]
         self.output, self.head_spec, self.features = output, dict(head), features

@@ -70,7 +70,7 @@ class _Weights:
     def __init__(self, model: DropoutMLP, linears: list[nn.Linear], dropouts: list[Dropout | None]) -> None:
         with torch.no_grad():
             self.wt = [lin.weight.detach().t().contiguous() for lin in linears]
-            self.bias = [lin.bias.detach().contiguous() for lin in linears]  # type: ignore[union-attr]
+            self.bias = [lin.bias.detach().contiguous() for lin in linears]
         rates = [F.quantized_rate(d.p) if d is not None else (16, 0, 0.0) for d in dropouts]
         self.p_in = dropouts[0].p if dropouts[0] is not None else 0.0
         self.input_mode = 0 if dropouts[0] is None else (1 if self.p_in <= 0.5 else 2)
@@ -131,7 +131,7 @@ class MLPPlan:
         """The kernel's copy of the weights, refreshed when a weight or a rate changed; None when a rate is not
         in (0, 1) (the generic path handles p = 0 and p = 1)."""
         version = tuple((p.data_ptr(), _version(p)) for lin in self._linears for p in (lin.weight, lin.bias)) \
-            + tuple(d.p for d in self._dropouts if d is not None)  # type: ignore[union-attr]
+            + tuple(d.p for d in self._dropouts if d is not None)
         if version != self._version:
             with self._lock:
                 if any(d is not None and not 0.0 < d.p < 1.0 for d in self._dropouts):

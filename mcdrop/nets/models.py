@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,13 @@ class DropoutMLP(nn.Module):
 
     Shape: input ``(N, *)`` -> ``(N, C)``, ``(N,)`` or ``(N, 2)`` by head.
     """
+
+    input_shift: Tensor  # buffers, registered in __init__ (typed here: nn.Module's __getattr__ cannot say)
+    input_scale: Tensor
+    target_shift: Tensor
+    target_scale: Tensor
+    temperature: Tensor
+    tau: Tensor
 
     def __init__(
         self,
@@ -139,6 +147,10 @@ class DropoutCNN(nn.Module):
     Shape: input ``(N, H*W)`` or ``(N, H, W)`` -> ``(N, out_features)``.
     """
 
+    input_shift: Tensor  # buffers, registered in __init__
+    input_scale: Tensor
+    temperature: Tensor
+
     def __init__(
         self,
         image_shape: Sequence[int] = (28, 28),
@@ -223,12 +235,12 @@ def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list
     return rates
 
 
-def describe_architecture(arch: dict[str, object]) -> str:
+def describe_architecture(arch: dict[str, Any]) -> str:
     """One line naming a card's architecture (for model cards and logs)."""
     if arch.get("kind") == "graph":
         modules = arch.get("modules") or []
-        kinds = dict.fromkeys(str(m.get("type")) for m in modules if m.get("name") != "mcdrop_features")  # type: ignore[union-attr]
-        return (f"imported graph: {len(arch.get('nodes') or [])} operations, {len(modules)} layers "  # type: ignore[arg-type]
+        kinds = dict.fromkeys(str(m.get("type")) for m in modules if m.get("name") != "mcdrop_features")
+        return (f"imported graph: {len(arch.get('nodes') or [])} operations, {len(modules)} layers "
                 f"({', '.join(kinds)})")
     if arch.get("kind", "mlp") == "cnn":
         return (f"DropoutCNN {arch.get('image_shape')}: blocks of {arch.get('convs_per_block')} conv(s) with channels "
@@ -242,7 +254,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": DropoutMLP, "cnn": DropoutCN
 """Model classes by the ``kind`` of a card's ``architecture`` (its other keys are constructor arguments)."""
 
 
-def build_model(architecture: dict[str, object]) -> nn.Module:
+def build_model(architecture: dict[str, Any]) -> nn.Module:
     """The untrained model a card's ``architecture`` describes (``kind`` defaults to ``mlp``)."""
     config = dict(architecture)
     kind = str(config.pop("kind", "mlp"))
@@ -267,7 +279,8 @@ def multiply_adds(model: nn.Module, example: Tensor) -> int:
             kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
             total += output.numel() * kernel
         elif hasattr(module, "in_features") and hasattr(module, "out_features") and hasattr(module, "weight"):
-            total += int(module.in_features) * int(module.out_features)  # DropConnectLinear
+            linear: Any = module  # DropConnectLinear, or a user's linear-like layer: known by its attributes
+            total += int(linear.in_features) * int(linear.out_features)
 
     handles = [m.register_forward_hook(count) for m in model.modules()]
     was_training = model.training

@@ -44,12 +44,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from mcdrop.errors import MCDropError, ModelError
 from mcdrop.sampling import functional as F
 from mcdrop.sampling import rng, runtime
 from mcdrop.sampling.layers import MCDropoutLayer
@@ -73,11 +74,11 @@ KeyedDropout = Callable[[nn.Module, Tensor, Tensor], Tensor]
 y ``(S*B, *)``)."""
 
 
-class DropoutConfigError(ValueError):
+class DropoutConfigError(ModelError, ValueError):
     """The model cannot be sampled in MC mode as it stands; the message says how to fix it."""
 
 
-class SamplingCancelled(RuntimeError):
+class SamplingCancelled(MCDropError, RuntimeError):
     """The caller's ``cancelled`` check returned True between two chunks."""
 
 
@@ -86,9 +87,13 @@ class SamplingCancelled(RuntimeError):
 _REGISTRY: dict[type[nn.Module], KeyedDropout] = {}
 
 
-def register_dropout(cls: type[nn.Module], fn: KeyedDropout) -> None:
-    """Let MC mode sample modules of ``cls`` (and its subclasses) with ``fn(module, x, keys)``."""
-    _REGISTRY[cls] = fn
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def register_dropout(cls: type[_M], fn: Callable[[_M, Tensor, Tensor], Tensor]) -> None:
+    """Let MC mode sample modules of ``cls`` (and its subclasses) with ``fn(module, x, keys)``; ``fn`` is typed
+    for ``cls``, so it may read the module's own attributes (``module.p``)."""
+    _REGISTRY[cls] = cast(KeyedDropout, fn)  # keyed_function hands fn only modules of cls
 
 
 def keyed_function(module: nn.Module) -> KeyedDropout | None:
@@ -100,12 +105,12 @@ def keyed_function(module: nn.Module) -> KeyedDropout | None:
     return None
 
 
-register_dropout(MCDropoutLayer, lambda m, x, keys: m.mc_forward(x, keys))  # type: ignore[operator]
-register_dropout(nn.Dropout, lambda m, x, keys: F.mc_dropout(x, keys, m.p))  # type: ignore[arg-type]
+register_dropout(MCDropoutLayer, lambda m, x, keys: m.mc_forward(x, keys))
+register_dropout(nn.Dropout, lambda m, x, keys: F.mc_dropout(x, keys, m.p))
 for _channel in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
-    register_dropout(_channel, lambda m, x, keys: F.mc_channel_dropout(x, keys, m.p))  # type: ignore[arg-type]
-register_dropout(nn.AlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p))  # type: ignore[arg-type]
-register_dropout(nn.FeatureAlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p, feature=True))  # type: ignore[arg-type]
+    register_dropout(_channel, lambda m, x, keys: F.mc_channel_dropout(x, keys, m.p))
+register_dropout(nn.AlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p))
+register_dropout(nn.FeatureAlphaDropout, lambda m, x, keys: F.mc_alpha_dropout(x, keys, m.p, feature=True))
 
 
 class FastPath(Protocol):
@@ -210,7 +215,7 @@ def _replica(model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
 
     def clone(module: nn.Module, prefix: str) -> nn.Module:
         twin = object.__new__(_replica_type(type(module)))
-        own = {k: copy.copy(v) for k, v in module.__dict__.items() if "hooks" in k and isinstance(v, dict)}
+        own: dict[str, Any] = {k: copy.copy(v) for k, v in module.__dict__.items() if "hooks" in k and isinstance(v, dict)}
         own.update(training=False, _mcdrop_original=module, _modules={
             name: None if child is None else clone(child, f"{prefix}{name}.") for name, child in module._modules.items()})
         twin.__dict__.update(own)
@@ -321,7 +326,8 @@ class MCEngine:
         self._plan_built = False
         self._lock = threading.Lock()  # guards (re)building the replica and the probe cache only
         self._signature: tuple[int, ...] = ()
-        self._replica, self._layers = model, []  # built on first use
+        self._replica = model  # built on first use
+        self._layers: list[tuple[str, nn.Module]] = []
         self._probes: dict[tuple[Any, ...], _Probe] = {}
         self._hooked: set[str] = set()
         self._current()

@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["Kernels", "describe", "load"]
+from mcdrop.errors import ModelError
+
+__all__ = ["KernelBuildError", "Kernels", "describe", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,17 @@ MIN_PAIRS_PER_THREAD = 16
 """Pairs a thread must have before the work is split (below it, waking a thread costs more than it saves)."""
 
 
+class KernelBuildError(ModelError, RuntimeError):
+    """The fused kernel could not be compiled (no C compiler, or every flag set failed); :func:`load` logs it."""
+
+
 class Kernels:
     """The compiled library: ``mlp_sample`` (see ``kernels.c``) and whether it runs on OpenMP threads."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, i32, u64, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_void_p
-        common = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
-                  ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
+        common: list[Any] = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr, u64, ptr, i64,
+                             ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr]
         self.mlp_sample = library.mlp_sample
         self.mlp_sample.argtypes = [i32, *common]
         self.mlp_sample.restype = None
@@ -136,7 +142,7 @@ def load() -> Kernels | None:
             kernels = None
             try:
                 kernels = Kernels(ctypes.CDLL(str(_build())))
-            except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+            except (OSError, subprocess.SubprocessError, RuntimeError) as err:  # KernelBuildError, or a load failure
                 log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
                             err)
             if kernels is not None and not kernels.openmp:
@@ -155,7 +161,7 @@ def _build() -> Path:
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+        raise KernelBuildError("no C compiler (cc, gcc or clang) on PATH; set CC to one")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, out = Path(tmp) / "kernels.c", Path(tmp) / target.name
@@ -171,4 +177,4 @@ def _build() -> Path:
                 os.replace(out, target)  # atomic: another process may be building the same file
                 return target
             errors = proc.stderr.strip()[:300]
-        raise RuntimeError(f"{compiler} failed: {errors}")
+        raise KernelBuildError(f"{compiler} failed: {errors}")

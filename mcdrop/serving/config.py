@@ -22,6 +22,7 @@ from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mcdrop.errors import ParameterError
 from mcdrop.request import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, DEFAULT_MAX_SAMPLES
 from mcdrop.schemas import Limits
 
@@ -44,11 +45,11 @@ SLICE_SECONDS = 0.05
 """About how long a slice runs: a small request waits at most about that long per large request in flight."""
 
 
-class SettingError(ValueError):
+class SettingError(ParameterError):
     """A setting with an unusable value; ``variable`` names it."""
 
     def __init__(self, variable: str, message: str) -> None:
-        super().__init__(f"{variable}: {message}")
+        super().__init__(f"{variable}: {message}", variable)
         self.variable = variable
 
 

@@ -30,13 +30,14 @@ import functools
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["DriftMetrics", "DriftMonitor", "DriftState", "SimpleJumper", "conformal_p_values", "drift_metrics",
-           "ks_uniform", "monitors_for"]
+__all__ = ["DriftMetrics", "DriftMonitor", "DriftState", "ServedModels", "SimpleJumper", "conformal_p_values",
+           "drift_metrics", "ks_uniform", "monitors_for"]
 
 DEFAULT_WINDOW = 500
 DEFAULT_ALPHA = 0.01
@@ -243,15 +244,45 @@ class DriftMetrics:
         self.inputs.labels(model=model).set(state.inputs)
 
 
-def monitors_for(predictor: object, **options: float) -> dict[str, DriftMonitor]:
+class _Reference(Protocol):
+    @property
+    def ood_reference(self) -> np.ndarray | None: ...
+
+    @property
+    def ood_threshold(self) -> float | None: ...
+
+
+class _Served(Protocol):
+    @property
+    def calibration(self) -> _Reference | None: ...
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class ServedModels(Protocol):
+    """What :func:`monitors_for` needs of a predictor (:class:`~mcdrop.serving.predictor.Predictor` is one): the
+    cards of the served models, and each model's calibration (its calibration inputs' OOD scores and threshold)."""
+
+    @property
+    def cards(self) -> Sequence[_Named]: ...
+
+    def served(self, name: str) -> _Served: ...
+
+
+def monitors_for(predictor: ServedModels, **options: Any) -> dict[str, DriftMonitor]:
     """A monitor for every served model whose calibration has an OOD threshold and its calibration inputs' OOD
     scores (``Calibration.ood_reference``); ``options`` go to :class:`DriftMonitor`."""
     out = {}
-    for card in predictor.cards:  # type: ignore[attr-defined]
-        calibration = predictor.served(card.name).calibration  # type: ignore[attr-defined]
-        reference = getattr(calibration, "ood_reference", None)
-        if reference is not None and calibration.ood_threshold is not None:
-            out[card.name] = DriftMonitor(reference, calibration.ood_threshold, **options)  # type: ignore[arg-type]
+    for card in predictor.cards:
+        calibration = predictor.served(card.name).calibration
+        if calibration is None:
+            continue
+        reference, threshold = calibration.ood_reference, calibration.ood_threshold
+        if reference is not None and threshold is not None:
+            out[card.name] = DriftMonitor(reference, threshold, **options)
     return out
 
 

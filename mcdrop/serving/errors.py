@@ -6,6 +6,8 @@ Every error names the request field at fault (``field``) where there is one.
 
 from __future__ import annotations
 
+from mcdrop.errors import MCDropError
+
 __all__ = [
     "Cancelled",
     "DeadlineExceeded",
@@ -18,7 +20,7 @@ __all__ = [
 ]
 
 
-class PredictError(Exception):
+class PredictError(MCDropError):
     """A request the predictor refuses or could not finish; ``field`` names the request field at fault."""
 
     def __init__(self, message: str, field: str | None = None) -> None:

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcdrop.inputs import range_note
 from mcdrop.nets.artifacts import DEFAULT_MODEL, ArtifactError, load_artifact
-from mcdrop.nets.models import DropoutMLP
 from mcdrop.plan import Plan, make_plan, needs_seed
 from mcdrop.request import Mode, Task
 from mcdrop.result import summary_fields
@@ -52,7 +51,7 @@ __all__ = ["Predictor", "Served", "request_error"]
 class Served:
     """A model ready to serve: the network, its card and engine, and its calibration (or None)."""
 
-    model: DropoutMLP
+    model: nn.Module  # one of mcdrop's models (DropoutMLP, DropoutCNN, an imported network)
     card: ModelCard
     engine: MCEngine
     calibration: Calibration | None
@@ -270,8 +269,8 @@ class Predictor:
                           for p, n in zip(group, sizes, strict=True)])
         seed: int | Tensor | None = None
         if first.mode is Mode.MC:
-            seeds = [plan.seed for plan in group]
-            if any(s is None for s in seeds):
+            seeds = [plan.seed for plan in group if plan.seed is not None]
+            if len(seeds) < len(group):
                 raise ValueError("an MC plan without a seed: plans are made by mcdrop.plan.make_plan, which draws one")
             seed = seeds[0] if len(group) == 1 else torch.cat(
                 [torch.full((n,), s, dtype=torch.int64) for s, n in zip(seeds, sizes, strict=True)])

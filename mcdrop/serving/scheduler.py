@@ -38,15 +38,30 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from mcdrop.plan import Plan, row_slices
 from mcdrop.schemas import PredictRequest, PredictResult
 from mcdrop.serving.errors import Cancelled, DeadlineExceeded, Overloaded, PredictError
-from mcdrop.serving.predictor import Predictor
 
-__all__ = ["Scheduler"]
+__all__ = ["Backend", "Scheduler"]
+
+
+class Backend(Protocol):
+    """What the scheduler needs of a predictor (:class:`~mcdrop.serving.predictor.Predictor` is one)."""
+
+    def plan(self, request: PredictRequest | Plan) -> Plan:
+        """The door: the request checked against its model and the limits (a :class:`PredictError` if refused)
+        and made a plan (seed drawn, cap resolved, cost counted); a plan is returned as it is."""
+
+    def work(self, request: PredictRequest | Plan) -> float:
+        """The plan's cost in multiply-adds (at the rate the scheduler measures)."""
+
+    def predict_many(self, requests: Sequence[PredictRequest | Plan], *, cancelled: Callable[[], bool] | None = None
+                     ) -> list[PredictResult | PredictError]:
+        """Answer the plans in order, each with its result or its error."""
 
 _counter = itertools.count()
 
@@ -120,7 +135,7 @@ class Scheduler:
     LARGE_WORK = 0.5
     """Engine calls of at least this fraction of a slice measure the rate of large work."""
 
-    def __init__(self, predictor: Predictor, *, slice_cost: float = 2e9, max_rows: int = 1024,
+    def __init__(self, predictor: Backend, *, slice_cost: float = 2e9, max_rows: int = 1024,
                  batch_wait_ms: float = 2.0, timeout_s: float = 60.0, rate: float = 2e10) -> None:
         self.predictor = predictor
         self.slice_cost, self.max_rows = float(slice_cost), max_rows
@@ -223,7 +238,8 @@ class Scheduler:
             if len(small) == 1 and self.batch_wait > 0:  # an idle worker waits briefly for company
                 self._cond.wait(self.batch_wait)
                 small = self._small() or small
-            batch, rows, cost = [], 0, 0.0
+            batch: list[_Job] = []
+            rows, cost = 0, 0.0
             for job in small:
                 n = len(job.plan)
                 if batch and (rows + n > self.max_rows or cost + job.cost > 4 * self.slice_cost):
@@ -277,8 +293,9 @@ class Scheduler:
             for job in jobs:
                 self._jobs.remove(job)
         self.batch_sizes = [*self.batch_sizes[-999:], len(jobs)]
+        answers: list[PredictResult | BaseException]
         try:
-            answers: list[Any] = self.predictor.predict_many([j.plan for j in jobs])
+            answers = list(self.predictor.predict_many([j.plan for j in jobs]))
         except Exception as err:  # the batch failed as a whole: every request gets the error
             answers = [err] * len(jobs)
         for job, answer in zip(jobs, answers, strict=True):
@@ -289,8 +306,9 @@ class Scheduler:
         sub = job.plan.rows(r0, r1)
         cost = job.cost * (r1 - r0) / len(job.plan)
         self.batch_sizes = [*self.batch_sizes[-999:], 1]
+        answer: PredictResult | BaseException
         try:
-            answer: Any = self.predictor.predict_many([sub], cancelled=lambda: job.cancelled.is_set()
+            answer = self.predictor.predict_many([sub], cancelled=lambda: job.cancelled.is_set()
                                                       or time.monotonic() > job.deadline)[0]
         except Exception as err:
             answer = err
@@ -300,7 +318,7 @@ class Scheduler:
             failed = isinstance(answer, BaseException)
             if (failed or not job.slices) and job in self._jobs:
                 self._jobs.remove(job)
-        if failed:
+        if isinstance(answer, BaseException):  # failed
             if isinstance(answer, Cancelled):
                 answer = job.reason or (job.late() if time.monotonic() > job.deadline else answer)
             job.finish(answer)

@@ -30,6 +30,7 @@ from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.metrics import aupr, auroc, fpr_at_95_tpr
 from mcdrop.uncertainty.ood import fit_feature_density
 from mcdrop.uncertainty.prediction import predict
+from mcdrop.uncertainty.summaries import classification, regression
 
 __all__ = ["LEVELS", "calibrate_classifier", "calibrate_regressor", "conformal_tensors", "coverage_report", "features",
            "ood_metrics", "ood_report", "ood_scores", "ood_threshold", "regression_conformal_tensors"]
@@ -48,7 +49,7 @@ def features(engine: MCEngine, x: Tensor, layers: Sequence[str], batch: int = 50
 
 
 def _probabilities(engine: MCEngine, x: Tensor, mode: Mode, n_samples: int, seed: int) -> Tensor:
-    return predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary.probabilities.double()  # type: ignore[union-attr]
+    return classification(predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary).probabilities.double()
 
 
 def conformal_tensors(probs: Tensor, labels: Tensor, mode: Mode, seed: int) -> dict[str, Tensor]:
@@ -106,8 +107,8 @@ def regression_conformal_tensors(engine: MCEngine, x: Tensor, y: Tensor, n_sampl
     """Sorted normalised conformal scores ``|y - mu| / sigma`` of held-out rows, in both modes."""
     tensors: dict[str, Tensor] = {}
     for mode in Mode:
-        s = predict(engine, x, task=task, tau=tau, mode=mode, n_samples=n_samples, seed=seed).summary
-        scores = ((y.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()  # type: ignore[union-attr]
+        s = regression(predict(engine, x, task=task, tau=tau, mode=mode, n_samples=n_samples, seed=seed).summary)
+        scores = ((y.double() - s.mean.double()).abs() / s.std.double().clamp_min(1e-12)).numpy()
         tensors[f"conformal.{mode.value}.regression"] = torch.from_numpy(np.sort(scores))
     return tensors
 
@@ -139,7 +140,8 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
                                                                    seed=seed).summary
         entry: dict[str, Any] = {}
         if calibrated.task is Task.CLASSIFICATION:
-            probs = s.probabilities.double()  # type: ignore[union-attr]
+            s = classification(s)
+            probs = s.probabilities.double()
             for method in conformal.METHODS:
                 if not calibrated.supports("coverage", mode, method):
                     continue
@@ -153,19 +155,20 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
                                                     "min_class_coverage": min(per_class),
                                                     "empty": float((sets.sum(1) == 0).double().mean())}
             t = calibrated.uncertainty_threshold(mode)
-            answered = (1.0 - s.confidence.double()) <= t  # type: ignore[union-attr]
-            wrong = s.predicted_class != y  # type: ignore[union-attr]
+            answered = (1.0 - s.confidence.double()) <= t
+            wrong = s.predicted_class != y
             entry["abstention"] = {"threshold": t, "coverage": float(answered.double().mean()),
                                    "risk": float(wrong[answered].double().mean()) if answered.any() else 0.0,
                                    "target_risk": calibrated.default_risk}
-            entry["risk_coverage"] = selective.risk_coverage((1.0 - s.confidence.double()).numpy(),  # type: ignore[union-attr]
+            entry["risk_coverage"] = selective.risk_coverage((1.0 - s.confidence.double()).numpy(),
                                                              wrong.double().numpy())
         else:
-            mean, std = s.mean.double(), s.std.double()  # type: ignore[union-attr]
+            s = regression(s)
+            mean, std = s.mean.double(), s.std.double()
             for level in levels:
                 q = calibrated.conformal_threshold(mode, "", level)
                 inside = (y.double() - mean).abs() <= q * std
-                gaussian = (y >= s.interval_low) & (y <= s.interval_high) if math.isclose(level, s.level) else None  # type: ignore[union-attr]
+                gaussian = (y >= s.interval_low) & (y <= s.interval_high) if math.isclose(level, s.level) else None
                 entry[f"normalised@{level:g}"] = {"coverage": float(inside.double().mean()),
                                                   "mean_width": float((2 * q * std).mean())}
                 if gaussian is not None:
@@ -186,6 +189,8 @@ def ood_scores(engine: MCEngine, calibrated: Calibration | None, x: Tensor, *, n
         out["ood_score"] = calibrated.density.score(features(engine, x, calibrated.feature_layers)).numpy()
     mc = mc if mc is not None else predict(engine, x, n_samples=n_samples, seed=seed).summary
     det = deterministic if deterministic is not None else predict(engine, x, mode=Mode.DETERMINISTIC).summary
+    mc, det = classification(mc), classification(det)
+    assert mc.mutual_information is not None  # an MC summary has it
     out["mc_mutual_information"] = mc.mutual_information.numpy()
     out["mc_predictive_entropy"] = mc.predictive_entropy.numpy()
     out["mc_max_probability"] = -mc.confidence.numpy()

@@ -89,8 +89,8 @@ def train_classifier(
         n_val = len(parts["validation"])
         xt, yt, xv, yv = x[parts["train"]], y[parts["train"]], x[parts["validation"]], y[parts["validation"]]
         model = (factory or partial(build_classifier, config))(x.shape[1], n_classes)
-        model.input_shift.fill_(float(xt.mean()))
-        model.input_scale.fill_(float(xt.std()))
+        model.get_buffer("input_shift").fill_(float(xt.mean()))
+        model.get_buffer("input_scale").fill_(float(xt.std()))
         opt = _optimizer(config, model.parameters())
         steps = config.epochs * math.ceil(xt.shape[0] / config.batch_size)
         sched = (
@@ -130,7 +130,7 @@ def train_classifier(
         if config.calibrate and n_val:
             idx = parts["temperature"]
             temperature = fit_temperature(model, x[idx], y[idx], config.calibration_samples, seed=config.seed)
-            model.temperature.fill_(temperature)
+            model.get_buffer("temperature").fill_(temperature)
             log(f"temperature {temperature:.4f} (fitted on {len(idx)} held-out images; {len(parts['calibration'])} "
                 "more are kept for the conformal and abstention calibration)")
     return model.eval(), history
@@ -169,7 +169,7 @@ def augment(x: Tensor, max_shift: int = 2) -> Tensor:
 
 def fit_temperature(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, *, seed: int = 0) -> float:
     """The ``T`` minimising the NLL of the MC mean ``mean_s softmax(z_s / T)`` on ``(x, y)``."""
-    model.temperature.fill_(1.0)
+    model.get_buffer("temperature").fill_(1.0)
     logits = MCEngine(model).sample(x, n_samples, seed=seed).double()  # (S, N, C)
 
     def nll(log_t: float) -> float:

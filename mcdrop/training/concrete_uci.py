@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import special
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcdrop.nets.concrete import (
+    ConcreteDropout,
     concrete_dropout,
     concrete_mlp,
     concrete_regulariser,
@@ -149,7 +150,8 @@ def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.n
     d, hidden = weights["w1"].shape[1:]
     model = concrete_mlp(d, [hidden], 1, p=INIT_P, head=Task.HETEROSCEDASTIC)
     with torch.no_grad():
-        drop_in, first, drop_h, last = model.net[0], model.net[1], model.net[3], model.net[4]
+        drop_in, drop_h = [m for m in model.net if isinstance(m, ConcreteDropout)]  # net: drop, lin, relu, drop, lin
+        first, last = [m for m in model.net if isinstance(m, nn.Linear)]
         drop_in.p_logit.fill_(float(weights["p_in"][i]))
         drop_h.p_logit.fill_(float(weights["p_hidden"][i]))
         first.weight.copy_(weights["w1"][i].T)

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mcdrop.errors import ParameterError
+
 __all__ = ["ClassifierConfig", "ConfigError", "UCIConfig"]
 
 
@@ -107,11 +109,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class ConfigError(ValueError):
+class ConfigError(ParameterError):
     """An invalid config value; ``field`` names the config field."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, field)
         self.field = field
 
 

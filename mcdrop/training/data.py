@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from mcdrop.errors import DataError
 from mcdrop.io.atomic import AtomicFile
 
 __all__ = [
@@ -63,7 +64,7 @@ _FMNIST_FILES = (
 )
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset is missing; the message names the expected path and how to get it."""
 
 
@@ -116,7 +117,7 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, *, train: boo
     missing = [f"{name}.gz" for name in _FMNIST_FILES if not (raw / f"{name}.gz").is_file() and not (raw / name).is_file()]
     if missing:
         raise DataNotFoundError(
-            f"Fashion-MNIST not found: expected {', '.join(missing)} in {raw}. Pass --data-root or set MCDROP_DATA, "
+            f"Fashion-MNIST not found: expected {', '.join(missing)} in {raw}. Pass `root` or set MCDROP_DATA, "
             "or fetch it with torchvision.datasets.FashionMNIST(ROOT, download=True) where the internet is reachable"
         )
     cached = cache_dir() / "torchvision" / _fingerprint(raw)
@@ -168,7 +169,7 @@ def load_uci(name: str, root: str | os.PathLike[str] | None = None) -> UCIDatase
         raise ValueError(f"unknown UCI dataset {name!r}: expected one of {', '.join(UCI_DATASETS)}")
     if not (folder / "data.txt").is_file():
         raise DataNotFoundError(
-            f"UCI dataset {name!r} not found: expected {folder / 'data.txt'}; pass --data-root or set MCDROP_DATA"
+            f"UCI dataset {name!r} not found: expected {folder / 'data.txt'}; pass `root` or set MCDROP_DATA"
         )
     data = np.loadtxt(folder / "data.txt")
     features = _numbers(folder / "index_features.txt").astype(int)

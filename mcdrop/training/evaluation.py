@@ -11,6 +11,7 @@ from torch import Tensor
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.uncertainty import metrics as M
 from mcdrop.uncertainty.prediction import predict
+from mcdrop.uncertainty.summaries import regression
 
 __all__ = ["classifier_summaries", "evaluate_classifier", "evaluate_regressor"]
 
@@ -65,9 +66,9 @@ def evaluate_regressor(engine: MCEngine, x: Tensor, y: Tensor, *, n_samples: int
     results: dict[str, dict[str, float]] = {}
     for mode in ("deterministic", "mc"):
         result = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed, level=level, return_samples=True)
-        s = result.summary
+        s = regression(result.summary)
         samples = result.samples
-        tau = float(engine.model.tau)  # type: ignore[arg-type]
+        tau = float(engine.model.get_buffer("tau"))
         assert samples is not None
         inside = (y >= s.interval_low) & (y <= s.interval_high)
         row = {

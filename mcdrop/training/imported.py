@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mcdrop.errors import DataError
 from mcdrop.nets.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
 from mcdrop.request import Task
 from mcdrop.sampling.engine import MCEngine
@@ -44,7 +45,7 @@ SPLIT = (0.4, 0.2, 0.4)
 MIN_ROWS = 20
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(DataError, ValueError):
     """The calibration data does not fit the model (width, labels, too few rows)."""
 
 
@@ -98,8 +99,8 @@ def _labels(y: Any, task: Task, class_names: Sequence[str] | None, n_classes: in
         try:
             codes = np.array([names[str(v)] if str(v) in names else int(v) for v in arr])
         except ValueError:
-            bad = next(str(v) for v in arr if str(v) not in names)
-            raise CalibrationDataError(f"label {bad!r} is neither a class name ({', '.join(names)}) nor a class "
+            label = next(str(v) for v in arr if str(v) not in names)
+            raise CalibrationDataError(f"label {label!r} is neither a class name ({', '.join(names)}) nor a class "
                                        f"index 0..{n_classes - 1}") from None
     else:
         if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
@@ -145,7 +146,7 @@ def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *,
         raise CalibrationDataError(f"row {bad} of the inputs has a NaN or infinite value")
     n_classes = len(card.class_names or []) if card.task is Task.CLASSIFICATION else 1
     if card.task is Task.CLASSIFICATION and n_classes == 0:
-        n_classes = int(net.out_features) if hasattr(net, "out_features") else 0  # type: ignore[arg-type]
+        n_classes = int(getattr(net, "out_features", 0))
     labels = _labels(y, card.task, card.class_names, n_classes)
     if len(labels) != len(xs):
         raise CalibrationDataError(f"{len(xs)} input rows but {len(labels)} labels: give one label per row")
@@ -164,7 +165,7 @@ def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *,
         from mcdrop.training.classifier import fit_temperature
 
         temperature = fit_temperature(net, xb, yb, n_samples, seed=seed)
-        net.temperature.fill_(temperature)  # type: ignore[operator]
+        net.get_buffer("temperature").fill_(temperature)
         updates["temperature"] = temperature
         counts = torch.bincount(ya, minlength=n_classes)
         if int(counts.min()) < 2:
@@ -181,7 +182,7 @@ def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *,
             resid = float(((yb.double() - s.mean(0)) ** 2).mean() - s.var(0, correction=0).mean())
             noise = max(resid, 1e-6 * float(yb.double().var()) + 1e-12)
             tau = 1.0 / noise
-            net.tau.fill_(tau)  # type: ignore[operator]
+            net.get_buffer("tau").fill_(tau)
             updates["tau"] = tau
         calibration = _calibrate_regression(net, engine, (xa, xb), (xc, yc.float()), card.task, tau, n_samples, seed,
                                             density_dim, ood_tpr)

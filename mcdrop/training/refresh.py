@@ -28,6 +28,7 @@ from mcdrop.schemas import ModelCard
 from mcdrop.training.calibrate import conformal_tensors, coverage_report, features
 from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.prediction import predict
+from mcdrop.uncertainty.summaries import classification
 
 __all__ = ["refresh_conformal"]
 
@@ -64,7 +65,8 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
         engine, n_cal, cal_seed = MCEngine(model), int(calibration.meta["mc_samples"]), int(calibration.meta["seed"])
         tensors = {k: v for k, v in calibration.tensors().items() if not k.startswith("conformal.")}
         for mode in Mode:
-            probs = predict(engine, x_cal, mode=mode, n_samples=n_cal, seed=cal_seed).summary.probabilities.double()  # type: ignore[union-attr]
+            summary = classification(predict(engine, x_cal, mode=mode, n_samples=n_cal, seed=cal_seed).summary)
+            probs = summary.probabilities.double()
             tensors.update(conformal_tensors(probs, y_cal, mode, cal_seed))
         if calibration.density is not None:
             ood = calibration.density.score(features(engine, x_cal, calibration.feature_layers)).double().numpy()

@@ -26,6 +26,7 @@ from mcdrop.training.calibrate import LEVELS, coverage_report, features, ood_met
 from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.prediction import predict
+from mcdrop.uncertainty.summaries import classification, regression
 
 __all__ = ["classifier_report", "regressor_report", "write_page"]
 
@@ -73,8 +74,8 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
     plt = _pyplot()
     engine = MCEngine(model)
     labels = y.numpy()
-    runs = {mode: predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary for mode in Mode}
-    probs = {mode: s.probabilities.double().numpy() for mode, s in runs.items()}  # type: ignore[union-attr]
+    runs = {mode: classification(predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary) for mode in Mode}
+    probs = {mode: s.probabilities.double().numpy() for mode, s in runs.items()}
     sections: list[dict[str, Any]] = []
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
@@ -97,8 +98,9 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
     mc = runs[Mode.MC]
     ood_in = calibration.density.score(features(engine, x, calibration.feature_layers)).numpy() \
         if calibration is not None and calibration.density is not None else None
-    panels = [("confidence (MC)", mc.confidence.numpy(), None),  # type: ignore[union-attr]
-              ("mutual information (MC, nats)", mc.mutual_information.numpy(), None),  # type: ignore[union-attr]
+    assert mc.mutual_information is not None  # an MC summary has it
+    panels = [("confidence (MC)", mc.confidence.numpy(), None),
+              ("mutual information (MC, nats)", mc.mutual_information.numpy(), None),
               ("OOD score", ood_in, calibration.ood_threshold if calibration else None)]
     panels = [p for p in panels if p[1] is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.2))
@@ -109,7 +111,7 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
             ax.legend(fontsize=8)
         ax.set(xlabel=name, ylabel="test images", yscale="log")
     sections.append({"title": "Uncertainty on the test images", "figure": _save(fig, out / "uncertainty.png"),
-                     "numbers": {"mean MI": f"{mc.mutual_information.mean():.4f}",  # type: ignore[union-attr]
+                     "numbers": {"mean MI": f"{mc.mutual_information.mean():.4f}",
                                  **({"OOD threshold": f"{calibration.ood_threshold:.3f}"} if calibration else {})},
                      "text": "Most test images are confidently classified; the OOD threshold passes "
                              f"{calibration.meta.get('ood_tpr', 0.95):.0%} of held-out in-distribution images."
@@ -219,14 +221,14 @@ def regressor_report(model: Any, card: ModelCard, calibration: Calibration | Non
     for mode, color in ((Mode.DETERMINISTIC, DET_COLOR), (Mode.MC, MC_COLOR)):
         observed = []
         for level in levels:
-            s = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed, level=float(level)).summary
-            observed.append(float(((target >= s.interval_low.double().numpy()) &  # type: ignore[union-attr]
-                                   (target <= s.interval_high.double().numpy())).mean()))  # type: ignore[union-attr]
+            s = regression(predict(engine, x, mode=mode, n_samples=n_samples, seed=seed, level=float(level)).summary)
+            observed.append(float(((target >= s.interval_low.double().numpy()) &
+                                   (target <= s.interval_high.double().numpy())).mean()))
         ax.plot(levels, observed, marker="o", ms=3, color=color, label=f"{mode.value} (Gaussian mixture)")
         numbers[f"observed at 0.90 ({mode.value})"] = f"{np.interp(0.9, levels, observed):.3f}"
         if calibration is not None and calibration.supports("coverage", mode):
-            s = predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary
-            mean, std = s.mean.double().numpy(), s.std.double().numpy()  # type: ignore[union-attr]
+            s = regression(predict(engine, x, mode=mode, n_samples=n_samples, seed=seed).summary)
+            mean, std = s.mean.double().numpy(), s.std.double().numpy()
             conf_obs = [float((np.abs(target - mean) <= calibration.conformal_threshold(mode, "", float(lv)) * std).mean())
                         for lv in levels]
             ax.plot(levels, conf_obs, ls="--", color=color, label=f"{mode.value} (conformal)")
@@ -234,8 +236,8 @@ def regressor_report(model: Any, card: ModelCard, calibration: Calibration | Non
     ax.legend(fontsize=8)
     sections.append({"title": "Intervals", "figure": _save(fig, out / "interval_calibration.png"), "numbers": numbers,
                      "text": "Points above the diagonal are conservative intervals, below it overconfident ones."})
-    s = predict(engine, x, n_samples=n_samples, seed=seed).summary
-    mean, std = s.mean.double().numpy(), s.std.double().numpy()  # type: ignore[union-attr]
+    s = regression(predict(engine, x, n_samples=n_samples, seed=seed).summary)
+    mean, std = s.mean.double().numpy(), s.std.double().numpy()
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     ax.scatter(std, target - mean, s=8, alpha=0.6, color=MC_COLOR)
     grid = np.linspace(0, std.max() * 1.05, 50)

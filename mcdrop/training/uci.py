@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
@@ -147,7 +147,7 @@ def _unstack(
     d, hidden = w1.shape[1:]
     model = DropoutMLP(d, [hidden], 1, dropout=p, input_dropout=p, head=Task.HOMOSCEDASTIC, tau=tau)
     with torch.no_grad():
-        first, last = model.net[1], model.net[4]
+        first, last = [m for m in model.net if isinstance(m, nn.Linear)]
         first.weight.copy_(w1[i].T)
         first.bias.copy_(b1[i])
         last.weight.copy_(w2[i].unsqueeze(0))

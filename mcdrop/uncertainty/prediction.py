@@ -117,6 +117,7 @@ def predict(
         raise ValueError("predict needs task='classification', 'homoscedastic' or 'heteroscedastic' for a model "
                          "without a head attribute")
     tau = tau if tau is not None else inferred_tau
+    captured: dict[str, Tensor] | None
     if mode is Mode.DETERMINISTIC:
         det, captured = engine.deterministic_features(x, features)
         out, captured = det.cpu().unsqueeze(0), _cpu(captured)

@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mcdrop.errors import ParameterError
 from mcdrop.request import Task
 
 __all__ = [
     "ClassificationSummary",
     "RegressionSummary",
+    "classification",
     "classification_stderr",
     "entropy",
     "expected_entropy",
@@ -45,6 +48,7 @@ __all__ = [
     "mutual_information",
     "predictive_entropy",
     "probability_std",
+    "regression",
     "regression_stderr",
     "summarize",
     "summarize_classification",
@@ -153,9 +157,9 @@ class ClassificationSummary:
 
     def select(self, index: Tensor) -> ClassificationSummary:
         """The rows ``index`` of every field."""
-        return type(self)(
-            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)}
-        )
+        rows: dict[str, Any] = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                                for f in fields(self)}
+        return type(self)(**rows)
 
 
 @dataclass(frozen=True)
@@ -290,3 +294,17 @@ def main_stderr(outputs: Tensor, task: Task | str) -> Tensor:
         return classification_stderr(torch.log_softmax(outputs, -1))
     outputs = _regression_outputs(outputs, task)
     return regression_stderr(outputs if task is Task.HOMOSCEDASTIC else outputs[..., 0])
+
+
+def classification(summary: ClassificationSummary | RegressionSummary) -> ClassificationSummary:
+    """``summary``, which has to be a classifier's (a :class:`~mcdrop.errors.ParameterError` otherwise)."""
+    if not isinstance(summary, ClassificationSummary):
+        raise ParameterError("expected a classifier's summary, but the model is a regressor", "summary")
+    return summary
+
+
+def regression(summary: ClassificationSummary | RegressionSummary) -> RegressionSummary:
+    """``summary``, which has to be a regressor's (a :class:`~mcdrop.errors.ParameterError` otherwise)."""
+    if not isinstance(summary, RegressionSummary):
+        raise ParameterError("expected a regressor's summary, but the model is a classifier", "summary")
+    return summary

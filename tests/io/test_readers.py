@@ -117,7 +117,7 @@ def test_idx_gz_and_npz(tmp_path):
     _, x, _, _, _ = read(tmp_path / "in.npz", key="images")
     assert np.array_equal(x, images.reshape(5, 4))
     np.savez(tmp_path / "two.npz", a=images, b=images)
-    with pytest.raises(InputError, match="choose the inputs with --key"):
+    with pytest.raises(InputError, match="choose the inputs with `key`"):
         open_input(tmp_path / "two.npz")
 
 

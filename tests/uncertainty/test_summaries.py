@@ -109,3 +109,15 @@ def test_homoscedastic_constant_noise_and_deterministic():
 def test_invalid_level():
     with pytest.raises(ValueError, match=r"interval level has to be in \(0, 1\)"):
         U.summarize_regression(torch.zeros(2, 1), 1.0, level=1.5)
+
+
+def test_a_summary_of_the_other_kind_is_refused_by_name():
+    from mcdrop.errors import ParameterError
+
+    cls = U.summarize(torch.zeros(4, 3, 2), "classification")
+    reg = U.summarize(torch.zeros(4, 3), "homoscedastic", tau=1.0)
+    assert U.classification(cls) is cls and U.regression(reg) is reg
+    with pytest.raises(ParameterError, match="expected a classifier's summary, but the model is a regressor"):
+        U.classification(reg)
+    with pytest.raises(ValueError, match="expected a regressor's summary"):
+        U.regression(cls)

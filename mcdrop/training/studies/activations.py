@@ -59,9 +59,9 @@ def layer_variances(model: DropoutMLP, x: Tensor, rates: list[float], seed: int)
             h.remove()
     g = torch.Generator().manual_seed(seed)
     pre, post = [], []
-    for h, p in zip(seen, rates, strict=True):
-        pre.append(float(h.var(0).mean()))
-        kept = h * torch.empty_like(h).bernoulli_(1.0 - p, generator=g) / (1.0 - p) if p > 0 else h
+    for act, p in zip(seen, rates, strict=True):
+        pre.append(float(act.var(0).mean()))
+        kept = act * torch.empty_like(act).bernoulli_(1.0 - p, generator=g) / (1.0 - p) if p > 0 else act
         post.append(float(kept.var(0).mean()))
     return {"pre": pre, "post": post}
 

@@ -96,7 +96,7 @@ def t_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
     return Interval(mean, float(low), float(high), int(a.size), level)
 
 
-def paired_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+def paired_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = LEVEL) -> Interval:
     """Interval of the mean per-seed difference ``a_k - b_k`` (runs ``a_k`` and ``b_k`` share seed ``k``)."""
     if len(a) != len(b):
         raise ValueError(f"paired_interval needs one value per seed on both sides, but got {len(a)} and {len(b)}")
@@ -263,7 +263,7 @@ def save(fig: Any, path: Path) -> None:
     pyplot().close(fig)
 
 
-def band(ax: Any, x: Sequence[float], per_seed: np.ndarray, *, label: str, color: str, style: str = "-") -> None:
+def band(ax: Any, x: Sequence[float] | np.ndarray, per_seed: np.ndarray, *, label: str, color: str, style: str = "-") -> None:
     """Plot the mean over seeds (rows of ``per_seed``) with its 95% t-interval as a shaded band."""
     per_seed = np.asarray(per_seed, dtype=float)
     mean = per_seed.mean(0)

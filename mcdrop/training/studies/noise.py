@@ -15,6 +15,7 @@ grid of study 1), measured here from the dropout runs.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def run(ctx: Context) -> StudyResult:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in ctx.seeds:
         for method in methods:
-            factory = penalty = None
+            factory: Callable[[int, int], nn.Module] | None = None
+            penalty: Callable[[nn.Module], Any] | None = None
             trace: list[list[float]] = []
             on_epoch = None
             if method == "gaussian":
@@ -80,8 +82,10 @@ def run(ctx: Context) -> StudyResult:
             elif method == "concrete":
                 from mcdrop.nets.concrete import concrete_mlp, concrete_penalty, learned_rates
 
-                def factory(d: int, c: int) -> nn.Module:
+                def concrete(d: int, c: int) -> nn.Module:
                     return concrete_mlp(d, HIDDEN, c, p=P0, input_dropout=False)
+
+                factory = concrete
 
                 def penalty(model: nn.Module) -> Any:
                     return concrete_penalty(model, 2 * n_fitted, LENGTH_SCALE)

@@ -7,6 +7,7 @@ deterministically (dropout off) and as the MC mean of ``N_SAMPLES`` passes.  The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ def run(ctx: Context) -> StudyResult:
                for (p1, p2), runs in cells.items()}
     swap = {mode: {m: paired_interval(value(SWAPPED, mode, m), value(REFERENCE, mode, m)) for m in ("accuracy", "nll")}
             for mode in ("deterministic", "mc")}
-    best = {mode: min(cells, key=lambda c, mode=mode: float(np.mean(value(c, mode, "nll")))) for mode in ("deterministic", "mc")}
+    def mean_nll(mode: str) -> Callable[[tuple[float, float]], float]:
+        return lambda cell: float(np.mean(value(cell, mode, "nll")))
+
+    best = {mode: min(cells, key=mean_nll(mode)) for mode in ("deterministic", "mc")}
     best_vs_ref = {mode: {m: paired_interval(value(best[mode], mode, m), value(REFERENCE, mode, m))
                           for m in ("accuracy", "nll")} for mode in ("deterministic", "mc")}
     grid_seconds = [sum(cells[c][k]["train_seconds"] for c in cells) for k in range(len(ctx.seeds))]

@@ -9,6 +9,7 @@ for ``N`` passes of the test images, scaled to 10,000 images (median of ``REPEAT
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,13 @@ def run(ctx: Context) -> StudyResult:
     for seed in ctx.seeds:
         model, _ = train(ctx, seed, epochs=ctx.epochs(EPOCHS))
         engine = MCEngine(model)
-        det = score(torch.softmax(engine.deterministic(x).double(), -1).float(), y)
-        mc = {n: {**score(p, y), "mc_se_top_probability": se} for n, (p, se) in mc_moments(engine, x, ns, seed=seed).items()}
-        runs.append({"deterministic": det, "mc": mc})
+        det_scores = score(torch.softmax(engine.deterministic(x).double(), -1).float(), y)
+        mc_scores = {n: {**score(p, y), "mc_se_top_probability": se}
+                     for n, (p, se) in mc_moments(engine, x, ns, seed=seed).items()}
+        runs.append({"deterministic": det_scores, "mc": mc_scores})
         engines.append(engine)
-        ctx.log(f"test-time seed {seed}: deterministic NLL {det['nll']:.4f}, MC N={ns[-1]} NLL {mc[ns[-1]]['nll']:.4f}")
+        ctx.log(f"test-time seed {seed}: deterministic NLL {det_scores['nll']:.4f}, "
+                f"MC N={ns[-1]} NLL {mc_scores[ns[-1]]['nll']:.4f}")
 
     def mc(metric: str, n: int) -> list[float]:
         return [r["mc"][n][metric] for r in runs]
@@ -89,9 +92,10 @@ def run(ctx: Context) -> StudyResult:
     def det(metric: str) -> list[float]:
         return [r["deterministic"][metric] for r in runs]
 
-    summary = {"deterministic": {m: t_interval(det(m)) for m in METRICS},
-               "mc": {n: {m: t_interval(mc(m, n)) for m in METRICS} for n in ns},
-               "mc_minus_deterministic": {n: {m: paired_interval(mc(m, n), det(m)) for m in METRICS} for n in ns}}
+    summary: dict[str, Any] = {"deterministic": {m: t_interval(det(m)) for m in METRICS},
+                               "mc": {n: {m: t_interval(mc(m, n)) for m in METRICS} for n in ns},
+                               "mc_minus_deterministic": {n: {m: paired_interval(mc(m, n), det(m)) for m in METRICS}
+                                                          for n in ns}}
     diff = summary["mc_minus_deterministic"]
 
     first_better = {"accuracy": next((n for n in ns if diff[n]["accuracy"].low > 0), None),
@@ -135,7 +139,7 @@ def run(ctx: Context) -> StudyResult:
     repeats = QUICK_REPEATS if ctx.quick else REPEATS
     engine = engines[0]
     det_cost = timed(lambda: engine.deterministic(x), repeats) * 10_000 / len(x)
-    cost = {n: timed(lambda n=n: engine.sample(x, n, seed=0), repeats) * 10_000 / len(x) for n in ns}
+    cost = {n: timed(partial(engine.sample, x, n, seed=0), repeats) * 10_000 / len(x) for n in ns}
     where = machine()
     timing_rows = [["deterministic", f"{det_cost:.4f}", ""]]
     timing_rows += [[f"MC N={n}", f"{c:.4f}", f"{c / n * 1000:.2f}"] for n, c in cost.items()]
