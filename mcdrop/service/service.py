@@ -1,4 +1,14 @@
-"""The BentoML service: one class holding the predictor and its scheduler; routes in :mod:`mcdrop.service.app`.
+"""The BentoML service: one class holding the predictor and its scheduler, with ``POST /predict`` and ``POST /acquire``
+as ``@bentoml.api`` methods typed by the schemas (so BentoML's ``SyncHTTPClient``/``AsyncHTTPClient``, its service
+schema and ``bentoml.depends`` know them); ``GET /models``, ``/openapi.json`` and ``/docs`` come from the app
+mounted behind them (:mod:`mcdrop.service.app`; BentoML's API methods are ``POST`` only).
+
+Over HTTP the methods answer with mcdrop's own door (:func:`~mcdrop.service.app.answer_predict`): BentoML's input
+spec reads nothing (:class:`_Unread`), so the body is read once, as JSON (strict, repeated keys refused) or
+``.npy`` with query options, the answer is pre-serialised JSON or ``.npy`` (``Accept: application/x-npy``), and
+every error keeps the service's shape ``{"error", "field", ...}`` and status; BentoML's own validation would
+answer its own shape.  Called in-process (``bentoml.depends`` in the same process), a method validates its keyword
+arguments with the schema and returns the typed response, raising :class:`~mcdrop.serving.errors.PredictError`.
 
 Settings come from the environment when the service starts (:class:`~mcdrop.serving.config.ServiceConfig`,
 listed in README and ``/openapi.json``), never at import, so a test process can build it with other
@@ -17,11 +27,12 @@ import sys
 from typing import Any
 
 import bentoml
+from _bentoml_sdk.io_models import IOMixin
 
 from mcdrop.request import Mode
-from mcdrop.schemas import PredictRequest, PredictResult
-from mcdrop.service import bentoml_fixes, protocol
-from mcdrop.service.app import create_app
+from mcdrop.schemas import AcquireRequest, AcquireResponse, PredictRequest, PredictResponse, PredictResult
+from mcdrop.service import patches, protocol
+from mcdrop.service.app import answer_predict, create_app, submit
 from mcdrop.service.guard import Guard
 from mcdrop.serving import drift
 from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig, workers_from_env
@@ -30,8 +41,7 @@ from mcdrop.serving.scheduler import Scheduler
 
 __all__ = ["MCDrop", "Metrics"]
 
-protocol.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
-bentoml_fixes.install()
+patches.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
 
 BACKSTOP_TIMEOUT_S = 900
 """BentoML's own request timeout, behind MCDROP_REQUEST_TIMEOUT (which answers first, with mcdrop's 504)."""
@@ -97,6 +107,35 @@ class _Guard(Guard):
                          api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes, docs=config.docs,
                          body_timeout_s=config.body_timeout_s, body_deadline_s=config.body_deadline_s,
                          body_paths=("/predict", "/acquire"))  # size, pace and type of every body read
+
+
+_UNREAD = object()
+"""The value of every field BentoML passes to an API method called over HTTP: the method reads the body itself."""
+
+
+class _Unread(IOMixin):
+    """An input spec that BentoML describes by the schema (its service schema and clients) but that reads no body."""
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> Any:
+        return cls.model_construct(**dict.fromkeys(cls.model_fields, _UNREAD))  # type: ignore[attr-defined]
+
+
+class PredictInput(_Unread, PredictRequest):
+    """:class:`~mcdrop.schemas.PredictRequest` as ``POST /predict``'s BentoML input spec."""
+
+
+class AcquireInput(_Unread, AcquireRequest):
+    """:class:`~mcdrop.schemas.AcquireRequest` as ``POST /acquire``'s BentoML input spec."""
+
+
+def _over_http(fields: dict[str, Any], ctx: Any) -> bool:
+    return ctx is not None and next(iter(fields.values()), None) is _UNREAD
+
+
+async def _answer(ctx: Any, response: Any) -> Any:
+    ctx.response.status_code = response.status_code  # BentoML sets the answer's status from the context's
+    return response
 
 
 @bentoml.service(name="mcdrop", workers=workers_from_env(strict=False), http={"host": "127.0.0.1", "port": 3000},
@@ -166,6 +205,24 @@ class MCDrop:
     def __is_ready__(self) -> bool:
         """Not ready while the queued work would not finish within a request's timeout (overload)."""
         return not self.scheduler.overloaded()
+
+    @bentoml.api(route="/predict", input_spec=PredictInput, output_spec=PredictResponse)
+    async def predict(self, ctx: bentoml.Context = None, **request: Any) -> PredictResponse:  # type: ignore[assignment]
+        """Predictions with uncertainty for a batch of inputs (a JSON body, or an .npy body with the other fields as
+        query parameters; the answer as JSON, or .npy with Accept: application/x-npy)."""
+        if _over_http(request, ctx):
+            return await _answer(ctx, await answer_predict(self, ctx.request))
+        return (await submit(self, PredictRequest.model_validate(request))).response()
+
+    @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireResponse)
+    async def acquire(self, ctx: bentoml.Context = None, **request: Any) -> AcquireResponse:  # type: ignore[assignment]
+        """The k rows of an unlabelled pool to label next (active learning)."""
+        from mcdrop.service.acquire_route import answer_acquire
+        from mcdrop.serving import acquisition
+
+        if _over_http(request, ctx):
+            return await _answer(ctx, await answer_acquire(self, ctx.request))
+        return acquisition.acquire(self.predictor, AcquireRequest.model_validate(request))
 
     def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
         self.metrics.observe(request, result, seconds)
