@@ -121,6 +121,37 @@ class _Unread(IOMixin):
         return cls.model_construct(**dict.fromkeys(cls.model_fields, _UNREAD))  # type: ignore[attr-defined]
 
 
+def _unions_kept(node: Any) -> Any:
+    """The JSON schema with each ``anyOf`` wrapped once in another (an equivalent schema): BentoML's service schema
+    keeps only the first alternative of a union (``_flatten_field``), and its HTTP client then decodes a null where
+    that says array, or drops a regression row's fields where it says classification; wrapped, the union survives
+    and the client passes the value through as it came."""
+    if isinstance(node, dict):
+        node = {k: _unions_kept(v) for k, v in node.items()}
+        if "anyOf" in node:
+            node["anyOf"] = [{"anyOf": node["anyOf"]}]
+        return node
+    if isinstance(node, list):
+        return [_unions_kept(v) for v in node]
+    return node
+
+
+class _Output(IOMixin):
+    """An output spec whose unions BentoML's clients read as they are (:func:`_unions_kept`)."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _unions_kept(super().model_json_schema(*args, **kwargs))
+
+
+class PredictOutput(_Output, PredictResponse):
+    """:class:`~mcdrop.schemas.PredictResponse` as ``POST /predict``'s BentoML output spec."""
+
+
+class AcquireOutput(_Output, AcquireResponse):
+    """:class:`~mcdrop.schemas.AcquireResponse` as ``POST /acquire``'s BentoML output spec."""
+
+
 class PredictInput(_Unread, PredictRequest):
     """:class:`~mcdrop.schemas.PredictRequest` as ``POST /predict``'s BentoML input spec."""
 
@@ -206,7 +237,7 @@ class MCDrop:
         """Not ready while the queued work would not finish within a request's timeout (overload)."""
         return not self.scheduler.overloaded()
 
-    @bentoml.api(route="/predict", input_spec=PredictInput, output_spec=PredictResponse)
+    @bentoml.api(route="/predict", input_spec=PredictInput, output_spec=PredictOutput)
     async def predict(self, ctx: bentoml.Context = None, **request: Any) -> PredictResponse:  # type: ignore[assignment]
         """Predictions with uncertainty for a batch of inputs (a JSON body, or an .npy body with the other fields as
         query parameters; the answer as JSON, or .npy with Accept: application/x-npy)."""
@@ -214,7 +245,7 @@ class MCDrop:
             return await _answer(ctx, await answer_predict(self, ctx.request))
         return (await submit(self, PredictRequest.model_validate(request))).response()
 
-    @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireResponse)
+    @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireOutput)
     async def acquire(self, ctx: bentoml.Context = None, **request: Any) -> AcquireResponse:  # type: ignore[assignment]
         """The k rows of an unlabelled pool to label next (active learning)."""
         from mcdrop.service.acquire_route import answer_acquire

@@ -112,6 +112,38 @@ def test_real_server_answers_json_and_binary(url):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_bentomls_own_clients_call_predict_and_acquire(url):
+    """``bentoml.SyncHTTPClient``/``AsyncHTTPClient`` read the service's schema and call the typed API methods: the
+    same answer as mcdrop's own Client for the same seed, and a refusal in the service's error shape."""
+    import asyncio
+
+    import bentoml
+
+    from mcdrop.client import Client
+
+    rows = [ROW, [1.0, 0.0, -1.0, 2.0]]
+    with bentoml.SyncHTTPClient(url) as client:
+        assert {"predict", "acquire"} <= set(client.endpoints)
+        answer = PredictResponse.model_validate(client.predict(inputs=rows, n_samples=30, seed=11, row_offset=2))
+        picked = client.acquire(inputs=rows * 3, k=2, n_samples=8, seed=3)
+        with pytest.raises(bentoml.exceptions.BentoMLException) as refused:
+            client.predict(inputs=rows, n_samples=MAX_SAMPLES + 1)
+    with Client(url) as own:
+        want = own.predict(rows, n_samples=30, seed=11, row_offset=2)
+    assert answer.seed == 11 and [p.n_samples for p in answer.predictions] == [30, 30]
+    assert_probabilities_close(answer.probabilities, want.probabilities)
+    assert len(picked["indices"]) == 2 and picked["seed"] == 3
+    assert refused.value.error_code == 400 and json.loads(str(refused.value))["field"] == "n_samples"
+
+    async def call() -> dict:
+        async with bentoml.AsyncHTTPClient(url) as client:
+            return await client.predict(inputs=rows, n_samples=30, seed=11, row_offset=2)
+
+    assert_probabilities_close(PredictResponse.model_validate(asyncio.run(call())).probabilities, want.probabilities)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_real_server_binds_loopback_by_default(url):
     port = int(url.rsplit(":", 1)[1])
     out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
