@@ -15,7 +15,7 @@ tests (``tests/service/test_bentoml_fixes.py``, ``test_protocol.py``, ``test_ser
 
 from __future__ import annotations
 
-__all__ = ["TESTED_BENTOML", "check_bentoml_version", "install"]
+__all__ = ["TESTED_BENTOML", "UntestedBentoML", "check_bentoml_version", "install"]
 
 TESTED_BENTOML = ("1.4.39", "1.4.40")
 """The BentoML versions the patches were tested on: at least the first, below the second."""

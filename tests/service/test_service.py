@@ -84,6 +84,40 @@ def test_inprocess_service_is_wired(inproc):
     assert inproc.get("/openapi.json").json()["openapi"] == "3.0.3"
 
 
+def test_another_service_composes_it_with_bentoml_depends(models, monkeypatch):
+    """``bentoml.depends(MCDrop)`` in the same process calls the API methods directly: keyword arguments validated
+    by the schema, the typed response back, a refusal raised as the library's error."""
+    import asyncio
+
+    import bentoml
+
+    from mcdrop.schemas import PredictRequest
+    from mcdrop.service.service import MCDrop
+    from mcdrop.serving.errors import PredictError
+
+    for key, value in service_env(models).items():
+        monkeypatch.setenv(key, value)
+
+    @bentoml.service
+    class Composer:
+        mcdrop = bentoml.depends(MCDrop)
+
+    composer = Composer()
+    try:
+        async def calls() -> PredictResponse:
+            answer = await composer.mcdrop.predict(inputs=[ROW, ROW], n_samples=9, seed=4)
+            with pytest.raises(PredictError, match="n_samples"):
+                await composer.mcdrop.predict(inputs=[ROW], n_samples=MAX_SAMPLES + 1)
+            return answer
+
+        answer = asyncio.run(calls())
+        want = composer.mcdrop.predictor.predict(PredictRequest(inputs=[ROW, ROW], n_samples=9, seed=4))
+        assert isinstance(answer, PredictResponse) and answer.seed == 4
+        assert_probabilities_close(answer.probabilities, want.probabilities)
+    finally:
+        composer.mcdrop.scheduler.close()
+
+
 # ------------------------------------------------------------------------------------------ a real server
 
 
