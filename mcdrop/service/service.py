@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 import bentoml
-from _bentoml_sdk.io_models import IOMixin
+from pydantic import ConfigDict
 
 from mcdrop.request import Mode
 from mcdrop.schemas import AcquireRequest, AcquireResponse, PredictRequest, PredictResponse, PredictResult
@@ -113,7 +113,7 @@ _UNREAD = object()
 """The value of every field BentoML passes to an API method called over HTTP: the method reads the body itself."""
 
 
-class _Unread(IOMixin):
+class _Unread(bentoml.IODescriptor):
     """An input spec that BentoML describes by the schema (its service schema and clients) but that reads no body."""
 
     @classmethod
@@ -136,7 +136,7 @@ def _unions_kept(node: Any) -> Any:
     return node
 
 
-class _Output(IOMixin):
+class _Output(bentoml.IODescriptor):
     """An output spec whose unions BentoML's clients read as they are (:func:`_unions_kept`)."""
 
     @classmethod
@@ -145,26 +145,30 @@ class _Output(IOMixin):
 
 
 class PredictOutput(_Output, PredictResponse):
-    """:class:`~mcdrop.schemas.PredictResponse` as ``POST /predict``'s BentoML output spec."""
+    __doc__ = PredictResponse.__doc__  # ``POST /predict``'s BentoML output spec, named and described as PredictResponse
+    model_config = ConfigDict(title="PredictResponse")
 
 
 class AcquireOutput(_Output, AcquireResponse):
-    """:class:`~mcdrop.schemas.AcquireResponse` as ``POST /acquire``'s BentoML output spec."""
+    __doc__ = AcquireResponse.__doc__  # ``POST /acquire``'s BentoML output spec, named and described as AcquireResponse
+    model_config = ConfigDict(title="AcquireResponse")
 
 
 class PredictInput(_Unread, PredictRequest):
-    """:class:`~mcdrop.schemas.PredictRequest` as ``POST /predict``'s BentoML input spec."""
+    __doc__ = PredictRequest.__doc__  # ``POST /predict``'s BentoML input spec, named and described as PredictRequest
+    model_config = ConfigDict(title="PredictRequest")
 
 
 class AcquireInput(_Unread, AcquireRequest):
-    """:class:`~mcdrop.schemas.AcquireRequest` as ``POST /acquire``'s BentoML input spec."""
+    __doc__ = AcquireRequest.__doc__  # ``POST /acquire``'s BentoML input spec, named and described as AcquireRequest
+    model_config = ConfigDict(title="AcquireRequest")
 
 
 def _over_http(fields: dict[str, Any], ctx: Any) -> bool:
     return ctx is not None and next(iter(fields.values()), None) is _UNREAD
 
 
-async def _answer(ctx: Any, response: Any) -> Any:
+def _answer(ctx: Any, response: Any) -> Any:
     ctx.response.status_code = response.status_code  # BentoML sets the answer's status from the context's
     return response
 
@@ -242,7 +246,7 @@ class MCDrop:
         """Predictions with uncertainty for a batch of inputs (a JSON body, or an .npy body with the other fields as
         query parameters; the answer as JSON, or .npy with Accept: application/x-npy)."""
         if _over_http(request, ctx):
-            return await _answer(ctx, await answer_predict(self, ctx.request))
+            return _answer(ctx, await answer_predict(self, ctx.request))
         return (await submit(self, PredictRequest.model_validate(request))).response()
 
     @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireOutput)
@@ -252,7 +256,7 @@ class MCDrop:
         from mcdrop.serving import acquisition
 
         if _over_http(request, ctx):
-            return await _answer(ctx, await answer_acquire(self, ctx.request))
+            return _answer(ctx, await answer_acquire(self, ctx.request))
         return acquisition.acquire(self.predictor, AcquireRequest.model_validate(request))
 
     def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
