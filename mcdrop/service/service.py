@@ -118,7 +118,13 @@ class _Unread(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Any, serde: Any) -> Any:
-        return cls.model_construct(**dict.fromkeys(cls.model_fields, _UNREAD))  # type: ignore[attr-defined]
+        return _placeholder(cls)
+
+
+@functools.cache
+def _placeholder(spec: type[_Unread]) -> _Unread:
+    """The input BentoML hands on for every request (it reads the fields with getattr): every field :data:`_UNREAD`."""
+    return spec.model_construct(**dict.fromkeys(spec.model_fields, _UNREAD))
 
 
 def _unions_kept(node: Any) -> Any:

@@ -147,8 +147,9 @@ def test_real_server_answers_json_and_binary(url):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bentomls_own_clients_call_predict_and_acquire(url):
-    """``bentoml.SyncHTTPClient``/``AsyncHTTPClient`` read the service's schema and call the typed API methods: the
-    same answer as mcdrop's own Client for the same seed, and a refusal in the service's error shape."""
+    """``bentoml.SyncHTTPClient``/``AsyncHTTPClient`` read the service's schema and call the typed API methods, as
+    another service's ``bentoml.depends(url=...)`` does: the same answer as mcdrop's own Client for the same seed,
+    and a refusal in the service's error shape."""
     import asyncio
 
     import bentoml
@@ -174,6 +175,22 @@ def test_bentomls_own_clients_call_predict_and_acquire(url):
             return await client.predict(inputs=rows, n_samples=30, seed=11, row_offset=2)
 
     assert_probabilities_close(PredictResponse.model_validate(asyncio.run(call())).probabilities, want.probabilities)
+
+    from starlette.testclient import TestClient
+
+    from mcdrop.service.service import MCDrop
+
+    @bentoml.service
+    class Composer:
+        mcdrop = bentoml.depends(url=url, on=MCDrop)
+
+        @bentoml.api
+        async def probabilities(self, rows: list[list[float]]) -> list[list[float]]:
+            answer = await self.mcdrop.predict(inputs=rows, n_samples=30, seed=11, row_offset=2)
+            return [p.probabilities for p in answer.predictions]
+
+    with TestClient(Composer.to_asgi()) as composer:
+        assert_probabilities_close(composer.post("/probabilities", json={"rows": rows}).json(), want.probabilities)
 
 
 @pytest.mark.integration
