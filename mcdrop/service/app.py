@@ -5,6 +5,10 @@ array with the other fields as query parameters (:mod:`mcdrop.wire`); it answers
 (one record per row) when the request's ``Accept`` asks for ``application/x-npy``.  ``GET /models`` lists the served cards and the
 limits; ``GET /openapi.json`` describes all of it; ``GET /docs`` shows that description (when enabled).
 Every error is JSON ``{"error", "field", ...}``, a validation error carries at most five details and a count.
+
+In the service, ``POST /predict`` and ``POST /acquire`` are BentoML API methods that answer with
+:func:`answer_predict` and :func:`~mcdrop.service.acquire_route.answer_acquire`; :func:`create_app` (mounted behind
+them) routes the same functions, so the in-process test tier exercises the code the server runs.
 """
 
 from __future__ import annotations
