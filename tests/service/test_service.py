@@ -180,8 +180,8 @@ def test_bentomls_own_clients_call_predict_and_acquire(url):
 
     from mcdrop.service.service import MCDrop
 
-    @bentoml.service
-    class Composer:
+    @bentoml.service(metrics={"enabled": False})  # BentoML's request metrics are process-wide: the in-process
+    class Composer:                                # service of this module registered them already
         mcdrop = bentoml.depends(url=url, on=MCDrop)
 
         @bentoml.api
