@@ -258,12 +258,14 @@ class MCDrop:
     @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireOutput)
     async def acquire(self, ctx: bentoml.Context = None, **request: Any) -> AcquireResponse:  # type: ignore[assignment]
         """The k rows of an unlabelled pool to label next (active learning)."""
+        import anyio
+
         from mcdrop.service.acquire_route import answer_acquire
         from mcdrop.serving import acquisition
 
         if _over_http(request, ctx):
             return _answer(ctx, await answer_acquire(self, ctx.request))
-        return acquisition.acquire(self.predictor, AcquireRequest.model_validate(request))
+        return await anyio.to_thread.run_sync(acquisition.acquire, self.predictor, AcquireRequest.model_validate(request))
 
     def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
         self.metrics.observe(request, result, seconds)

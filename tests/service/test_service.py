@@ -108,6 +108,8 @@ def test_another_service_composes_it_with_bentoml_depends(models, monkeypatch):
             answer = await composer.mcdrop.predict(inputs=[ROW, ROW], n_samples=9, seed=4)
             with pytest.raises(PredictError, match="n_samples"):
                 await composer.mcdrop.predict(inputs=[ROW], n_samples=MAX_SAMPLES + 1)
+            picked = await composer.mcdrop.acquire(inputs=[ROW, [1.0, 0.0, -1.0, 2.0], ROW], k=2, n_samples=6, seed=2)
+            assert len(picked.indices) == 2 and picked.seed == 2
             return answer
 
         answer = asyncio.run(calls())
