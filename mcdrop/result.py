@@ -16,7 +16,7 @@ mode) is absent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -141,14 +141,21 @@ def _prediction_model(name: str, doc: str, columns: tuple[Column, ...]) -> type[
     return model
 
 
-ClassificationPrediction = _prediction_model(
-    "ClassificationPrediction",
-    "One input's class, probabilities and uncertainty (sampling-only fields null in deterministic mode).",
-    CLASSIFICATION_FIELDS)
-RegressionPrediction = _prediction_model(
-    "RegressionPrediction",
-    "One input's predictive mean, variances and intervals (sampling-only fields null in deterministic mode).",
-    REGRESSION_FIELDS)
+if TYPE_CHECKING:  # the fields come from the table at run time: to a type checker, any attribute is a field
+    class ClassificationPrediction(BaseModel):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class RegressionPrediction(BaseModel):
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    ClassificationPrediction = _prediction_model(
+        "ClassificationPrediction",
+        "One input's class, probabilities and uncertainty (sampling-only fields null in deterministic mode).",
+        CLASSIFICATION_FIELDS)
+    RegressionPrediction = _prediction_model(
+        "RegressionPrediction",
+        "One input's predictive mean, variances and intervals (sampling-only fields null in deterministic mode).",
+        REGRESSION_FIELDS)
 
 
 class ColumnViews:
@@ -186,7 +193,7 @@ class PredictResponse(ColumnViews, BaseModel):
     task: Task
     mode: Mode
     seed: int | None = Field(description="the seed the masks were drawn with (null in deterministic mode)")
-    predictions: list[ClassificationPrediction] | list[RegressionPrediction]  # type: ignore[valid-type]
+    predictions: list[ClassificationPrediction] | list[RegressionPrediction]
     samples: list[Any] | None = Field(None, description="raw outputs (S, B, ...) with return_samples; null beyond an "
                                                         "adaptive row's n_samples")
     notes: list[str] = Field(default_factory=list, description="why fields a request asked for are null")

@@ -6,7 +6,6 @@ The pool is bounded by the body size (``MCDROP_MAX_BODY_BYTES``) and by rows x p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,32 +18,27 @@ from mcdrop.service.app import STATUS, _validation_response, error_response, par
 from mcdrop.serving import acquisition
 from mcdrop.serving.errors import PredictError
 
-__all__ = ["acquire_endpoint"]
+__all__ = ["answer_acquire"]
 
 
-def acquire_endpoint(state: Callable[[], Any]) -> Callable[[Request], Any]:
-    """The route's handler, reading the running service through ``state()``."""
-
-    async def acquire(request: Request) -> Response:
-        svc = state()
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in ("application/json", ""):
-            return error_response(f"/acquire reads a JSON body, but the content-type is {media[:50]!r}", "body", 415)
-        body = await request.body()
-        limit = svc.predictor.limits.max_body_bytes
-        if len(body) > limit:
-            return error_response(f"the body has {len(body)} bytes, but this server accepts at most {limit} "
-                                  "(MCDROP_MAX_BODY_BYTES): send a smaller pool", "body", 413)
-        if not body.strip():
-            return error_response("the request body is empty; expected a JSON object with inputs and k", "body", 400)
-        try:
-            parsed = await parse_in_one_thread(AcquireRequest.model_validate_json, body)
-        except ValidationError as err:
-            return _validation_response(err)
-        try:
-            answer = await anyio.to_thread.run_sync(acquisition.acquire, svc.predictor, parsed)
-        except PredictError as err:
-            return error_response(str(err), err.field, STATUS[type(err)])
-        return Response(answer.model_dump_json(), media_type="application/json")
-
-    return acquire
+async def answer_acquire(svc: Any, request: Request) -> Response:
+    """``POST /acquire`` for the running service ``svc`` (BentoML's API method and :func:`create_app` answer with it)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ("application/json", ""):
+        return error_response(f"/acquire reads a JSON body, but the content-type is {media[:50]!r}", "body", 415)
+    body = await request.body()
+    limit = svc.predictor.limits.max_body_bytes
+    if len(body) > limit:
+        return error_response(f"the body has {len(body)} bytes, but this server accepts at most {limit} "
+                              "(MCDROP_MAX_BODY_BYTES): send a smaller pool", "body", 413)
+    if not body.strip():
+        return error_response("the request body is empty; expected a JSON object with inputs and k", "body", 400)
+    try:
+        parsed = await parse_in_one_thread(AcquireRequest.model_validate_json, body)
+    except ValidationError as err:
+        return _validation_response(err)
+    try:
+        answer = await anyio.to_thread.run_sync(acquisition.acquire, svc.predictor, parsed)
+    except PredictError as err:
+        return error_response(str(err), err.field, STATUS[type(err)])
+    return Response(answer.model_dump_json(), media_type="application/json")

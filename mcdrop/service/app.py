@@ -5,6 +5,10 @@ array with the other fields as query parameters (:mod:`mcdrop.wire`); it answers
 (one record per row) when the request's ``Accept`` asks for ``application/x-npy``.  ``GET /models`` lists the served cards and the
 limits; ``GET /openapi.json`` describes all of it; ``GET /docs`` shows that description (when enabled).
 Every error is JSON ``{"error", "field", ...}``, a validation error carries at most five details and a count.
+
+In the service, ``POST /predict`` and ``POST /acquire`` are BentoML API methods that answer with
+:func:`answer_predict` and :func:`~mcdrop.service.acquire_route.answer_acquire`; :func:`create_app` (mounted behind
+them) routes the same functions, so the in-process test tier exercises the code the server runs.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -41,7 +45,7 @@ from mcdrop.serving.predictor import Predictor, request_error
 from mcdrop.serving.scheduler import Scheduler
 from mcdrop.wire import META_HEADER, NPY, WireError, decode_npy, encode_result
 
-__all__ = ["STATUS", "State", "create_app"]
+__all__ = ["STATUS", "State", "answer_predict", "create_app", "submit"]
 
 STATUS: dict[type[PredictError], int] = {
     InvalidRequest: 400, UnknownModel: 404, TooLarge: 413, OutputOverflow: 422, Cancelled: 499, Overloaded: 503,
@@ -151,45 +155,60 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
+def submit(svc: State, request: PredictRequest) -> Awaitable[PredictResult]:
+    """The service's one call into the scheduler, which plans the request at once (:meth:`Predictor.plan`:
+    checked against the model and the limits, its seed drawn) and queues the plan."""
+    return svc.scheduler.submit(request)
+
+
+async def answer_predict(svc: State, request: Request) -> Response:
+    """``POST /predict``: the body (JSON or ``.npy``) -> schema -> scheduler -> JSON or ``.npy``, every error in the
+    service's shape.  The BentoML API method :meth:`mcdrop.service.service.MCDrop.predict` and :func:`create_app`
+    both answer with it."""
+    start = time.perf_counter()
+    try:
+        parsed = await _parse(request)
+    except ValidationError as err:
+        return _validation_response(err)
+    except WireError as err:
+        return error_response(str(err), "body", 400)
+    except ValueError as err:  # malformed JSON reaches pydantic as a ValidationError; this is the rest
+        return error_response(f"the request body cannot be read: {err}"[:500], "body", 400)
+    except PredictError as err:
+        return error_response(str(err), err.field, STATUS[type(err)])
+    work = asyncio.ensure_future(submit(svc, parsed))
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not work.done():  # the client went away: stop its work
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, PredictError):
+            await work
+        svc.observe(parsed, None, time.perf_counter() - start)
+        return Response(status_code=499)
+    try:
+        result = work.result()
+    except PredictError as err:
+        svc.observe(parsed, None, time.perf_counter() - start)
+        headers = {"retry-after": "5"} if isinstance(err, Overloaded) else None
+        return error_response(str(err), err.field, STATUS[type(err)], headers=headers)
+    svc.observe(parsed, result, time.perf_counter() - start)
+    if NPY in request.headers.get("accept", ""):
+        body, meta = encode_result(result)
+        return Response(body, media_type=NPY, headers={META_HEADER: meta})
+    return Response(result.response().model_dump_json(), media_type="application/json")
+
+
 def create_app(state: Callable[[], State]) -> Starlette:
-    """The routes, reading the running service through ``state()`` (no module-level state)."""
+    """The routes, reading the running service through ``state()`` (no module-level state).  In the service,
+    BentoML's own routes for its API methods (``POST /predict``, ``POST /acquire``) come first; this app, mounted
+    behind them, answers ``GET /models``, ``/openapi.json``, ``/docs``, the 404s and 405s, and is the whole API
+    of the in-process test tier."""
 
     async def predict(request: Request) -> Response:
-        svc = state()
-        start = time.perf_counter()
-        try:
-            parsed = await _parse(request)
-        except ValidationError as err:
-            return _validation_response(err)
-        except WireError as err:
-            return error_response(str(err), "body", 400)
-        except ValueError as err:  # malformed JSON reaches pydantic as a ValidationError; this is the rest
-            return error_response(f"the request body cannot be read: {err}"[:500], "body", 400)
-        except PredictError as err:
-            return error_response(str(err), err.field, STATUS[type(err)])
-        work = asyncio.ensure_future(svc.scheduler.submit(parsed))
-        gone = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not work.done():  # the client went away: stop its work
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PredictError):
-                await work
-            svc.observe(parsed, None, time.perf_counter() - start)
-            return Response(status_code=499)
-        try:
-            result = work.result()
-        except PredictError as err:
-            svc.observe(parsed, None, time.perf_counter() - start)
-            headers = {"retry-after": "5"} if isinstance(err, Overloaded) else None
-            return error_response(str(err), err.field, STATUS[type(err)], headers=headers)
-        svc.observe(parsed, result, time.perf_counter() - start)
-        if NPY in request.headers.get("accept", ""):
-            body, meta = encode_result(result)
-            return Response(body, media_type=NPY, headers={META_HEADER: meta})
-        return Response(result.response().model_dump_json(), media_type="application/json")
+        return await answer_predict(state(), request)
 
     async def models(_request: Request) -> Response:
         svc = state()
@@ -216,9 +235,12 @@ def create_app(state: Callable[[], State]) -> Starlette:
 
     routes = [Route("/predict", predict, methods=["POST"]), Route("/models", models, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
-    from mcdrop.service.acquire_route import acquire_endpoint  # here: that module imports this one
+    from mcdrop.service.acquire_route import answer_acquire  # here: that module imports this one
 
-    routes.append(Route("/acquire", acquire_endpoint(state), methods=["POST"]))
+    async def acquire(request: Request) -> Response:
+        return await answer_acquire(state(), request)
+
+    routes.append(Route("/acquire", acquire, methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 

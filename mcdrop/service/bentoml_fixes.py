@@ -69,4 +69,4 @@ def install() -> None:
     """Replace ``TimeoutMiddleware.__call__`` with the fixed version (idempotent)."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    TimeoutMiddleware.__call__ = _call  # type: ignore[method-assign]
+    TimeoutMiddleware.__call__ = _call  # type: ignore[method-assign, assignment]

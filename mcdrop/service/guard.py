@@ -9,7 +9,7 @@ In order, for every ``http`` request:
 3. With an API key configured, ``Authorization: Bearer <key>`` is required everywhere but the probes
    (401, compared in constant time).
 4. BentoML's own documentation page (it loads a third-party tag manager) is never served; mcdrop's OpenAPI
-   page replaces it when enabled.
+   page replaces it when enabled.  BentoML's service schema (``/schema.json``, what its HTTP clients read) is.
 5. A ``POST`` to a route that reads a body (``/predict``) must have a content type the service reads (JSON or
    ``.npy``), else 415: ``text/plain`` or a form would let a page on another site send requests without a CORS
    preflight, and BentoML would unpickle ``application/vnd.bentoml+pickle`` in some set-ups.  A ``POST``
@@ -36,7 +36,7 @@ __all__ = ["PROBES", "READABLE_TYPES", "Guard"]
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 READABLE_TYPES = frozenset({"application/json", "application/x-npy"})
-_BENTOML_DOCS = ("/static_content/", "/docs.json", "/schema.json")
+_BENTOML_DOCS = ("/static_content/", "/docs.json")
 
 
 async def respond(send: Send, status: int, error: str, field: str | None, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:

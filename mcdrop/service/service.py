@@ -1,4 +1,14 @@
-"""The BentoML service: one class holding the predictor and its scheduler; routes in :mod:`mcdrop.service.app`.
+"""The BentoML service: one class holding the predictor and its scheduler, with ``POST /predict`` and ``POST /acquire``
+as ``@bentoml.api`` methods typed by the schemas (so BentoML's ``SyncHTTPClient``/``AsyncHTTPClient``, its service
+schema and ``bentoml.depends`` know them); ``GET /models``, ``/openapi.json`` and ``/docs`` come from the app
+mounted behind them (:mod:`mcdrop.service.app`; BentoML's API methods are ``POST`` only).
+
+Over HTTP the methods answer with mcdrop's own door (:func:`~mcdrop.service.app.answer_predict`): BentoML's input
+spec reads nothing (:class:`_Unread`), so the body is read once, as JSON (strict, repeated keys refused) or
+``.npy`` with query options, the answer is pre-serialised JSON or ``.npy`` (``Accept: application/x-npy``), and
+every error keeps the service's shape ``{"error", "field", ...}`` and status; BentoML's own validation would
+answer its own shape.  Called in-process (``bentoml.depends`` in the same process), a method validates its keyword
+arguments with the schema and returns the typed response, raising :class:`~mcdrop.serving.errors.PredictError`.
 
 Settings come from the environment when the service starts (:class:`~mcdrop.serving.config.ServiceConfig`,
 listed in README and ``/openapi.json``), never at import, so a test process can build it with other
@@ -14,14 +24,15 @@ import functools
 import gc
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 import bentoml
+from pydantic import ConfigDict
 
 from mcdrop.request import Mode
-from mcdrop.schemas import PredictRequest, PredictResult
-from mcdrop.service import bentoml_fixes, protocol
-from mcdrop.service.app import create_app
+from mcdrop.schemas import AcquireRequest, AcquireResponse, PredictRequest, PredictResponse, PredictResult
+from mcdrop.service import patches, protocol
+from mcdrop.service.app import answer_predict, create_app, submit
 from mcdrop.service.guard import Guard
 from mcdrop.serving import drift
 from mcdrop.serving.config import DEFAULT_SLICE_COST, SLICE_SECONDS, ServiceConfig, workers_from_env
@@ -30,8 +41,7 @@ from mcdrop.serving.scheduler import Scheduler
 
 __all__ = ["MCDrop", "Metrics"]
 
-protocol.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
-bentoml_fixes.install()
+patches.install()  # before BentoML's worker builds its uvicorn.Config (it imports this module first)
 
 BACKSTOP_TIMEOUT_S = 900
 """BentoML's own request timeout, behind MCDROP_REQUEST_TIMEOUT (which answers first, with mcdrop's 504)."""
@@ -99,6 +109,82 @@ class _Guard(Guard):
                          body_paths=("/predict", "/acquire"))  # size, pace and type of every body read
 
 
+_UNREAD = object()
+"""The value of every field BentoML passes to an API method called over HTTP: the method reads the body itself."""
+
+
+class _Unread(bentoml.IODescriptor):
+    """An input spec that BentoML describes by the schema (its service schema and clients) but that reads no body."""
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> Any:
+        return _placeholder(cls)
+
+
+_PLACEHOLDERS: dict[type[_Unread], _Unread] = {}
+
+
+def _placeholder(spec: type[_Unread]) -> _Unread:
+    """The input BentoML hands on for every request (it reads the fields with getattr): every field :data:`_UNREAD`
+    (made once per spec)."""
+    placeholder = _PLACEHOLDERS.get(spec)
+    if placeholder is None:
+        placeholder = _PLACEHOLDERS[spec] = spec.model_construct(**dict.fromkeys(spec.model_fields, _UNREAD))
+    return placeholder
+
+
+def _unions_kept(node: Any) -> Any:
+    """The JSON schema with each ``anyOf`` wrapped once in another (an equivalent schema): BentoML's service schema
+    keeps only the first alternative of a union (``_flatten_field``), and its HTTP client then decodes a null where
+    that says array, or drops a regression row's fields where it says classification; wrapped, the union survives
+    and the client passes the value through as it came."""
+    if isinstance(node, dict):
+        node = {k: _unions_kept(v) for k, v in node.items()}
+        if "anyOf" in node:
+            node["anyOf"] = [{"anyOf": node["anyOf"]}]
+        return node
+    if isinstance(node, list):
+        return [_unions_kept(v) for v in node]
+    return node
+
+
+class _Output(bentoml.IODescriptor):
+    """An output spec whose unions BentoML's clients read as they are (:func:`_unions_kept`)."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _unions_kept(super().model_json_schema(*args, **kwargs))
+
+
+class PredictOutput(_Output, PredictResponse):
+    __doc__ = PredictResponse.__doc__  # ``POST /predict``'s BentoML output spec, named and described as PredictResponse
+    model_config = ConfigDict(title="PredictResponse")
+
+
+class AcquireOutput(_Output, AcquireResponse):
+    __doc__ = AcquireResponse.__doc__  # ``POST /acquire``'s BentoML output spec, named and described as AcquireResponse
+    model_config = ConfigDict(title="AcquireResponse")
+
+
+class PredictInput(_Unread, PredictRequest):
+    __doc__ = PredictRequest.__doc__  # ``POST /predict``'s BentoML input spec, named and described as PredictRequest
+    model_config = ConfigDict(title="PredictRequest")
+
+
+class AcquireInput(_Unread, AcquireRequest):
+    __doc__ = AcquireRequest.__doc__  # ``POST /acquire``'s BentoML input spec, named and described as AcquireRequest
+    model_config = ConfigDict(title="AcquireRequest")
+
+
+def _over_http(fields: dict[str, Any], ctx: Any) -> bool:
+    return ctx is not None and next(iter(fields.values()), None) is _UNREAD
+
+
+def _answer(ctx: Any, response: Any) -> Any:
+    ctx.response.status_code = response.status_code  # BentoML sets the answer's status from the context's
+    return response
+
+
 @bentoml.service(name="mcdrop", workers=workers_from_env(strict=False), http={"host": "127.0.0.1", "port": 3000},
                  traffic={"timeout": BACKSTOP_TIMEOUT_S})
 class MCDrop:
@@ -147,7 +233,7 @@ class MCDrop:
         kernels.load()  # build the fused MC kernel into the cache once, before the workers open it
 
         try:  # relative paths in the settings are relative to the service's folder (a Bento's src/), as in workers
-            with contextlib.chdir(MCDrop.working_dir):
+            with contextlib.chdir(cast(Any, MCDrop).working_dir):
                 config = ServiceConfig.from_env()
                 for ref in config.models or [None]:
                     load_artifact(ref)
@@ -172,11 +258,32 @@ class MCDrop:
         """Not ready while the queued work would not finish within a request's timeout (overload)."""
         return not self.scheduler.overloaded()
 
+    @bentoml.api(route="/predict", input_spec=PredictInput, output_spec=PredictOutput)
+    async def predict(self, ctx: bentoml.Context = None, **request: Any) -> PredictResponse:  # type: ignore[assignment]
+        """Predictions with uncertainty for a batch of inputs (a JSON body, or an .npy body with the other fields as
+        query parameters; the answer as JSON, or .npy with Accept: application/x-npy)."""
+        if _over_http(request, ctx):
+            return _answer(ctx, await answer_predict(self, ctx.request))
+        return (await submit(self, PredictRequest.model_validate(request))).response()
+
+    @bentoml.api(route="/acquire", input_spec=AcquireInput, output_spec=AcquireOutput)
+    async def acquire(self, ctx: bentoml.Context = None, **request: Any) -> AcquireResponse:  # type: ignore[assignment]
+        """The k rows of an unlabelled pool to label next (active learning)."""
+        import anyio
+
+        from mcdrop.service.acquire_route import answer_acquire
+        from mcdrop.serving import acquisition
+
+        if _over_http(request, ctx):
+            return _answer(ctx, await answer_acquire(self, ctx.request))
+        return await anyio.to_thread.run_sync(acquisition.acquire, self.predictor, AcquireRequest.model_validate(request))
+
     def observe(self, request: PredictRequest, result: PredictResult | None, seconds: float) -> None:
         self.metrics.observe(request, result, seconds)
         if result is not None:
             self.drift.observe(result.model, result.columns.get("ood_score"))
 
 
-MCDrop.mount_asgi_app(create_app(bentoml.get_current_service), path="/")
-MCDrop.add_asgi_middleware(_Guard)
+_service = cast(Any, MCDrop)  # a bentoml.Service at run time (the decorator's result), a class to a type checker
+_service.mount_asgi_app(create_app(bentoml.get_current_service), path="/")
+_service.add_asgi_middleware(_Guard)

@@ -84,6 +84,42 @@ def test_inprocess_service_is_wired(inproc):
     assert inproc.get("/openapi.json").json()["openapi"] == "3.0.3"
 
 
+def test_another_service_composes_it_with_bentoml_depends(models, monkeypatch):
+    """``bentoml.depends(MCDrop)`` in the same process calls the API methods directly: keyword arguments validated
+    by the schema, the typed response back, a refusal raised as the library's error."""
+    import asyncio
+
+    import bentoml
+
+    from mcdrop.schemas import PredictRequest
+    from mcdrop.service.service import MCDrop
+    from mcdrop.serving.errors import PredictError
+
+    for key, value in service_env(models).items():
+        monkeypatch.setenv(key, value)
+
+    @bentoml.service
+    class Composer:
+        mcdrop = bentoml.depends(MCDrop)
+
+    composer = Composer()
+    try:
+        async def calls() -> PredictResponse:
+            answer = await composer.mcdrop.predict(inputs=[ROW, ROW], n_samples=9, seed=4)
+            with pytest.raises(PredictError, match="n_samples"):
+                await composer.mcdrop.predict(inputs=[ROW], n_samples=MAX_SAMPLES + 1)
+            picked = await composer.mcdrop.acquire(inputs=[ROW, [1.0, 0.0, -1.0, 2.0], ROW], k=2, n_samples=6, seed=2)
+            assert len(picked.indices) == 2 and picked.seed == 2
+            return answer
+
+        answer = asyncio.run(calls())
+        want = composer.mcdrop.predictor.predict(PredictRequest(inputs=[ROW, ROW], n_samples=9, seed=4))
+        assert isinstance(answer, PredictResponse) and answer.seed == 4
+        assert_probabilities_close(answer.probabilities, want.probabilities)
+    finally:
+        composer.mcdrop.scheduler.close()
+
+
 # ------------------------------------------------------------------------------------------ a real server
 
 
@@ -108,6 +144,55 @@ def test_real_server_answers_json_and_binary(url):
     assert binary.headers["content-type"] == NPY
     answer = decode_result(binary.content, binary.headers[META_HEADER])
     assert_probabilities_close(answer.probabilities, [p["probabilities"] for p in plain["predictions"]])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bentomls_own_clients_call_predict_and_acquire(url):
+    """``bentoml.SyncHTTPClient``/``AsyncHTTPClient`` read the service's schema and call the typed API methods, as
+    another service's ``bentoml.depends(url=...)`` does: the same answer as mcdrop's own Client for the same seed,
+    and a refusal in the service's error shape."""
+    import asyncio
+
+    import bentoml
+
+    from mcdrop.client import Client
+
+    rows = [ROW, [1.0, 0.0, -1.0, 2.0]]
+    with bentoml.SyncHTTPClient(url) as client:
+        assert {"predict", "acquire"} <= set(client.endpoints)
+        answer = PredictResponse.model_validate(client.predict(inputs=rows, n_samples=30, seed=11, row_offset=2))
+        picked = client.acquire(inputs=rows * 3, k=2, n_samples=8, seed=3)
+        with pytest.raises(bentoml.exceptions.BentoMLException) as refused:
+            client.predict(inputs=rows, n_samples=MAX_SAMPLES + 1)
+    with Client(url) as own:
+        want = own.predict(rows, n_samples=30, seed=11, row_offset=2)
+    assert answer.seed == 11 and [p.n_samples for p in answer.predictions] == [30, 30]
+    assert_probabilities_close(answer.probabilities, want.probabilities)
+    assert len(picked["indices"]) == 2 and picked["seed"] == 3
+    assert refused.value.error_code == 400 and json.loads(str(refused.value))["field"] == "n_samples"
+
+    async def call() -> dict:
+        async with bentoml.AsyncHTTPClient(url) as client:
+            return await client.predict(inputs=rows, n_samples=30, seed=11, row_offset=2)
+
+    assert_probabilities_close(PredictResponse.model_validate(asyncio.run(call())).probabilities, want.probabilities)
+
+    from starlette.testclient import TestClient
+
+    from mcdrop.service.service import MCDrop
+
+    @bentoml.service(metrics={"enabled": False})  # BentoML's request metrics are process-wide: the in-process
+    class Composer:                                # service of this module registered them already
+        mcdrop = bentoml.depends(url=url, on=MCDrop)
+
+        @bentoml.api
+        async def probabilities(self, rows: list[list[float]]) -> list[list[float]]:
+            answer = await self.mcdrop.predict(inputs=rows, n_samples=30, seed=11, row_offset=2)
+            return [p.probabilities for p in answer.predictions]
+
+    with TestClient(Composer.to_asgi()) as composer:
+        assert_probabilities_close(composer.post("/probabilities", json={"rows": rows}).json(), want.probabilities)
 
 
 @pytest.mark.integration
