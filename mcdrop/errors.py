@@ -21,10 +21,11 @@ Our exception hierarchy::
     ├── DataError                        mcdrop.errors: data (a file, an array, a body) missing or not what it claims
     │   ├── InputError (ValueError)      mcdrop.io.readers: an input file, or the parameter describing it
     │   ├── OutputError (OSError)        mcdrop.io.writers: an output that cannot be written
-    │   ├── CalibrationDataError (ValueError)  mcdrop.nets.calibrate: calibration data that does not fit the model
+    │   ├── CalibrationDataError (ValueError)  mcdrop.training.imported: calibration data that does not fit the model
     │   ├── DataNotFoundError (FileNotFoundError)  mcdrop.training.data: a dataset that is not on disk
     │   └── WireError (ValueError)       mcdrop.wire: a binary body that is not what it claims
     ├── SamplingCancelled (RuntimeError)  mcdrop.sampling.engine: the caller's ``cancelled`` check stopped sampling
+    ├── UntestedBentoML (RuntimeError)   mcdrop.service.patches: the installed BentoML is outside the tested range
     ├── PredictError                     mcdrop.serving.errors: a request the predictor refuses or could not finish
     │   ├── UnknownModel                 the model is not served here
     │   ├── InvalidRequest               the request does not fit the model or the server's caps

@@ -15,13 +15,15 @@ tests (``tests/service/test_bentoml_fixes.py``, ``test_protocol.py``, ``test_ser
 
 from __future__ import annotations
 
+from mcdrop.errors import MCDropError
+
 __all__ = ["TESTED_BENTOML", "UntestedBentoML", "check_bentoml_version", "install"]
 
 TESTED_BENTOML = ("1.4.39", "1.4.40")
 """The BentoML versions the patches were tested on: at least the first, below the second."""
 
 
-class UntestedBentoML(RuntimeError):
+class UntestedBentoML(MCDropError, RuntimeError):
     """The installed BentoML is outside :data:`TESTED_BENTOML`."""
 
 
