@@ -68,11 +68,17 @@ def load_results(path: str | os.PathLike[str], key: dict[str, Any] | None = None
 
 
 def _append(path: Path, lines: list[dict[str, Any]]) -> None:
-    """Append whole lines and flush them to disk (an interrupted write leaves at most a partial last line)."""
-    with path.open("a") as f:
-        f.write("".join(json.dumps(line) + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append whole lines in one ``write`` on an ``O_APPEND`` descriptor (so two runs appending to one file do
+    not interleave) and sync them to disk."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"{path}: wrote {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run_resumable(dataset: UCIDataset, config: UCIConfig, path: str | os.PathLike[str], *, protocol: str,
