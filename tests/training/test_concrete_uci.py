@@ -96,6 +96,8 @@ def test_cli_concrete_switch(cli, tmp_path, monkeypatch):
     assert rows[0]["dataset"] == "synthetic" and len(rows[0]["splits"]) == 2 and "train_seconds" in rows[0]
     bad = cli("bench", "uci", "--concrete", "--val-samples", "10", "--datasets", "synthetic", "-o", out)
     assert bad.returncode == 2 and "--val-samples" in bad.stderr
+    both = cli("bench", "uci", "--concrete", "--heteroscedastic", "--datasets", "synthetic", "-o", out)
+    assert both.returncode == 2 and "--heteroscedastic" in both.stderr
 
 
 def test_collapsed_rates_are_scored_by_the_deterministic_pass():

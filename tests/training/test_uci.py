@@ -203,3 +203,18 @@ def test_only_runs_the_named_splits_with_their_scoring_seeds():
     assert [s.split for s in result.splits] == [1]
     with pytest.raises(IndexError):
         uci.run_protocol(ds, config, only=[2])
+
+
+def test_cli_heteroscedastic_switch(cli, tmp_path, monkeypatch):
+    ds = linear_dataset(n=200)
+    monkeypatch.setattr("mcdrop.training.data.UCI_DATASETS", {"synthetic": None})
+    monkeypatch.setattr("mcdrop.training.data.load_uci", lambda name, root=None: ds)
+    out = tmp_path / "h.md"
+    run = cli("bench", "uci", "--heteroscedastic", "--datasets", "synthetic", "--epochs-multiplier", "0.25",
+              "--samples", "50", "--val-samples", "20", "--threads", "1", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "heteroscedastic network" in out.read_text() and "learned)" in out.read_text()
+    import json
+
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows[0]["head"] == "heteroscedastic" and all(s["tau"] is None for s in rows[0]["splits"])
