@@ -27,7 +27,7 @@ def label(key: dict) -> str:
     parts.append(f"rate lr {o['rate_lr']:g}" if o["rate_lr"] else "rate lr = lr")
     if o["floor"]:
         parts.append(f"floor {o['floor']:g}")
-    return ", ".join(parts) + f" (×{key['epochs']} epochs)"
+    return ", ".join(parts) + f" ({key['epochs']} epochs)"
 
 
 def main() -> int:
@@ -43,7 +43,7 @@ def main() -> int:
                 runs.setdefault(label(line["key"]), []).append(line)
     if not runs:
         raise SystemExit(f"no traced Concrete runs of {args.dataset} in {', '.join(map(str, args.files))}")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
     for (name, lines), colour in zip(runs.items(), plt.cm.tab10.colors, strict=False):
         trace = np.array([line["trace"] for line in lines])  # (splits, E, 3): epoch, p_input, p_hidden
         epochs = trace[0, :, 0]
@@ -57,8 +57,9 @@ def main() -> int:
         ax.set_title(f"{args.dataset}: learned p, {title}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("p (median over splits; band: min–max)")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(args.output, dpi=110)
     print(f"wrote {args.output}")
     return 0

@@ -93,7 +93,10 @@ def main() -> int:
     res = args.results
     ref = json.loads((res / "dropout-2018-rerun-per-split.json").read_text())["datasets"]
     grid = {**from_json(res / "uci-x10.json"), **from_json(res / "uci-x100-small.json")}
-    hetero = from_jsonl(res / "uci26-grid-hetero.jsonl", protocol="grid-hetero")
+    hetero: PerSplit = {}
+    for path in sorted(res.glob("uci26-grid-hetero*.jsonl")):  # one file per concurrent run
+        for ds, runs in from_jsonl(path, protocol="grid-hetero").items():
+            hetero[ds] = {**runs, **hetero.get(ds, {})}
     concrete = from_jsonl(res / args.concrete, protocol="concrete")
     epochs_full = {ds: (20 if ds == "protein-tertiary-structure" else 40) * 100 for ds in DATASETS}
     print("| dataset | 2018 re-run RMSE / LL | best published LL (method) | grid, homoscedastic | Δ vs re-run | "
@@ -107,7 +110,37 @@ def main() -> int:
         for runs in (grid.get(ds), hetero.get(ds), concrete.get(ds)):
             row += cell(ds, runs, r, epochs_full[ds], n)
         print("| " + " | ".join(row) + " |")
+    print()
+    concrete_variants(res)
     return 0
+
+
+def concrete_variants(res: Path) -> None:
+    """Concrete dropout's variants side by side: RMSE / LL, learned rates, splits scored with MC off."""
+    runs: dict[str, dict[str, list[dict]]] = {}  # variant -> dataset -> split results
+    for r in json.loads((res / "uci-x100-small-concrete.json").read_text()):
+        runs.setdefault("published recipe (§7 run)", {})[r["dataset"]] = r["splits"]
+    for path in sorted(res.glob("uci26-concrete*.jsonl")):
+        for line in load_results(path):
+            o = line["key"]["options"]
+            name = ("heteroscedastic" if o["heteroscedastic"] else "homoscedastic, τ grid") + \
+                (f", rate lr {o['rate_lr']:g}" if o["rate_lr"] else "") + (f", floor {o['floor']:g}" if o["floor"] else "")
+            if name == "heteroscedastic":
+                name = "published recipe (rerun with trace)"
+            if line["key"]["epochs"] < 1000:
+                name += f", {line['key']['epochs']} epochs (× 10)"
+            runs.setdefault(name, {}).setdefault(line["key"]["dataset"], []).append(line["result"])
+    print("| dataset | Concrete variant | splits | RMSE | test LL | learned p input / hidden (mean) | MC off |")
+    print("|---|---|---:|---|---|---|---:|")
+    for ds in DATASETS:
+        for name, by_ds in runs.items():
+            splits = by_ds.get(ds)
+            if not splits:
+                continue
+            rmse, ll = mean_se([s["rmse"] for s in splits]), mean_se([s["ll"] for s in splits])
+            p_in, p_h = np.mean([s["p_input"] for s in splits]), np.mean([s["p_hidden"] for s in splits])
+            off = sum(bool(s["mc_off"]) for s in splits)
+            print(f"| {ds} | {name} | {len(splits)} | {fmt(*rmse, 3)} | {fmt(*ll, 3)} | {p_in:.2g} / {p_h:.2g} | {off} |")
 
 
 if __name__ == "__main__":
