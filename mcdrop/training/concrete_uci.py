@@ -22,6 +22,11 @@ gradient, and the entropy term's pull, ``~ K a p (1 - p) 2/N``, vanishes with ``
 0 in keyed masks, and a split whose rates are all that small is scored by its deterministic pass (``MC off``
 in the table).
 
+:class:`ConcreteOptions` changes the recipe (issue 26): a separate Adam learning rate for ``p_logit``, a floor
+on the rates (a projection after each step), and the homoscedastic head ``tau mean (y - mu)^2`` with the
+dataset's ``tau`` grid searched on a validation split as the grid protocol does (which isolates the effect of
+learning ``p`` from that of learning the variance); ``trace_every`` records the rates during training.
+
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
 shape ``(G,)``), as :func:`mcdrop.training.uci._train_stack` does for the grid.
 """
