@@ -37,6 +37,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,8 +177,8 @@ def _train_concrete_stack(
     logit = _logit(init_p)
     a_in = torch.full((g, 1, 1), logit, requires_grad=True)
     a_h = torch.full((g, 1, 1), logit, requires_grad=True)
-    opt = torch.optim.Adam([{"params": [w1, b1, w2, b2]}, {"params": [a_in, a_h], "lr": rate_lr or lr}], lr=lr,
-                           foreach=True)
+    groups: list[dict[str, Any]] = [{"params": [w1, b1, w2, b2]}, {"params": [a_in, a_h], "lr": rate_lr or lr}]
+    opt = torch.optim.Adam(groups, lr=lr, foreach=True)
     low = _logit(floor) if floor > 0 else None
     wr, dr = length_scale**2 / n, 2.0 / n
     net_index = torch.arange(g).view(g, 1)
@@ -257,8 +258,8 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
                       dtype=torch.float32)
     if any(t is None for t in taus) and not all(t is None for t in taus):
         raise ValueError("taus have to be all None (heteroscedastic) or all given (homoscedastic)")
-    tau = None if taus[0] is None else torch.tensor([t * ys_ ** 2 for t, (_, ys_) in zip(taus, y_stats, strict=True)],
-                                                   dtype=torch.float32)
+    given = [(t, sd) for t, (_, sd) in zip(taus, y_stats, strict=True) if t is not None]
+    tau = torch.tensor([t * sd**2 for t, sd in given], dtype=torch.float32) if given else None  # standardised units
     weights = _train_concrete_stack(xs, ys, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                                     batch_size=config.batch_size, lr=config.lr, length_scale=config.length_scale,
                                     generator=generator, tau=tau, rate_lr=options.rate_lr, floor=options.floor,
