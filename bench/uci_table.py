@@ -94,9 +94,9 @@ def main() -> int:
     ref = json.loads((res / "dropout-2018-rerun-per-split.json").read_text())["datasets"]
     grid = {**from_json(res / "uci-x10.json"), **from_json(res / "uci-x100-small.json")}
     hetero: PerSplit = {}
-    for path in sorted(res.glob("uci26-grid-hetero*.jsonl")):  # one file per concurrent run
+    for path in sorted(res.glob("uci26-grid-hetero*.jsonl")):  # one file per concurrent run; later files win
         for ds, runs in from_jsonl(path, protocol="grid-hetero").items():
-            hetero[ds] = {**runs, **hetero.get(ds, {})}
+            hetero[ds] = {**hetero.get(ds, {}), **runs}
     concrete: PerSplit = {}
     for path in sorted(res.glob(args.concrete)):
         for ds, runs in from_jsonl(path, protocol="concrete").items():
