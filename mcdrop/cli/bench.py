@@ -38,6 +38,8 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--threads", type=int, help="torch threads")
     u.add_argument("--concrete", action="store_true",
                    help="learn the dropout rates (Concrete dropout, heteroscedastic head) instead of the grid search")
+    u.add_argument("--heteroscedastic", action="store_true",
+                   help="grid search over p of a network that predicts mean and log-variance (no tau grid)")
     u.set_defaults(run=run_uci)
 
 
@@ -54,6 +56,8 @@ def run_uci(args: argparse.Namespace) -> int:
     setup_torch(args.threads)
     if args.concrete and args.val_samples is not None:
         raise CLIError("--val-samples: not used with --concrete (there is no grid to search); leave it out", 2)
+    if args.concrete and args.heteroscedastic:
+        raise CLIError("--heteroscedastic: --concrete always has the heteroscedastic head; give one of the two", 2)
     given = {k: v for k, v in vars(args).items() if v is not None}
     settings = {**FULL, **(QUICK if args.quick else {}), **given}
     datasets = settings.get("datasets") or list(UCI_DATASETS)
@@ -71,7 +75,8 @@ def run_uci(args: argparse.Namespace) -> int:
             dataset = load_uci(name, args.data_root)
         except DataNotFoundError as err:
             raise CLIError(str(err)) from err
-        result = run_concrete(dataset, config, log=log) if args.concrete else run_protocol(dataset, config, log=log)
+        result = run_concrete(dataset, config, log=log) if args.concrete else \
+            run_protocol(dataset, config, log=log, heteroscedastic=args.heteroscedastic)
         log(summary([result]).splitlines()[-1])
         results.append(result)
     table = summary(results)
@@ -81,7 +86,8 @@ def run_uci(args: argparse.Namespace) -> int:
                   f"x{config.epochs_multiplier:g}, T = {config.samples}, seed {config.seed}, "
                   f"{torch.get_num_threads()} threads.\n\n")
     else:
-        header = (f"UCI benchmark: epochs x{config.epochs_multiplier:g}, T = "
+        head = "heteroscedastic network, " if args.heteroscedastic else ""
+        header = (f"UCI benchmark: {head}epochs x{config.epochs_multiplier:g}, T = "
                   f"{config.samples} (grid search T = {config.val_samples or config.samples}), seed {config.seed}.\n\n")
     _write(args.output, header + table + "\n")
     _write(args.output.with_suffix(".json"), json.dumps(

@@ -135,6 +135,7 @@ def run_uci(args: argparse.Namespace) -> int:
         raise CLIError(f"--holdout has to be in [0, 1), but got {args.holdout}", 2)
     protocol = run_protocol(dataset, config, log=log)
     p, tau = protocol.chosen()
+    assert tau is not None  # the homoscedastic protocol searches tau (None is the heteroscedastic head's)
     train_rows, cal_rows, test_rows = holdout_split(len(dataset.y), args.holdout, args.seed)
     log(f"protocol done in {protocol.seconds:.0f} s; training on {len(train_rows)} of {len(dataset.y)} rows with "
         f"p={p:g}, tau={tau:g}" + (f" ({len(cal_rows)} calibrate, {len(test_rows)} test)" if args.holdout else ""))

@@ -22,6 +22,11 @@ gradient, and the entropy term's pull, ``~ K a p (1 - p) 2/N``, vanishes with ``
 0 in keyed masks, and a split whose rates are all that small is scored by its deterministic pass (``MC off``
 in the table).
 
+:class:`ConcreteOptions` changes the recipe (issue 26): a separate Adam learning rate for ``p_logit``, a floor
+on the rates (a projection after each step), and the homoscedastic head ``tau mean (y - mu)^2`` with the
+dataset's ``tau`` grid searched on a validation split as the grid protocol does (which isolates the effect of
+learning ``p`` from that of learning the variance); ``trace_every`` records the rates during training.
+
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
 shape ``(G,)``), as :func:`mcdrop.training.uci._train_stack` does for the grid.
 """
@@ -31,11 +36,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from scipy import special
 from torch import Tensor, nn
 
 from mcdrop.nets.concrete import (
@@ -49,20 +54,62 @@ from mcdrop.nets.concrete import (
 )
 from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
-from mcdrop.sampling import functional as F
-from mcdrop.sampling.engine import DropoutConfigError, MCEngine
-from mcdrop.sampling.layers import MCDropoutLayer
+from mcdrop.sampling.engine import DropoutConfigError
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
-from mcdrop.training.uci import _standardise, mean_se
-from mcdrop.uncertainty import metrics as M
+from mcdrop.training.uci import (
+    _standardise,
+    heteroscedastic_mixture_ll,
+    keyed_dropout_off,
+    mean_se,
+    score,
+    score_heteroscedastic,
+)
 
-__all__ = ["ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
-           "keyed_dropout_off", "run_concrete", "score_heteroscedastic", "summarize_concrete"]
+__all__ = ["ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
+           "keyed_dropout_off", "run_concrete", "score_deterministic", "score_heteroscedastic", "summarize_concrete"]
 
 Log = Callable[[str], None]
 INIT_P = 0.1
 TEMPERATURE = 0.1
+
+
+@dataclass(frozen=True)
+class ConcreteOptions:
+    """How the rates are learned: the defaults are the published recipe (and BENCHMARKS §7's run).
+
+    Args:
+        rate_lr: Adam's learning rate for the rate logits ``p_logit`` (None: the weights' ``config.lr``).
+        floor: a lower bound on every rate: after each step ``p_logit`` is clamped to ``>= logit(floor)`` (a
+            projected gradient step); 0: none.
+        heteroscedastic: the ``(mu, log sigma^2)`` head with no grid; False: the homoscedastic head
+            ``tau mean (y - mu)^2`` with the dataset's ``tau`` grid, chosen on the validation LL of the last 20%
+            of the training rows and retrained on all of them, as the grid protocol does (``tau`` in target
+            units, ``tau * std(y)^2`` in the standardised loss).
+        trace_every: record both rates every this many epochs (0: not) in ``ConcreteUCIResult.trace``.
+    """
+
+    rate_lr: float | None = None
+    floor: float = 0.0
+    heteroscedastic: bool = True
+    trace_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rate_lr is not None and not self.rate_lr > 0:
+            raise ValueError(f"rate_lr has to be > 0 (or None for the weights' lr), but got {self.rate_lr}")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"floor has to be in [0, 1), but got {self.floor}")
+        if self.trace_every < 0:
+            raise ValueError(f"trace_every has to be >= 0, but got {self.trace_every}")
+
+    def label(self) -> str:
+        """A short name, e.g. ``hetero`` or ``homo-tau, rate lr 1e-4, floor 0.005``."""
+        parts = ["hetero" if self.heteroscedastic else "homo-tau"]
+        if self.rate_lr is not None:
+            parts.append(f"rate lr {self.rate_lr:g}")
+        if self.floor:
+            parts.append(f"floor {self.floor:g}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -74,6 +121,8 @@ class ConcreteSplitResult:
     rmse_deterministic: float
     ll: float
     mc_off: bool = False  # learned rates ~0 (< 2^-17, or the engine saw identical passes): scored deterministically
+    tau: float | None = None  # the homoscedastic head's chosen tau
+    val_ll: dict[str, float] = field(default_factory=dict)  # homoscedastic: "tau=.." -> validation LL
 
 
 @dataclass
@@ -86,6 +135,8 @@ class ConcreteUCIResult:
     splits: list[ConcreteSplitResult]
     seconds: float  # training and scoring
     train_seconds: float
+    options: ConcreteOptions = field(default_factory=ConcreteOptions)
+    trace: dict[int, list[list[float]]] = field(default_factory=dict)  # split -> [[epoch, p_input, p_hidden], ...]
 
     def mean_se(self, name: str) -> tuple[float, float]:
         """Mean and standard error of a split metric over splits (:func:`mcdrop.training.uci.mean_se`)."""
@@ -95,32 +146,45 @@ class ConcreteUCIResult:
 # ---------------------------------------------------------------------------------------------- training
 
 
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
 def _train_concrete_stack(
     xs: Tensor, ys: Tensor, *, hidden: int, epochs: int, batch_size: int, lr: float, length_scale: float,
     generator: torch.Generator, init_p: float = INIT_P, temperature: float = TEMPERATURE,
+    tau: Tensor | None = None, rate_lr: float | None = None, floor: float = 0.0, trace_every: int = 0,
 ) -> dict[str, Tensor]:
-    """Train G one-hidden-layer heteroscedastic Concrete-dropout networks at once, one per data set.
+    """Train G one-hidden-layer Concrete-dropout networks at once, one per data set.
 
     Args:
         xs, ys: standardised training sets. Shape: ``(G, N, D)``, ``(G, N)``.
+        tau: None for the heteroscedastic head; else each network's precision in standardised units, the
+            loss ``tau mean (y - mu)^2``. Shape: ``(G,)``.
+        rate_lr, floor, trace_every: as in :class:`ConcreteOptions`.
 
     Returns:
-        ``w1 (G, D, H)``, ``b1 (G, H)``, ``w2 (G, H, 2)``, ``b2 (G, 2)``, ``p_in (G,)``, ``p_hidden (G,)`` (the
-        last two as logits ``p_logit``).
+        ``w1 (G, D, H)``, ``b1 (G, H)``, ``w2 (G, H, O)``, ``b2 (G, O)`` (``O`` = 2 heteroscedastic, else 1),
+        ``p_in (G,)``, ``p_hidden (G,)`` (the last two as logits ``p_logit``) and ``trace (E, G, 2)``, the rates
+        after every ``trace_every``-th epoch (``E = 0`` without).
     """
     g, n, d = xs.shape
-    bound1, bound2 = math.sqrt(6 / (d + hidden)), math.sqrt(6 / (hidden + 2))
+    n_out = 2 if tau is None else 1
+    bound1, bound2 = math.sqrt(6 / (d + hidden)), math.sqrt(6 / (hidden + n_out))
     w1 = ((torch.rand(g, d, hidden, generator=generator) * 2 - 1) * bound1).requires_grad_()
-    w2 = ((torch.rand(g, hidden, 2, generator=generator) * 2 - 1) * bound2).requires_grad_()
+    w2 = ((torch.rand(g, hidden, n_out, generator=generator) * 2 - 1) * bound2).requires_grad_()
     b1 = torch.zeros(g, 1, hidden, requires_grad=True)
-    b2 = torch.zeros(g, 1, 2, requires_grad=True)
-    logit = math.log(init_p) - math.log1p(-init_p)
+    b2 = torch.zeros(g, 1, n_out, requires_grad=True)
+    logit = _logit(init_p)
     a_in = torch.full((g, 1, 1), logit, requires_grad=True)
     a_h = torch.full((g, 1, 1), logit, requires_grad=True)
-    opt = torch.optim.Adam([w1, b1, w2, b2, a_in, a_h], lr=lr, foreach=True)
+    groups: list[dict[str, Any]] = [{"params": [w1, b1, w2, b2]}, {"params": [a_in, a_h], "lr": rate_lr or lr}]
+    opt = torch.optim.Adam(groups, lr=lr, foreach=True)
+    low = _logit(floor) if floor > 0 else None
     wr, dr = length_scale**2 / n, 2.0 / n
     net_index = torch.arange(g).view(g, 1)
-    for _ in range(epochs):
+    trace = []
+    for epoch in range(epochs):
         order = torch.argsort(torch.rand(g, n, generator=generator), dim=1)
         # the logistic noise of every row of the epoch, in two draws (it does not depend on the rates)
         noise_in = logistic_noise(torch.rand(g, n, d, generator=generator))
@@ -133,22 +197,34 @@ def _train_concrete_stack(
             h = torch.relu(torch.baddbmm(b1, xb, w1))
             h = concrete_dropout(h, a_h, temperature, noise=noise_h[:, start:stop])
             out = torch.baddbmm(b2, h, w2)
-            mu, s = out[..., 0], out[..., 1]
-            loss = (torch.exp(-s) * (yb - mu) ** 2 + s).mean(1)
+            if tau is None:
+                mu, s = out[..., 0], out[..., 1]
+                loss = (torch.exp(-s) * (yb - mu) ** 2 + s).mean(1)
+            else:
+                loss = tau * ((yb - out[..., 0]) ** 2).mean(1)
             reg = (concrete_regulariser(w1.square().sum((1, 2)), d, a_in.view(g), wr, dr)
                    + concrete_regulariser(w2.square().sum((1, 2)), hidden, a_h.view(g), wr, dr))
             opt.zero_grad(set_to_none=True)
             (loss + reg).sum().backward()
             opt.step()
+            if low is not None:
+                with torch.no_grad():
+                    a_in.clamp_(min=low)
+                    a_h.clamp_(min=low)
+        if trace_every and (epoch + 1) % trace_every == 0:
+            trace.append(torch.sigmoid(torch.stack([a_in.detach().view(g), a_h.detach().view(g)], -1)))
     return {"w1": w1.detach(), "b1": b1.detach().squeeze(1), "w2": w2.detach(), "b2": b2.detach().squeeze(1),
-            "p_in": a_in.detach().view(g), "p_hidden": a_h.detach().view(g)}
+            "p_in": a_in.detach().view(g), "p_hidden": a_h.detach().view(g),
+            "trace": torch.stack(trace) if trace else torch.empty(0, g, 2)}
 
 
 def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.ndarray],
-             y_stats: tuple[float, float]) -> DropoutMLP:
-    """Network ``i`` of the stack as a Concrete :class:`DropoutMLP` (input dropout, one hidden layer)."""
+             y_stats: tuple[float, float], tau: float | None = None) -> DropoutMLP:
+    """Network ``i`` of the stack as a Concrete :class:`DropoutMLP` (input dropout, one hidden layer); ``tau``
+    None: the heteroscedastic head, else the homoscedastic one with that precision (target units)."""
     d, hidden = weights["w1"].shape[1:]
-    model = concrete_mlp(d, [hidden], 1, p=INIT_P, head=Task.HETEROSCEDASTIC)
+    head = Task.HETEROSCEDASTIC if tau is None else Task.HOMOSCEDASTIC
+    model = concrete_mlp(d, [hidden], 1, p=INIT_P, head=head, tau=tau)
     with torch.no_grad():
         drop_in, drop_h = [m for m in model.net if isinstance(m, ConcreteDropout)]  # net: drop, lin, relu, drop, lin
         first, last = [m for m in model.net if isinstance(m, nn.Linear)]
@@ -166,95 +242,116 @@ def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.n
 
 
 def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCIConfig,
-              generator: torch.Generator) -> list[DropoutMLP]:
-    """One Concrete network per row set (all at once when the sets have equal sizes)."""
+              generator: torch.Generator, options: ConcreteOptions = ConcreteOptions(),
+              taus: Sequence[float | None] | None = None) -> tuple[list[DropoutMLP], Tensor]:
+    """One Concrete network per row set (all at once when the sets have equal sizes); ``taus[k]`` the
+    homoscedastic precision of network ``k`` in target units (None, or no ``taus``: heteroscedastic).
+
+    Returns the networks and the rate trace ``(E, G, 2)``."""
+    taus = list(taus) if taus is not None else [None] * len(row_sets)
     if len({len(r) for r in row_sets}) > 1:
-        return [_fit_many(dataset, [r], config, generator)[0] for r in row_sets]
+        fits = [_fit_many(dataset, [r], config, generator, options, [t]) for r, t in zip(row_sets, taus, strict=True)]
+        return [m for ms, _ in fits for m in ms], torch.cat([tr for _, tr in fits], 1)
     x_stats = [_standardise(dataset.x[r]) for r in row_sets]
     y_stats = [(float(dataset.y[r].mean()), float(dataset.y[r].std() or 1.0)) for r in row_sets]
     xs = torch.tensor(np.stack([(dataset.x[r] - m) / s for r, (m, s) in zip(row_sets, x_stats, strict=True)]),
                       dtype=torch.float32)
     ys = torch.tensor(np.stack([(dataset.y[r] - m) / s for r, (m, s) in zip(row_sets, y_stats, strict=True)]),
                       dtype=torch.float32)
+    if any(t is None for t in taus) and not all(t is None for t in taus):
+        raise ValueError("taus have to be all None (heteroscedastic) or all given (homoscedastic)")
+    given = [(t, sd) for t, (_, sd) in zip(taus, y_stats, strict=True) if t is not None]
+    tau = torch.tensor([t * sd**2 for t, sd in given], dtype=torch.float32) if given else None  # standardised units
     weights = _train_concrete_stack(xs, ys, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                                     batch_size=config.batch_size, lr=config.lr, length_scale=config.length_scale,
-                                    generator=generator)
-    return [_unstack(weights, k, x_stats[k], y_stats[k]) for k in range(len(row_sets))]
+                                    generator=generator, tau=tau, rate_lr=options.rate_lr, floor=options.floor,
+                                    trace_every=options.trace_every)
+    models = [_unstack(weights, k, x_stats[k], y_stats[k], taus[k]) for k in range(len(row_sets))]
+    return models, weights["trace"]
 
 
-def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None = None) -> DropoutMLP:
-    """One Concrete network on ``rows`` of ``dataset`` (default: every row); serve it with ``to_dropout``."""
+def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None = None,
+                 options: ConcreteOptions = ConcreteOptions(), tau: float | None = None) -> DropoutMLP:
+    """One Concrete network on ``rows`` of ``dataset`` (default: every row); serve it with ``to_dropout``.
+
+    ``tau``: the homoscedastic head's precision (target units); None: heteroscedastic."""
     generator = torch.Generator().manual_seed(config.seed)
     rows = np.arange(len(dataset.y)) if rows is None else rows
-    return _fit_many(dataset, [rows], config, generator)[0]
+    return _fit_many(dataset, [rows], config, generator, options, [tau])[0][0]
 
 
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-def heteroscedastic_mixture_ll(samples: Tensor | np.ndarray, target: np.ndarray) -> float:
-    """Mean test LL of the mixture of ``T`` Gaussians ``N(mu_t, exp(s_t))``, one per pass.
+def _score(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed: int) -> dict[str, float]:
+    """Score the trained Concrete ``model`` served as keyed dropout (:func:`to_dropout`)."""
+    served = to_dropout(model)
+    if served.head is Task.HETEROSCEDASTIC:
+        return score_heteroscedastic(served, x, y, n_samples, seed)
+    if keyed_dropout_off(served):
+        return {**score_deterministic(served, x, y), "mc_off": 1.0}
+    try:
+        return {**score(served, x, y, n_samples, seed), "mc_off": 0.0}
+    except DropoutConfigError:
+        return {**score_deterministic(served, x, y), "mc_off": 1.0}
 
-    Shape: samples ``(T, N, 2)`` (mean, log-variance), target ``(N,)``.
+
+def score_deterministic(model: DropoutMLP, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """A homoscedastic model scored by its dropout-off pass alone: the LL of ``N(f(x), 1/tau)``."""
+    f = model(torch.as_tensor(x, dtype=torch.float32)).detach().double().numpy()
+    tau = float(model.tau)
+    ll = -0.5 * tau * (np.asarray(y) - f) ** 2 - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau)
+    rmse = float(np.sqrt(np.mean((np.asarray(y) - f) ** 2)))
+    return {"rmse": rmse, "rmse_deterministic": rmse, "ll": float(ll.mean())}
+
+
+def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = None,
+                 options: ConcreteOptions = ConcreteOptions(), only: Sequence[int] | None = None) -> ConcreteUCIResult:
+    """Concrete dropout on the first ``config.splits`` splits (or the split indices ``only``).
+
+    Heteroscedastic: one network per split, all in one stack.  Homoscedastic: one network per (split, tau) on
+    the first 80% of the training rows, tau chosen on the rest's LL, one network per split retrained on all.
     """
-    s = np.asarray(samples, dtype=np.float64)
-    y = np.asarray(target, dtype=np.float64)
-    mu, log_var = s[..., 0], s[..., 1]
-    log_pdf = -0.5 * (y[None] - mu) ** 2 * np.exp(-log_var) - 0.5 * log_var
-    ll = special.logsumexp(log_pdf, axis=0) - math.log(s.shape[0]) - 0.5 * math.log(2 * math.pi)
-    return float(ll.mean())
-
-
-def keyed_dropout_off(model: DropoutMLP) -> bool:
-    """True when every dropout rate of ``model`` rounds to 0 in keyed masks (``p < 2^-17``): its MC passes are
-    all the deterministic pass (the engine then refuses MC mode)."""
-    return all(F.quantized_rate(m.p)[2] == 0.0 for m in model.modules() if isinstance(m, MCDropoutLayer))
-
-
-def score_heteroscedastic(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed: int
-                          ) -> dict[str, float]:
-    """RMSE of the MC mean, the dropout-off RMSE and the mixture LL, from ``n_samples`` batched passes.
-
-    When the learned rates are all below the keyed masks' resolution (:func:`keyed_dropout_off`), or so small
-    that the engine's probe sees identical passes and refuses MC mode, the ``T`` passes are taken to be the
-    deterministic one and the mixture is that one Gaussian (``mc_off`` = 1).
-    """
-    engine = MCEngine(model)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    mc_off = keyed_dropout_off(model)
-    if not mc_off:
-        try:
-            samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
-        except DropoutConfigError:  # the engine's probe saw 32 identical passes: rates of ~1e-5 drop ~nothing
-            mc_off = True
-    if mc_off:
-        samples = engine.deterministic(xt).double()[None]  # (1, N, 2): T identical passes
-    return {
-        "rmse": M.rmse(samples[..., 0].mean(0), y),
-        "rmse_deterministic": M.rmse(engine.deterministic(xt)[:, 0].double(), y),
-        "ll": heteroscedastic_mixture_ll(samples, y),
-        "mc_off": float(mc_off),
-    }
-
-
-def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = None) -> ConcreteUCIResult:
-    """Concrete dropout on the first ``config.splits`` splits: one network per split, all in one stack."""
     log = log or (lambda _m: None)
     start = time.perf_counter()
-    splits = dataset.splits[: config.splits] if config.splits else dataset.splits
+    indices = list(only) if only is not None else list(range(config.splits or len(dataset.splits)))
+    splits = [dataset.splits[k] for k in indices]
     generator = torch.Generator().manual_seed(config.seed)
-    log(f"{dataset.name}: Concrete dropout, {len(splits)} networks, {config.epochs(dataset)} epochs")
-    models = _fit_many(dataset, [train for train, _ in splits], config, generator)
+    epochs = config.epochs(dataset)
+    chosen: list[float | None] = [None] * len(splits)
+    val_lls: list[dict[str, float]] = [{} for _ in splits]
+    if not options.heteroscedastic:
+        taus = list(dataset.tau_values)
+        fit_rows, val_rows = [], []
+        for train, _ in splits:
+            n_fit = len(train) - round(config.val_fraction * len(train))
+            fit_rows.append(train[:n_fit])
+            val_rows.append(train[n_fit:])
+        log(f"{dataset.name}: Concrete dropout ({options.label()}), tau grid: {len(splits)} x {len(taus)} networks, "
+            f"{epochs} epochs")
+        candidates, _ = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
+                                  taus * len(splits))
+        val_samples = config.val_samples or config.samples
+        for j, k in enumerate(indices):
+            for i, t in enumerate(taus):
+                model = candidates[j * len(taus) + i]
+                got = _score(model, dataset.x[val_rows[j]], dataset.y[val_rows[j]], val_samples, config.seed + k)
+                val_lls[j][f"tau={t:g}"] = got["ll"]
+            chosen[j] = taus[int(np.argmax(list(val_lls[j].values())))]
+    log(f"{dataset.name}: Concrete dropout ({options.label()}), {len(splits)} networks, {epochs} epochs")
+    models, trace = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen)
     train_seconds = time.perf_counter() - start
     results = []
-    for k, ((_, test), model) in enumerate(zip(splits, models, strict=True)):
+    for j, (k, (_, test), model) in enumerate(zip(indices, splits, models, strict=True)):
         rates = learned_rates(model)
-        served = to_dropout(model)
-        s = score_heteroscedastic(served, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
+        s = _score(model, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
         results.append(ConcreteSplitResult(k, rates["net.0"], rates["net.3"], s["rmse"], s["rmse_deterministic"],
-                                           s["ll"], s["mc_off"] > 0))
-    return ConcreteUCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], config.epochs(dataset), config,
-                             results, time.perf_counter() - start, train_seconds)
+                                           s["ll"], s["mc_off"] > 0, chosen[j], val_lls[j]))
+    every = options.trace_every
+    traced = {k: [[(e + 1) * every, *map(float, trace[e, j])] for e in range(trace.shape[0])]
+              for j, k in enumerate(indices)} if every else {}
+    return ConcreteUCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], epochs, config, results,
+                             time.perf_counter() - start, train_seconds, options, traced)
 
 
 def summarize_concrete(results: Sequence[ConcreteUCIResult]) -> str:

@@ -12,6 +12,14 @@ the last 20%; retrain on all training rows with the best pair; report on the tes
 units, dropout ``p``, a linear output; loss ``mean (y - f(x))^2 + lambda (|W_1|^2 + |W_2|^2)`` with
 ``lambda = l^2 (1 - p) / (2 N tau)``, ``l = 1e-2``; Adam (lr 1e-3), batch 128, Glorot-uniform kernels.
 
+Heteroscedastic variant (``heteroscedastic=True``): the output layer gives a mean and a log-variance
+``(mu, s)`` (the :attr:`Task.HETEROSCEDASTIC` head), the loss is twice the Gaussian NLL per row plus the prior,
+``mean [exp(-s) (y - mu)^2 + s] + lambda (|W_1|^2 + |W_2|^2)`` with ``lambda = l^2 (1 - p) / (2 N)`` (with ``s``
+held at ``-log tau`` this is ``tau`` times the homoscedastic loss, so the prior is the same), the grid is over
+``p`` only (``tau`` is learned per input), and the predictive is the mixture of the ``T`` passes' Gaussians:
+``LL = mean_i [logsumexp_t log N(y_i; mu_ti, exp(s_ti))] - log T``; its variance is the mean of the passes'
+variances (aleatoric) plus the variance of their means (epistemic) (:func:`mixture_moments`).
+
 Speed: the networks of one stage (every split x every grid pair) are independent, so they train
 together as one stacked network (batched matmuls, one Adam over stacked parameters, which is elementwise
 and therefore G independent Adams); each network draws its own batches and masks.
@@ -27,16 +35,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import special
 from torch import Tensor, nn
 
 from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
-from mcdrop.sampling.engine import MCEngine
+from mcdrop.sampling import functional as F
+from mcdrop.sampling.engine import DropoutConfigError, MCEngine
+from mcdrop.sampling.layers import MCDropoutLayer
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
 from mcdrop.uncertainty import metrics as M
 
-__all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "holdout_split", "run_protocol", "summarize"]
+__all__ = ["SplitResult", "UCIConfig", "UCIResult", "fit_regressor", "heteroscedastic_mixture_ll", "holdout_split",
+           "keyed_dropout_off", "mixture_moments", "run_protocol", "score", "score_heteroscedastic", "summarize"]
 
 Log = Callable[[str], None]
 
@@ -45,11 +57,12 @@ Log = Callable[[str], None]
 class SplitResult:
     split: int
     dropout: float
-    tau: float
+    tau: float | None  # None: heteroscedastic head (the noise is predicted, not searched)
     rmse: float  # of the MC mean
     rmse_deterministic: float
     ll: float
-    val_ll: dict[str, float] = field(default_factory=dict)  # "p=..,tau=.." -> validation LL
+    val_ll: dict[str, float] = field(default_factory=dict)  # "p=..,tau=.." (or "p=..") -> validation LL
+    mc_off: bool = False  # heteroscedastic only: the engine refused MC mode, scored by the deterministic pass
 
 
 @dataclass
@@ -61,13 +74,14 @@ class UCIResult:
     config: UCIConfig
     splits: list[SplitResult]
     seconds: float
+    head: str = Task.HOMOSCEDASTIC.value
 
     def mean_se(self, name: str) -> tuple[float, float]:
         """Mean and standard error of a split metric over splits (:func:`mean_se`)."""
         return mean_se([getattr(s, name) for s in self.splits])
 
-    def chosen(self) -> tuple[float, float]:
-        """The (p, tau) pair chosen on most splits (ties: the first chosen)."""
+    def chosen(self) -> tuple[float, float | None]:
+        """The (p, tau) pair chosen on most splits (ties: the first chosen); tau None when heteroscedastic."""
         return Counter((s.dropout, s.tau) for s in self.splits).most_common(1)[0][0]
 
 
@@ -98,7 +112,7 @@ def _keep(shape: torch.Size, threshold: Tensor, generator: torch.Generator) -> T
 
 def _train_stack(
     xs: Tensor, ys: Tensor, owner: Tensor, p: Tensor, decay: Tensor, *, hidden: int, epochs: int,
-    batch_size: int, lr: float, generator: torch.Generator,
+    batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train G one-hidden-layer dropout networks at once.
 
@@ -106,16 +120,20 @@ def _train_stack(
         xs, ys: standardised training sets, one per data set ``k``. Shape: ``(K, N, D)``, ``(K, N)``.
         owner: the data set of each network. Shape: ``(G,)``.
         p, decay: each network's dropout rate and weight decay ``lambda``. Shape: ``(G,)``.
+        heteroscedastic: two outputs ``(mu, s = log sigma^2)`` and the loss ``mean [exp(-s)(y - mu)^2 + s]``
+            instead of one output and ``mean (y - f)^2``.
 
     Returns:
-        stacked ``W1 (G, D, H)``, ``b1 (G, H)``, ``W2 (G, H)``, ``b2 (G,)``.
+        stacked ``W1 (G, D, H)``, ``b1 (G, H)``, ``W2 (G, H)``, ``b2 (G,)``; heteroscedastic:
+        ``W2 (G, H, 2)``, ``b2 (G, 2)``.
     """
     g, (_, n, d) = owner.shape[0], xs.shape
-    bound1, bound2 = math.sqrt(6 / (d + hidden)), math.sqrt(6 / (hidden + 1))
+    n_out = 2 if heteroscedastic else 1
+    bound1, bound2 = math.sqrt(6 / (d + hidden)), math.sqrt(6 / (hidden + n_out))
     w1 = ((torch.rand(g, d, hidden, generator=generator) * 2 - 1) * bound1).requires_grad_()
-    w2 = ((torch.rand(g, hidden, 1, generator=generator) * 2 - 1) * bound2).requires_grad_()
+    w2 = ((torch.rand(g, hidden, n_out, generator=generator) * 2 - 1) * bound2).requires_grad_()
     b1 = torch.zeros(g, 1, hidden, requires_grad=True)
-    b2 = torch.zeros(g, 1, 1, requires_grad=True)
+    b2 = torch.zeros(g, 1, n_out, requires_grad=True)
     opt = torch.optim.Adam([w1, b1, w2, b2], lr=lr)
     drop_words = torch.round(p * 65536).clamp(0, 65535)
     threshold = (drop_words - 32768).to(torch.int16).view(g, 1, 1)
@@ -131,27 +149,36 @@ def _train_stack(
             xb = torch.where(_keep(xb.shape, threshold, generator), xb, 0.0)
             h = torch.relu(torch.baddbmm(b1, xb, w1 * scale))
             h = torch.where(_keep(h.shape, threshold, generator), h, 0.0)
-            out = torch.baddbmm(b2, h, w2 * scale).squeeze(-1)
-            loss = ((out - yb) ** 2).mean(1) + decay * (w1.square().sum((1, 2)) + w2.square().sum((1, 2)))
+            out = torch.baddbmm(b2, h, w2 * scale)
+            if heteroscedastic:
+                s = out[..., 1]
+                fit = (torch.exp(-s) * (yb - out[..., 0]) ** 2 + s).mean(1)
+            else:
+                fit = ((out.squeeze(-1) - yb) ** 2).mean(1)
+            loss = fit + decay * (w1.square().sum((1, 2)) + w2.square().sum((1, 2)))
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
+    if heteroscedastic:
+        return w1.detach(), b1.detach().squeeze(1), w2.detach(), b2.detach().squeeze(1)
     return w1.detach(), b1.detach().squeeze(1), w2.detach().squeeze(-1), b2.detach().view(g)
 
 
 def _unstack(
-    weights: tuple[Tensor, Tensor, Tensor, Tensor], i: int, p: float, tau: float,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor], i: int, p: float, tau: float | None,
     x_stats: tuple[np.ndarray, np.ndarray], y_stats: tuple[float, float],
 ) -> DropoutMLP:
+    """Network ``i`` of the stack as a :class:`DropoutMLP`; ``tau`` None: the heteroscedastic head."""
     w1, b1, w2, b2 = weights
     d, hidden = w1.shape[1:]
-    model = DropoutMLP(d, [hidden], 1, dropout=p, input_dropout=p, head=Task.HOMOSCEDASTIC, tau=tau)
+    head = Task.HETEROSCEDASTIC if tau is None else Task.HOMOSCEDASTIC
+    model = DropoutMLP(d, [hidden], 1, dropout=p, input_dropout=p, head=head, tau=tau)
     with torch.no_grad():
         first, last = [m for m in model.net if isinstance(m, nn.Linear)]
         first.weight.copy_(w1[i].T)
         first.bias.copy_(b1[i])
-        last.weight.copy_(w2[i].unsqueeze(0))
-        last.bias.copy_(b2[i].view(1))
+        last.weight.copy_(w2[i].reshape(hidden, -1).T)
+        last.bias.copy_(b2[i].reshape(-1))
         model.input_shift.copy_(torch.as_tensor(x_stats[0], dtype=torch.float32))
         model.input_scale.copy_(torch.as_tensor(x_stats[1], dtype=torch.float32))
         model.target_shift.fill_(y_stats[0])
@@ -160,10 +187,12 @@ def _unstack(
 
 
 def _fit_many(
-    dataset: UCIDataset, row_sets: Sequence[np.ndarray], pairs: Sequence[Sequence[tuple[float, float]]],
+    dataset: UCIDataset, row_sets: Sequence[np.ndarray], pairs: Sequence[Sequence[tuple[float, float | None]]],
     config: UCIConfig, generator: torch.Generator,
 ) -> list[list[DropoutMLP]]:
-    """Train, for every row set ``k``, one network per ``(p, tau)`` in ``pairs[k]`` (all at once)."""
+    """Train, for every row set ``k``, one network per ``(p, tau)`` in ``pairs[k]`` (all at once).
+
+    ``tau`` None: a heteroscedastic network with ``lambda = l^2 (1 - p) / (2 N)`` (all pairs alike)."""
     sizes = {len(r) for r in row_sets}
     if len(sizes) > 1:  # stacking needs equal sizes; train each row set on its own
         return [_fit_many(dataset, [r], [pp], config, generator)[0] for r, pp in zip(row_sets, pairs, strict=True)]
@@ -176,11 +205,16 @@ def _fit_many(
     owner = torch.tensor([k for k, pp in enumerate(pairs) for _ in pp])
     flat = [pair for pp in pairs for pair in pp]
     p = torch.tensor([pair[0] for pair in flat], dtype=torch.float32)
-    tau = torch.tensor([pair[1] for pair in flat], dtype=torch.float32)
+    hetero = {pair[1] is None for pair in flat}
+    if len(hetero) != 1:
+        raise ValueError("pairs have to be all homoscedastic (tau given) or all heteroscedastic (tau None)")
+    heteroscedastic = hetero.pop()
+    tau = torch.tensor([1.0 if heteroscedastic else pair[1] for pair in flat], dtype=torch.float32)
     n = xs.shape[1]
     decay = config.length_scale**2 * (1 - p) / (2 * n * tau)
     weights = _train_stack(xs, ys, owner, p, decay, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
-                           batch_size=config.batch_size, lr=config.lr, generator=generator)
+                           batch_size=config.batch_size, lr=config.lr, generator=generator,
+                           heteroscedastic=heteroscedastic)
     models: list[list[DropoutMLP]] = [[] for _ in row_sets]
     for i, (k, (pi, ti)) in enumerate(zip(owner.tolist(), flat, strict=True)):
         models[k].append(_unstack(weights, i, pi, ti, x_stats[k], y_stats[k]))
@@ -202,16 +236,90 @@ def score(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed:
     }
 
 
-def _label(p: float, tau: float) -> str:
-    return f"p={p:g},tau={tau:g}"
+def heteroscedastic_mixture_ll(samples: Tensor | np.ndarray, target: np.ndarray) -> float:
+    """Mean test LL of the mixture of ``T`` Gaussians ``N(mu_t, exp(s_t))``, one per pass.
+
+    Shape: samples ``(T, N, 2)`` (mean, log-variance), target ``(N,)``.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    mu, log_var = s[..., 0], s[..., 1]
+    log_pdf = -0.5 * (y[None] - mu) ** 2 * np.exp(-log_var) - 0.5 * log_var
+    ll = special.logsumexp(log_pdf, axis=0) - math.log(s.shape[0]) - 0.5 * math.log(2 * math.pi)
+    return float(ll.mean())
 
 
-def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = None) -> UCIResult:
-    """The full protocol on the first ``config.splits`` splits; every split's grid trains in one stack."""
+def mixture_moments(samples: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, aleatoric and epistemic variance of the equal-weight mixture of ``N(mu_t, exp(s_t))``.
+
+    ``mean = mean_t mu_t``; the mixture's variance is ``aleatoric + epistemic`` with ``aleatoric = mean_t
+    exp(s_t)`` and ``epistemic = mean_t (mu_t - mean)^2`` (the passes' means' variance, ddof 0).
+    Shape: samples ``(T, N, 2)`` -> three ``(N,)``.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    mean = s[..., 0].mean(0)
+    return mean, np.exp(s[..., 1]).mean(0), ((s[..., 0] - mean) ** 2).mean(0)
+
+
+def keyed_dropout_off(model: DropoutMLP) -> bool:
+    """True when every dropout rate of ``model`` rounds to 0 in keyed masks (``p < 2^-17``): its MC passes are
+    all the deterministic pass (the engine then refuses MC mode)."""
+    return all(F.quantized_rate(m.p)[2] == 0.0 for m in model.modules() if isinstance(m, MCDropoutLayer))
+
+
+def score_heteroscedastic(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed: int
+                          ) -> dict[str, float]:
+    """RMSE of the MC mean, the dropout-off RMSE and the mixture LL, from ``n_samples`` batched passes.
+
+    When the rates are all below the keyed masks' resolution (:func:`keyed_dropout_off`), or so small that the
+    engine's probe sees identical passes and refuses MC mode, the ``T`` passes are taken to be the
+    deterministic one and the mixture is that one Gaussian (``mc_off`` = 1).
+    """
+    engine = MCEngine(model)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    mc_off = keyed_dropout_off(model)
+    if not mc_off:
+        try:
+            samples = engine.sample(xt, n_samples, seed=seed).double()  # (T, N, 2) in target units
+        except DropoutConfigError:  # the engine's probe saw 32 identical passes: rates of ~1e-5 drop ~nothing
+            mc_off = True
+    if mc_off:
+        samples = engine.deterministic(xt).double()[None]  # (1, N, 2): T identical passes
+    return {
+        "rmse": M.rmse(samples[..., 0].mean(0), y),
+        "rmse_deterministic": M.rmse(engine.deterministic(xt)[:, 0].double(), y),
+        "ll": heteroscedastic_mixture_ll(samples, y),
+        "mc_off": float(mc_off),
+    }
+
+
+def _label(p: float, tau: float | None) -> str:
+    return f"p={p:g}" if tau is None else f"p={p:g},tau={tau:g}"
+
+
+def _score(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed: int) -> dict[str, float]:
+    if model.head is Task.HETEROSCEDASTIC:
+        return score_heteroscedastic(model, x, y, n_samples, seed)
+    return score(model, x, y, n_samples, seed)
+
+
+def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = None, heteroscedastic: bool = False,
+                 only: Sequence[int] | None = None) -> UCIResult:
+    """The full protocol on the first ``config.splits`` splits; every split's grid trains in one stack.
+
+    Args:
+        heteroscedastic: the heteroscedastic network; its grid is the dataset's dropout rates alone.
+        only: run just these split indices (e.g. one chunk of a resumable run: :mod:`mcdrop.training.uci_resume`);
+            the seeds of split ``k``'s scoring depend on ``k`` only, its training on ``config.seed`` and the set.
+    """
     log = log or (lambda _m: None)
     start = time.perf_counter()
-    splits = dataset.splits[: config.splits] if config.splits else dataset.splits
-    grid = [(p, t) for p in dataset.dropout_rates for t in dataset.tau_values]
+    indices = list(only) if only is not None else list(range(config.splits or len(dataset.splits)))
+    splits = [dataset.splits[k] for k in indices]
+    if heteroscedastic:
+        grid: list[tuple[float, float | None]] = [(p, None) for p in dataset.dropout_rates]
+    else:
+        grid = [(p, t) for p in dataset.dropout_rates for t in dataset.tau_values]
     generator = torch.Generator().manual_seed(config.seed)
     val_samples = config.val_samples or config.samples
 
@@ -222,11 +330,11 @@ def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         val_rows.append(train[n_fit:])
     log(f"{dataset.name}: grid search, {len(splits)} splits x {len(grid)} pairs, {config.epochs(dataset)} epochs")
     candidates = _fit_many(dataset, fit_rows, [grid] * len(splits), config, generator)
-    best: list[tuple[float, float]] = []
+    best: list[tuple[float, float | None]] = []
     val_lls: list[dict[str, float]] = []
-    for k, models in enumerate(candidates):
+    for j, (k, models) in enumerate(zip(indices, candidates, strict=True)):
         lls = {
-            _label(*pair): score(m, dataset.x[val_rows[k]], dataset.y[val_rows[k]], val_samples, config.seed + k)["ll"]
+            _label(*pair): _score(m, dataset.x[val_rows[j]], dataset.y[val_rows[j]], val_samples, config.seed + k)["ll"]
             for pair, m in zip(grid, models, strict=True)
         }
         val_lls.append(lls)
@@ -234,11 +342,13 @@ def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     log(f"{dataset.name}: retraining with the chosen pairs {Counter(best).most_common()}")
     finals = _fit_many(dataset, [train for train, _ in splits], [[pair] for pair in best], config, generator)
     results = []
-    for k, ((_, test), [model], (p, tau)) in enumerate(zip(splits, finals, best, strict=True)):
-        s = score(model, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
-        results.append(SplitResult(k, p, tau, s["rmse"], s["rmse_deterministic"], s["ll"], val_lls[k]))
+    for j, (k, (_, test), [model], (p, tau)) in enumerate(zip(indices, splits, finals, best, strict=True)):
+        s = _score(model, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
+        results.append(SplitResult(k, p, tau, s["rmse"], s["rmse_deterministic"], s["ll"], val_lls[j],
+                                   bool(s.get("mc_off", 0.0))))
+    head = Task.HETEROSCEDASTIC if heteroscedastic else Task.HOMOSCEDASTIC
     return UCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], config.epochs(dataset), config, results,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, head.value)
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -250,9 +360,10 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[n_hold:]), np.sort(perm[:half]), np.sort(perm[half:n_hold])
 
 
-def fit_regressor(dataset: UCIDataset, p: float, tau: float, config: UCIConfig, rows: np.ndarray | None = None
-                  ) -> DropoutMLP:
-    """One network on ``rows`` of ``dataset`` (default: every row) with the given pair."""
+def fit_regressor(dataset: UCIDataset, p: float, tau: float | None, config: UCIConfig,
+                  rows: np.ndarray | None = None) -> DropoutMLP:
+    """One network on ``rows`` of ``dataset`` (default: every row) with the given pair (``tau`` None: the
+    heteroscedastic network)."""
     generator = torch.Generator().manual_seed(config.seed)
     rows = np.arange(len(dataset.y)) if rows is None else rows
     return _fit_many(dataset, [rows], [[(p, tau)]], config, generator)[0][0]
@@ -270,6 +381,7 @@ def summarize(results: Sequence[UCIResult]) -> str:
             mean, se = r.mean_se(name)
             cells.append(f"{mean:.3f} ± {se:.3f}")
         p, tau = r.chosen()
+        chosen = f"({p:g}, {tau:g})" if tau is not None else f"({p:g}, learned)"
         lines.append(f"| {r.dataset} | {r.n_rows} | {r.n_features} | {len(r.splits)} | {r.epochs} | {r.config.samples} | "
-                     f"{' | '.join(cells)} | ({p:g}, {tau:g}) | {r.seconds:.0f} s |")
+                     f"{' | '.join(cells)} | {chosen} | {r.seconds:.0f} s |")
     return "\n".join(lines)

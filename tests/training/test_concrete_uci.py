@@ -31,7 +31,8 @@ def test_stack_shapes_and_determinism():
     b, _, _ = _stack(0)
     c, _, _ = _stack(1)
     shapes = {k: tuple(v.shape) for k, v in a.items()}
-    assert shapes == {"w1": (2, 3, 8), "b1": (2, 8), "w2": (2, 8, 2), "b2": (2, 2), "p_in": (2,), "p_hidden": (2,)}
+    assert shapes == {"w1": (2, 3, 8), "b1": (2, 8), "w2": (2, 8, 2), "b2": (2, 2), "p_in": (2,), "p_hidden": (2,),
+                      "trace": (0, 2, 2)}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["w1"], c["w1"])
     start = math.log(0.1 / 0.9)
@@ -51,19 +52,6 @@ def test_unstacked_model_computes_the_stack():
                         weights["w2"][1:2])[0]
     want = torch.stack([out[:, 0] * 2.5 + 4.0, out[:, 1] + 2 * math.log(2.5)], -1)
     torch.testing.assert_close(model(raw), want, rtol=1e-5, atol=1e-4)
-
-
-def test_mixture_ll_known_answers():
-    y = np.array([0.3, -1.0])
-    # one pass: the Gaussian log-density with that pass's variance
-    one = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]]])
-    want = np.mean([stats.norm.logpdf(0.3, 0.0, 2.0), stats.norm.logpdf(-1.0, 1.0, 1.0)])
-    assert CU.heteroscedastic_mixture_ll(one, y) == pytest.approx(want, rel=1e-12)
-    # two passes: the equal-weight mixture of their densities, each with its own variance
-    two = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]], [[0.5, math.log(0.25)], [-2.0, math.log(9.0)]]])
-    mix = [math.log(0.5 * stats.norm.pdf(0.3, 0.0, 2.0) + 0.5 * stats.norm.pdf(0.3, 0.5, 0.5)),
-           math.log(0.5 * stats.norm.pdf(-1.0, 1.0, 1.0) + 0.5 * stats.norm.pdf(-1.0, -2.0, 3.0))]
-    assert CU.heteroscedastic_mixture_ll(two, y) == pytest.approx(np.mean(mix), rel=1e-12)
 
 
 def test_run_concrete_on_generated_data_serves_as_dropout_mlp():
@@ -108,6 +96,8 @@ def test_cli_concrete_switch(cli, tmp_path, monkeypatch):
     assert rows[0]["dataset"] == "synthetic" and len(rows[0]["splits"]) == 2 and "train_seconds" in rows[0]
     bad = cli("bench", "uci", "--concrete", "--val-samples", "10", "--datasets", "synthetic", "-o", out)
     assert bad.returncode == 2 and "--val-samples" in bad.stderr
+    both = cli("bench", "uci", "--concrete", "--heteroscedastic", "--datasets", "synthetic", "-o", out)
+    assert both.returncode == 2 and "--heteroscedastic" in both.stderr
 
 
 def test_collapsed_rates_are_scored_by_the_deterministic_pass():
@@ -125,3 +115,43 @@ def test_collapsed_rates_are_scored_by_the_deterministic_pass():
     got = CU.score_heteroscedastic(served, x, y, 100, seed=0)
     assert got["ll"] == pytest.approx(stats.norm.logpdf(y, out[:, 0], np.exp(out[:, 1] / 2)).mean(), rel=1e-9)
     assert got["rmse"] == got["rmse_deterministic"]
+
+
+def test_options_are_checked_and_labelled():
+    for bad, match in [({"rate_lr": 0.0}, "rate_lr"), ({"floor": 1.0}, "floor"), ({"trace_every": -1}, "trace_every")]:
+        with pytest.raises(ValueError, match=match):
+            CU.ConcreteOptions(**bad)
+    assert CU.ConcreteOptions().label() == "hetero"
+    assert CU.ConcreteOptions(rate_lr=1e-4, floor=0.005, heteroscedastic=False).label() == \
+        "homo-tau, rate lr 0.0001, floor 0.005"
+
+
+def test_floor_holds_and_a_frozen_rate_lr_keeps_the_initial_rate():
+    """The floor is a projection: no rate ends (or is traced) below it. A rate lr of 1e-12 leaves p at 0.1."""
+    x = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(9))
+    y = x.sum(-1)  # noiseless: the data pull the rates down
+    common = dict(hidden=8, epochs=20, batch_size=16, lr=1e-2, length_scale=1e-2, trace_every=5)
+    free = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), **common)
+    floored = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), floor=0.12, **common)
+    frozen = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), rate_lr=1e-12, **common)
+    free_rates = torch.sigmoid(torch.stack([free["p_in"], free["p_hidden"]]))
+    assert (free_rates < 0.12).any()  # without the floor some end below it
+    floored_rates = torch.sigmoid(torch.stack([floored["p_in"], floored["p_hidden"]]))
+    assert (floored_rates >= 0.12 - 1e-6).all() and (floored["trace"] >= 0.12 - 1e-6).all()
+    assert floored["trace"].shape == (4, 2, 2)
+    torch.testing.assert_close(torch.sigmoid(frozen["p_in"]), torch.full((2,), 0.1), rtol=1e-6, atol=1e-6)
+
+
+def test_homoscedastic_head_with_a_tau_grid():
+    """The homoscedastic variant chooses tau from the dataset's grid on validation LL and serves that head."""
+    ds = linear_dataset(n=300)
+    config = UCIConfig(epochs_multiplier=3.0, samples=100, val_samples=50, seed=0)
+    options = CU.ConcreteOptions(heteroscedastic=False, trace_every=30)
+    result = CU.run_concrete(ds, config, options=options, only=[1])
+    [s] = result.splits
+    assert s.split == 1 and s.tau in ds.tau_values and set(s.val_ll) == {"tau=10", "tau=100"}
+    assert np.isfinite([s.rmse, s.ll]).all() and s.rmse < 0.6 * float(ds.y.std())  # it learned
+    assert [row[0] for row in result.trace[1]] == [30, 60, 90, 120]
+    model = CU.fit_concrete(ds, config, rows=ds.splits[0][0], options=options, tau=s.tau)
+    served = to_dropout(model)
+    assert served.head.value == "homoscedastic" and float(served.tau) == s.tau

@@ -109,3 +109,112 @@ def test_real_yacht_two_splits():
     result = uci.run_protocol(ds, uci.UCIConfig(epochs_multiplier=1, samples=100, splits=2, seed=0))
     assert [s.split for s in result.splits] == [0, 1]
     assert all(np.isfinite([s.rmse, s.ll, s.rmse_deterministic]).all() for s in result.splits)
+
+
+# ---------------------------------------------------------------------------------------------- heteroscedastic
+
+
+def test_mixture_ll_known_answers():
+    y = np.array([0.3, -1.0])
+    # one pass: the Gaussian log-density with that pass's variance
+    one = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]]])
+    want = np.mean([stats.norm.logpdf(0.3, 0.0, 2.0), stats.norm.logpdf(-1.0, 1.0, 1.0)])
+    assert uci.heteroscedastic_mixture_ll(one, y) == pytest.approx(want, rel=1e-12)
+    # two passes: the equal-weight mixture of their densities, each with its own variance
+    two = np.array([[[0.0, math.log(4.0)], [1.0, 0.0]], [[0.5, math.log(0.25)], [-2.0, math.log(9.0)]]])
+    mix = [math.log(0.5 * stats.norm.pdf(0.3, 0.0, 2.0) + 0.5 * stats.norm.pdf(0.3, 0.5, 0.5)),
+           math.log(0.5 * stats.norm.pdf(-1.0, 1.0, 1.0) + 0.5 * stats.norm.pdf(-1.0, -2.0, 3.0))]
+    assert uci.heteroscedastic_mixture_ll(two, y) == pytest.approx(np.mean(mix), rel=1e-12)
+
+
+def test_mixture_moments_integrate_the_mixture_density():
+    """Mean and variance of the mixture of N(mu_t, exp(s_t)) by quadrature of its density: the variance is
+    the mean of the passes' variances plus the (ddof 0) variance of their means."""
+    from scipy import integrate
+
+    samples = np.array([[[0.0, math.log(4.0)]], [[3.0, math.log(0.25)]], [[-1.0, 0.0]]])  # T=3, N=1
+    mean, aleatoric, epistemic = uci.mixture_moments(samples)
+
+    def density(v: float) -> float:
+        return float(np.mean([stats.norm.pdf(v, m, math.exp(ls / 2)) for m, ls in samples[:, 0]]))
+
+    m1 = integrate.quad(lambda v: v * density(v), -40, 40, limit=200)[0]
+    m2 = integrate.quad(lambda v: (v - m1) ** 2 * density(v), -40, 40, limit=200)[0]
+    assert mean[0] == pytest.approx(m1, abs=1e-8)
+    assert aleatoric[0] + epistemic[0] == pytest.approx(m2, rel=1e-7)
+    assert epistemic[0] > 0 and aleatoric[0] > 0
+    # identical passes: no epistemic part; the mixture is that one Gaussian
+    same = np.repeat(samples[:1], 5, axis=0)
+    assert uci.mixture_moments(same)[2][0] == 0.0 and uci.mixture_moments(same)[1][0] == pytest.approx(4.0)
+
+
+def test_heteroscedastic_stack_unstacks_to_the_heteroscedastic_head():
+    ds = linear_dataset()
+    g = torch.Generator().manual_seed(0)
+    rows = ds.splits[0][0]
+    xm, xs = uci._standardise(ds.x[rows])
+    ym, ys = float(ds.y[rows].mean()), float(ds.y[rows].std())
+    x = torch.tensor((ds.x[rows] - xm) / xs, dtype=torch.float32)[None]
+    y = torch.tensor((ds.y[rows] - ym) / ys, dtype=torch.float32)[None]
+    weights = uci._train_stack(x, y, torch.tensor([0, 0]), torch.tensor([0.05, 0.1]), torch.tensor([1e-4, 1e-4]),
+                               hidden=20, epochs=2, batch_size=32, lr=1e-3, generator=g, heteroscedastic=True)
+    w1, b1, w2, b2 = weights
+    assert w2.shape == (2, 20, 2) and b2.shape == (2, 2)
+    model = uci._unstack(weights, 1, 0.1, None, (xm, xs), (ym, ys))
+    assert model.head.value == "heteroscedastic"
+    out = torch.relu(x[0] @ w1[1] + b1[1]) @ w2[1] + b2[1]
+    expected = torch.stack([out[:, 0] * ys + ym, out[:, 1] + 2 * math.log(ys)], -1)
+    torch.testing.assert_close(model(torch.tensor(ds.x[rows], dtype=torch.float32)), expected, rtol=1e-5, atol=1e-4)
+
+
+def two_noise_dataset(n: int = 800, seed: int = 0) -> UCIDataset:
+    """y = x0 + noise, the noise's std 0.1 where x1 < 0 and 1.0 where x1 > 0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = x[:, 0] + np.where(x[:, 1] < 0, 0.1, 1.0) * rng.normal(size=n)
+    perm = rng.permutation(n)
+    splits = [(perm[: int(0.8 * n)], perm[int(0.8 * n):])]
+    return UCIDataset("two-noise", x, y, splits, n_hidden=20, n_epochs=40, dropout_rates=[0.005, 0.05],
+                      tau_values=[1.0])
+
+
+def test_heteroscedastic_protocol_learns_the_noise_level():
+    """The grid over p alone, scored by the mixture LL: the predicted variance follows the noise (std 0.1 vs
+    1.0: log-variances -4.6 vs 0), and the LL beats the homoscedastic network's, which must use one tau."""
+    ds = two_noise_dataset()
+    config = uci.UCIConfig(epochs_multiplier=5, samples=200, seed=0)
+    hetero = uci.run_protocol(ds, config, heteroscedastic=True)
+    [s] = hetero.splits
+    assert hetero.head == "heteroscedastic" and s.tau is None and set(s.val_ll) == {"p=0.005", "p=0.05"}
+    model = uci.fit_regressor(ds, s.dropout, None, config, rows=ds.splits[0][0])
+    test = ds.splits[0][1]
+    log_var = model(torch.tensor(ds.x[test], dtype=torch.float32))[:, 1].detach().numpy()
+    quiet, loud = log_var[ds.x[test, 1] < -0.5], log_var[ds.x[test, 1] > 0.5]
+    assert np.median(loud) - np.median(quiet) > 2.0  # the truth: 4.6
+    homo = uci.run_protocol(ds, config)
+    assert s.ll > homo.splits[0].ll + 0.1
+    assert "(0.005, learned)" in uci.summarize([hetero]) or "(0.05, learned)" in uci.summarize([hetero])
+
+
+def test_only_runs_the_named_splits_with_their_scoring_seeds():
+    ds = linear_dataset()
+    config = uci.UCIConfig(epochs_multiplier=0.5, samples=50, val_samples=20, seed=0)
+    result = uci.run_protocol(ds, config, only=[1], heteroscedastic=True)
+    assert [s.split for s in result.splits] == [1]
+    with pytest.raises(IndexError):
+        uci.run_protocol(ds, config, only=[2])
+
+
+def test_cli_heteroscedastic_switch(cli, tmp_path, monkeypatch):
+    ds = linear_dataset(n=200)
+    monkeypatch.setattr("mcdrop.training.data.UCI_DATASETS", {"synthetic": None})
+    monkeypatch.setattr("mcdrop.training.data.load_uci", lambda name, root=None: ds)
+    out = tmp_path / "h.md"
+    run = cli("bench", "uci", "--heteroscedastic", "--datasets", "synthetic", "--epochs-multiplier", "0.25",
+              "--samples", "50", "--val-samples", "20", "--threads", "1", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "heteroscedastic network" in out.read_text() and "learned)" in out.read_text()
+    import json
+
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows[0]["head"] == "heteroscedastic" and all(s["tau"] is None for s in rows[0]["splits"])

@@ -1,0 +1,69 @@
+"""Plot Concrete dropout's learned rates over training, one panel per layer, one colour per variant.
+
+    .venv/bin/python bench/plot_concrete_rates.py --dataset energy -o bench/results/concrete-rates-energy.png \\
+        bench/results/uci26-concrete-default.jsonl bench/results/uci26-concrete-floor.jsonl ...
+
+Reads the ``trace`` of each split from resumable-run files (``bench/bench_uci_resumable.py --trace-every``):
+the median over splits as a line, the range over splits as a band; the grid's rates (0.005-0.1) shaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mcdrop.training.uci_resume import load_results
+
+
+def label(key: dict) -> str:
+    o = key["options"]
+    parts = ["heteroscedastic" if o["heteroscedastic"] else "homoscedastic, τ grid"]
+    parts.append(f"rate lr {o['rate_lr']:g}" if o["rate_lr"] else "rate lr = lr")
+    if o["floor"]:
+        parts.append(f"floor {o['floor']:g}")
+    return ", ".join(parts) + f" ({key['epochs']} epochs)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("-o", "--output", type=Path, required=True)
+    args = ap.parse_args()
+    runs: dict[str, list[dict]] = {}
+    for f in args.files:
+        for line in load_results(f):
+            if line["key"]["dataset"] == args.dataset and line["key"]["protocol"] == "concrete" and line.get("trace"):
+                runs.setdefault(label(line["key"]), []).append(line)
+    if not runs:
+        raise SystemExit(f"no traced Concrete runs of {args.dataset} in {', '.join(map(str, args.files))}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    for (name, lines), colour in zip(runs.items(), plt.cm.tab10.colors, strict=False):
+        trace = np.array([line["trace"] for line in lines])  # (splits, E, 3): epoch, p_input, p_hidden
+        epochs = trace[0, :, 0]
+        for ax, col in zip(axes, (1, 2), strict=True):
+            ax.fill_between(epochs, trace[:, :, col].min(0), trace[:, :, col].max(0), color=colour, alpha=0.2)
+            ax.plot(epochs, np.median(trace[:, :, col], 0), color=colour, label=f"{name}, {len(lines)} splits")
+    for ax, title in zip(axes, ("input layer", "hidden layer"), strict=True):
+        ax.axhspan(0.005, 0.1, color="0.9", zorder=0, label="the grid's rates (0.005–0.1)")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{args.dataset}: learned p, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("p (median over splits; band: min–max)")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.savefig(args.output, dpi=110)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
