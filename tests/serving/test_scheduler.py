@@ -22,7 +22,9 @@ PASS_COST = 112  # multiply-adds of one pass of tiny-cls
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     paths = write_tiny_models(tmp_path_factory.mktemp("models"))
-    return Predictor([str(paths["tiny-cls"])], limits=Limits(max_rows=4096, max_samples=100_000))
+    predictor = Predictor([str(paths["tiny-cls"])], limits=Limits(max_rows=4096, max_samples=100_000))
+    predictor.warm_up()  # as the service does at start-up: no test's first submit pays for it
+    return predictor
 
 
 @pytest.fixture(autouse=True)
