@@ -49,15 +49,22 @@ def test_keep_masks_are_independent_across_lanes():
         assert stats.binomtest(int(keep[:, lane].sum()), len(keep), 0.5).pvalue > ALPHA / 3
 
 
-def test_unstacked_model_matches_the_stack():
-    """The DropoutMLP built from stacked weights computes the stacked network (dropout off)."""
-    ds = linear_dataset()
-    g = torch.Generator().manual_seed(0)
+def first_split_standardised(ds):
+    """The first split's training rows, standardised as the protocol does: rows, x and y ``(1, n, ...)``, and
+    the input and target statistics."""
     rows = ds.splits[0][0]
     xm, xs = uci._standardise(ds.x[rows])
     ym, ys = float(ds.y[rows].mean()), float(ds.y[rows].std())
     x = torch.tensor((ds.x[rows] - xm) / xs, dtype=torch.float32)[None]
     y = torch.tensor((ds.y[rows] - ym) / ys, dtype=torch.float32)[None]
+    return rows, x, y, (xm, xs), (ym, ys)
+
+
+def test_unstacked_model_matches_the_stack():
+    """The DropoutMLP built from stacked weights computes the stacked network (dropout off)."""
+    ds = linear_dataset()
+    g = torch.Generator().manual_seed(0)
+    rows, x, y, (xm, xs), (ym, ys) = first_split_standardised(ds)
     weights = uci._train_stack(x, y, torch.tensor([0, 0]), torch.tensor([0.05, 0.1]), torch.tensor([1e-4, 1e-4]),
                                hidden=20, epochs=2, batch_size=32, lr=1e-3, generator=g)
     w1, b1, w2, b2 = weights
@@ -151,11 +158,7 @@ def test_mixture_moments_integrate_the_mixture_density():
 def test_heteroscedastic_stack_unstacks_to_the_heteroscedastic_head():
     ds = linear_dataset()
     g = torch.Generator().manual_seed(0)
-    rows = ds.splits[0][0]
-    xm, xs = uci._standardise(ds.x[rows])
-    ym, ys = float(ds.y[rows].mean()), float(ds.y[rows].std())
-    x = torch.tensor((ds.x[rows] - xm) / xs, dtype=torch.float32)[None]
-    y = torch.tensor((ds.y[rows] - ym) / ys, dtype=torch.float32)[None]
+    rows, x, y, (xm, xs), (ym, ys) = first_split_standardised(ds)
     weights = uci._train_stack(x, y, torch.tensor([0, 0]), torch.tensor([0.05, 0.1]), torch.tensor([1e-4, 1e-4]),
                                hidden=20, epochs=2, batch_size=32, lr=1e-3, generator=g, heteroscedastic=True)
     w1, b1, w2, b2 = weights
