@@ -13,6 +13,7 @@ from mcdrop.plan import Plan, make_plan, needs_seed, row_slices, with_seed
 from mcdrop.request import MIN_ADAPTIVE_SAMPLES
 from mcdrop.schemas import AcquireRequest, Limits, PredictRequest, RequestOptions
 from tests.tiny_models import write_tiny_models
+from tests.tolerances import assert_probabilities_close
 
 
 def request(rows: int = 5, **kw) -> PredictRequest:
@@ -128,7 +129,7 @@ def test_a_sliced_request_draws_one_seed_and_its_answer_carries_it(predictor, dr
         scheduler.close()
     assert draws[0] == 1 and answer.seed is not None and len(answer) == 12
     again = predictor.predict(request(12, n_samples=20, seed=answer.seed))
-    np.testing.assert_allclose(again.probabilities, answer.probabilities, rtol=0, atol=1e-6)
+    assert_probabilities_close(again.probabilities, answer.probabilities)  # sliced vs whole: float32 rounding
     assert draws[0] == 1
 
 
