@@ -31,7 +31,7 @@ import torch
 
 from mcdrop.errors import ModelError
 
-__all__ = ["KernelBuildError", "Kernels", "describe", "load"]
+__all__ = ["KernelBuildError", "Kernels", "compile_library", "describe", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def load() -> Kernels | None:
         if "kernels" not in _loaded:
             kernels = None
             try:
-                kernels = Kernels(ctypes.CDLL(str(_build())))
+                kernels = Kernels(ctypes.CDLL(str(compile_library(source(), "mcdrop"))))
             except (OSError, subprocess.SubprocessError, RuntimeError) as err:  # KernelBuildError, or a load failure
                 log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
                             err)
@@ -152,11 +152,12 @@ def load() -> Kernels | None:
         return _loaded["kernels"]
 
 
-def _build() -> Path:
-    code = source()
+def compile_library(code: str, stem: str) -> Path:
+    """``code`` (C) built into a shared library in the cache, named by ``stem``, the source, the flags and the CPU;
+    reused when it is there.  Raises :class:`KernelBuildError` when no compiler or flag set works."""
     user_flags = os.environ.get("MCDROP_KERNEL_CFLAGS", "").split()  # appended, e.g. -mno-avx512f
     digest = hashlib.sha256("\0".join([code, *user_flags]).encode()).hexdigest()[:12]
-    target = _cache_dir() / f"mcdrop-{digest}-{_cpu_signature()}.so"
+    target = _cache_dir() / f"{stem}-{digest}-{_cpu_signature()}.so"
     if target.is_file():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -164,7 +165,7 @@ def _build() -> Path:
         raise KernelBuildError("no C compiler (cc, gcc or clang) on PATH; set CC to one")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, out = Path(tmp) / "kernels.c", Path(tmp) / target.name
+        src, out = Path(tmp) / f"{stem}.c", Path(tmp) / target.name
         src.write_text(code)
         errors = ""
         # OpenMP: the kernel then shares torch's libgomp threads; -march=native: this CPU's vector units.

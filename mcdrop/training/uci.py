@@ -43,6 +43,7 @@ from mcdrop.request import Task
 from mcdrop.sampling import functional as F
 from mcdrop.sampling.engine import DropoutConfigError, MCEngine
 from mcdrop.sampling.layers import MCDropoutLayer
+from mcdrop.training import stack_kernel
 from mcdrop.training.configs import UCIConfig
 from mcdrop.training.data import UCIDataset
 from mcdrop.uncertainty import metrics as M
@@ -112,7 +113,7 @@ def _keep(shape: torch.Size, threshold: Tensor, generator: torch.Generator) -> T
 
 def _train_stack(
     xs: Tensor, ys: Tensor, owner: Tensor, p: Tensor, decay: Tensor, *, hidden: int, epochs: int,
-    batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False,
+    batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False, compiled: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train G one-hidden-layer dropout networks at once.
 
@@ -122,6 +123,9 @@ def _train_stack(
         p, decay: each network's dropout rate and weight decay ``lambda``. Shape: ``(G,)``.
         heteroscedastic: two outputs ``(mu, s = log sigma^2)`` and the loss ``mean [exp(-s)(y - mu)^2 + s]``
             instead of one output and ``mean (y - f)^2``.
+        compiled: take each step's gradients from the compiled step (``stack.c``, :mod:`.stack_kernel`) where it
+            builds; it draws the same batches and masks as the torch step and agrees with autograd to float32
+            rounding (the sums run in another order).
 
     Returns:
         stacked ``W1 (G, D, H)``, ``b1 (G, H)``, ``W2 (G, H)``, ``b2 (G,)``; heteroscedastic:
@@ -138,12 +142,27 @@ def _train_stack(
     drop_words = torch.round(p * 65536).clamp(0, 65535)
     threshold = (drop_words - 32768).to(torch.int16).view(g, 1, 1)
     scale = (65536 / (65536 - drop_words)).view(g, 1, 1)  # 1 / (1 - p) at the 16-bit rate the masks have
-    x_net, y_net = xs[owner], ys[owner]  # (G, N, D), (G, N)
+    params = (w1, b1, w2, b2)
+    kernel = stack_kernel.load() if compiled else None
+    if kernel is not None:
+        grads = (torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2))
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        rates = (threshold.view(g).contiguous(), scale.view(g).float().contiguous(), decay.float().contiguous())
+        xs, ys, owner = xs.contiguous(), ys.contiguous(), owner.contiguous()
+    x_net, y_net = (xs[owner], ys[owner]) if kernel is None else (xs, ys)  # torch step: (G, N, D), (G, N)
     net_index = torch.arange(g).view(g, 1)
     for _ in range(epochs):
         order = torch.argsort(torch.rand(g, n, generator=generator), dim=1)
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
+            if kernel is not None:  # the same random words, in the same order, as the two _keep calls below
+                rows = idx.numel()
+                words_in = torch.empty((rows * d + 2) // 3, dtype=torch.int64).random_(generator=generator)
+                words_hidden = torch.empty((rows * hidden + 2) // 3, dtype=torch.int64).random_(generator=generator)
+                kernel.grad(xs, ys, owner, idx.contiguous(), words_in, words_hidden, *rates, params, grads)
+                opt.step()
+                continue
             xb, yb = x_net[net_index, idx], y_net[net_index, idx]
             # (x * m / (1 - p)) @ W == (x * m) @ (W / (1 - p)): the scale goes on the small weight tensors
             xb = torch.where(_keep(xb.shape, threshold, generator), xb, 0.0)
