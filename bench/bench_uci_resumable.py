@@ -61,6 +61,7 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=5, help="splits per stacked training run (the resume unit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--beta-nll", type=float, default=0.0, help="grid-hetero: the beta-NLL loss's beta")
     ap.add_argument("--rate-lr", type=float)
     ap.add_argument("--floor", type=float, default=0.0)
     ap.add_argument("--homoscedastic", action="store_true", help="concrete: the homoscedastic head with a tau grid")
@@ -70,7 +71,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = UCIConfig(epochs_multiplier=args.epochs_multiplier, samples=args.samples, val_samples=args.val_samples,
-                       seed=args.seed)
+                       seed=args.seed, beta_nll=args.beta_nll)
     if args.time_epochs:
         print(f"| dataset | protocol | N | networks | epochs timed | CPU s / epoch | wall s / epoch | epochs (x M) | "
               f"estimate, CPU ({args.threads} thread) |")

@@ -40,6 +40,9 @@ def add_parser(sub: Any, name: str) -> None:
                    help="learn the dropout rates (Concrete dropout, heteroscedastic head) instead of the grid search")
     u.add_argument("--heteroscedastic", action="store_true",
                    help="grid search over p of a network that predicts mean and log-variance (no tau grid)")
+    u.add_argument("--beta-nll", type=float, metavar="BETA",
+                   help="with --heteroscedastic: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
+                        "constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
     u.set_defaults(run=run_uci)
 
 
@@ -58,6 +61,8 @@ def run_uci(args: argparse.Namespace) -> int:
         raise CLIError("--val-samples: not used with --concrete (there is no grid to search); leave it out", 2)
     if args.concrete and args.heteroscedastic:
         raise CLIError("--heteroscedastic: --concrete always has the heteroscedastic head; give one of the two", 2)
+    if args.beta_nll is not None and not args.heteroscedastic:
+        raise CLIError("--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic with it", 2)
     given = {k: v for k, v in vars(args).items() if v is not None}
     settings = {**FULL, **(QUICK if args.quick else {}), **given}
     datasets = settings.get("datasets") or list(UCI_DATASETS)
@@ -66,7 +71,8 @@ def run_uci(args: argparse.Namespace) -> int:
             raise CLIError(f"--datasets: unknown dataset {name!r}; expected some of {', '.join(UCI_DATASETS)}", 2)
     try:
         config = UCIConfig(epochs_multiplier=settings["epochs_multiplier"], samples=settings["samples"],
-                           val_samples=settings.get("val_samples"), splits=settings.get("splits"), seed=args.seed)
+                           val_samples=settings.get("val_samples"), splits=settings.get("splits"), seed=args.seed,
+                           beta_nll=args.beta_nll or 0.0)
     except ConfigError as err:
         raise CLIError(f"--{err.field.replace('_', '-')}: {err}", 2) from err
     results = []
@@ -87,6 +93,7 @@ def run_uci(args: argparse.Namespace) -> int:
                   f"{torch.get_num_threads()} threads.\n\n")
     else:
         head = "heteroscedastic network, " if args.heteroscedastic else ""
+        head += f"beta-NLL beta = {config.beta_nll:g}, " if config.beta_nll else ""
         header = (f"UCI benchmark: {head}epochs x{config.epochs_multiplier:g}, T = "
                   f"{config.samples} (grid search T = {config.val_samples or config.samples}), seed {config.seed}.\n\n")
     _write(args.output, header + table + "\n")

@@ -137,6 +137,9 @@ class UCIConfig:
     length_scale: float = 1e-2
     val_fraction: float = 0.2
     seed: int = 0
+    # heteroscedastic only: beta of the beta-NLL loss (Seitzer et al. 2022), each row's NLL weighted by the
+    # constant sigma^(2 beta); 0 is the Gaussian NLL, 1 weighs every row's squared error alike
+    beta_nll: float = 0.0
 
     def __post_init__(self) -> None:
         _check(_is_number(self.epochs_multiplier) and self.epochs_multiplier > 0, "epochs_multiplier",
@@ -147,6 +150,8 @@ class UCIConfig:
                 _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
                        "an integer >= 1", value)
         _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
+        _check(_is_number(self.beta_nll) and 0 <= self.beta_nll <= 1, "beta_nll", "a number in [0, 1]",
+               self.beta_nll)
         _check(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction", "a number in (0, 1)",
                self.val_fraction)
 

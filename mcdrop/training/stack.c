@@ -4,7 +4,8 @@
    Network g (data set k = owner[g], minibatch rows r_b = idx[g, b], b < B), with s_g = 1 / (1 - p_g):
        x_b = X[k, r_b] * m1_b,  a_b = s_g x_b W1_g + b1_g,  h_b = relu(a_b) * m2_b,  o_b = s_g h_b W2_g + b2_g
    homoscedastic (one output):       L_g = mean_b (o_b - y_b)^2                         + decay_g (|W1|^2 + |W2|^2)
-   heteroscedastic (o = (mu, v)):    L_g = mean_b [exp(-v_b) (y_b - mu_b)^2 + v_b]      + decay_g (|W1|^2 + |W2|^2)
+   heteroscedastic (o = (mu, v)):    L_g = mean_b w_b [exp(-v_b) (y_b - mu_b)^2 + v_b]  + decay_g (|W1|^2 + |W2|^2)
+   with w_b = exp(beta v_b) held constant (beta-NLL; beta = 0: the Gaussian NLL).
    The keep masks m are the 16-bit lanes u of the random words (three per 64-bit word, lanes 0-2), kept when
    u >= threshold_g, exactly as _keep draws them; the gradients written are dL_g / d(W1, b1, W2, b2), as autograd
    gives them for the torch step (ReLU's gradient is 0 at a = 0). Networks are independent, so they are split over
@@ -52,7 +53,7 @@ static inline float hsum(vec v) {
 }
 
 /* One network's gradients; n_out is 1 or 2, a constant after inlining. */
-static inline void net_grad(int64_t g, int64_t batch, int64_t n_rows, int64_t d, int64_t h, const int n_out,
+static inline void net_grad(int64_t g, int64_t batch, int64_t n_rows, int64_t d, int64_t h, const int n_out, float beta,
                             const float *x, const float *y, const int64_t *owner, const int64_t *idx,
                             const int16_t *words_in, const int16_t *words_hidden, const int16_t *threshold,
                             const float *scale, const float *decay, const float *w1, const float *b1, const float *w2,
@@ -100,8 +101,9 @@ static inline void net_grad(int64_t g, int64_t batch, int64_t n_rows, int64_t d,
             d0 = 2.0f * (out0 - Y[r]) / (float)batch;
         } else {
             const float e = expf(-out1), diff = Y[r] - out0;
-            d0 = -2.0f * e * diff / (float)batch;
-            d1 = (1.0f - e * diff * diff) / (float)batch;
+            const float w = beta != 0.0f ? expf(beta * out1) / (float)batch : 1.0f / (float)batch;
+            d0 = -2.0f * e * diff * w;
+            d1 = (1.0f - e * diff * diff) * w;
         }
         gb2[0] += d0;
         gb2[1] += d1;
@@ -130,7 +132,7 @@ static inline void net_grad(int64_t g, int64_t batch, int64_t n_rows, int64_t d,
     free(vbuf);
 }
 
-void stack_grad(int32_t threads, int64_t nets, int64_t batch, int64_t n_rows, int64_t d, int64_t h, int64_t n_out,
+void stack_grad(int32_t threads, int64_t nets, int64_t batch, int64_t n_rows, int64_t d, int64_t h, int64_t n_out, float beta,
                 const float *x, const float *y, const int64_t *owner, const int64_t *idx, const int16_t *words_in,
                 const int16_t *words_hidden, const int16_t *threshold, const float *scale, const float *decay,
                 const float *w1, const float *b1, const float *w2, const float *b2,
@@ -140,10 +142,10 @@ void stack_grad(int32_t threads, int64_t nets, int64_t batch, int64_t n_rows, in
 #endif
     for (int64_t g = 0; g < nets; g++) {
         if (n_out == 1)
-            net_grad(g, batch, n_rows, d, h, 1, x, y, owner, idx, words_in, words_hidden, threshold, scale, decay, w1,
+            net_grad(g, batch, n_rows, d, h, 1, 0.0f, x, y, owner, idx, words_in, words_hidden, threshold, scale, decay, w1,
                      b1, w2, b2, g_w1, g_b1, g_w2, g_b2);
         else
-            net_grad(g, batch, n_rows, d, h, 2, x, y, owner, idx, words_in, words_hidden, threshold, scale, decay, w1,
+            net_grad(g, batch, n_rows, d, h, 2, beta, x, y, owner, idx, words_in, words_hidden, threshold, scale, decay, w1,
                      b1, w2, b2, g_w1, g_b1, g_w2, g_b2);
     }
 }

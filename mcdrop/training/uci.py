@@ -113,7 +113,8 @@ def _keep(shape: torch.Size, threshold: Tensor, generator: torch.Generator) -> T
 
 def _train_stack(
     xs: Tensor, ys: Tensor, owner: Tensor, p: Tensor, decay: Tensor, *, hidden: int, epochs: int,
-    batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False, compiled: bool = True,
+    batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False, beta: float = 0.0,
+    compiled: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train G one-hidden-layer dropout networks at once.
 
@@ -123,6 +124,8 @@ def _train_stack(
         p, decay: each network's dropout rate and weight decay ``lambda``. Shape: ``(G,)``.
         heteroscedastic: two outputs ``(mu, s = log sigma^2)`` and the loss ``mean [exp(-s)(y - mu)^2 + s]``
             instead of one output and ``mean (y - f)^2``.
+        beta: heteroscedastic only: the beta-NLL loss ``mean sg(exp(beta s)) [exp(-s)(y - mu)^2 + s]``, ``sg`` a
+            stop-gradient (Seitzer et al. 2022): rows the network calls noisy keep pulling the mean.
         compiled: take each step's gradients from the compiled step (``stack.c``, :mod:`.stack_kernel`) where it
             builds; it draws the same batches and masks as the torch step and agrees with autograd to float32
             rounding (the sums run in another order).
@@ -160,7 +163,7 @@ def _train_stack(
                 rows = idx.numel()
                 words_in = torch.empty((rows * d + 2) // 3, dtype=torch.int64).random_(generator=generator)
                 words_hidden = torch.empty((rows * hidden + 2) // 3, dtype=torch.int64).random_(generator=generator)
-                kernel.grad(xs, ys, owner, idx.contiguous(), words_in, words_hidden, *rates, params, grads)
+                kernel.grad(xs, ys, owner, idx.contiguous(), words_in, words_hidden, *rates, params, grads, beta)
                 opt.step()
                 continue
             xb, yb = x_net[net_index, idx], y_net[net_index, idx]
@@ -171,7 +174,8 @@ def _train_stack(
             out = torch.baddbmm(b2, h, w2 * scale)
             if heteroscedastic:
                 s = out[..., 1]
-                fit = (torch.exp(-s) * (yb - out[..., 0]) ** 2 + s).mean(1)
+                nll = torch.exp(-s) * (yb - out[..., 0]) ** 2 + s
+                fit = (nll * torch.exp(beta * s.detach()) if beta else nll).mean(1)
             else:
                 fit = ((out.squeeze(-1) - yb) ** 2).mean(1)
             loss = fit + decay * (w1.square().sum((1, 2)) + w2.square().sum((1, 2)))
@@ -233,7 +237,7 @@ def _fit_many(
     decay = config.length_scale**2 * (1 - p) / (2 * n * tau)
     weights = _train_stack(xs, ys, owner, p, decay, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                            batch_size=config.batch_size, lr=config.lr, generator=generator,
-                           heteroscedastic=heteroscedastic)
+                           heteroscedastic=heteroscedastic, beta=config.beta_nll if heteroscedastic else 0.0)
     models: list[list[DropoutMLP]] = [[] for _ in row_sets]
     for i, (k, (pi, ti)) in enumerate(zip(owner.tolist(), flat, strict=True)):
         models[k].append(_unstack(weights, i, pi, ti, x_stats[k], y_stats[k]))

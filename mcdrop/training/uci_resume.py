@@ -53,6 +53,8 @@ def run_key(dataset: UCIDataset, config: UCIConfig, protocol: str, options: Conc
     key: dict[str, Any] = {"dataset": dataset.name, "protocol": protocol, "epochs": config.epochs(dataset),
                            "samples": config.samples, "val_samples": config.val_samples, "seed": config.seed,
                            "chunk": chunk}
+    if protocol == "grid-hetero" and config.beta_nll:  # absent at 0, so the keys of earlier runs still match
+        key["beta_nll"] = config.beta_nll
     if protocol == "concrete":
         key["options"] = {k: v for k, v in asdict(options or ConcreteOptions()).items() if k != "trace_every"}
     return key

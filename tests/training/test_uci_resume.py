@@ -26,6 +26,9 @@ def test_key_names_the_run():
     a = R.run_key(ds, config, "concrete", ConcreteOptions(floor=0.01))
     assert a != R.run_key(ds, config, "concrete", ConcreteOptions())
     assert a == R.run_key(ds, config, "concrete", ConcreteOptions(floor=0.01, trace_every=5))  # tracing changes nothing
+    beta = UCIConfig(epochs_multiplier=1.0, samples=10, beta_nll=0.5)
+    assert R.run_key(ds, beta, "grid-hetero")["beta_nll"] == 0.5
+    assert "beta_nll" not in R.run_key(ds, config, "grid-hetero")  # the keys of runs from before the option
     with pytest.raises(ValueError, match="protocol has to be one of"):
         R.run_key(ds, config, "bayes")
 
