@@ -2,7 +2,9 @@
 answered on shifted copies of the Fashion-MNIST test images, for the shipped rule and a combined one.
 
 Shifts (torchvision transforms of the test images, two strengths each): design kinds, looked at while choosing the
-combined rule: translation, blur, additive noise; held-out kinds, measured once: scale, occlusion, contrast.
+combined rule: translation, blur, additive noise; held-out kinds, measured once: scale, occlusion, contrast;
+*unseen* kinds, outside both the combined rule's design and the ``cnn-robust`` preset's training augmentation
+(:mod:`mcdrop.training.shift_augment`, which covers the six kinds above): rotation, pixelation, a gamma change.
 
 Rules, both calibrated on clean held-out training images only (never on shifted ones):
 
@@ -24,6 +26,7 @@ import time
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode
 
 from mcdrop.nets.artifacts import load_artifact
 from mcdrop.sampling.engine import MCEngine
@@ -36,6 +39,7 @@ from mcdrop.uncertainty.prediction import predict
 
 DESIGN = ("translate", "blur", "noise")
 HELD_OUT = ("scale", "occlusion", "contrast")
+UNSEEN = ("rotate", "pixelate", "gamma")
 
 
 def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> torch.Tensor:
@@ -57,6 +61,16 @@ def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> to
         out = F.adjust_contrast(x, (0.5, 0.3)[strength - 1])
     elif kind == "noise":
         out = (x + (0.15, 0.3)[strength - 1] * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    elif kind == "rotate":
+        angle = (15.0, 30.0)[strength - 1]
+        sign = torch.randint(0, 2, (len(x),), generator=g) * 2 - 1
+        out = torch.stack([F.rotate(im, float(s) * angle) for im, s in zip(x, sign, strict=True)])
+    elif kind == "pixelate":
+        small = (14, 10)[strength - 1]
+        out = F.resize(F.resize(x, [small, small], antialias=True), [28, 28],
+                       interpolation=InterpolationMode.NEAREST)
+    elif kind == "gamma":
+        out = F.adjust_gamma(x, (2.0, 3.0)[strength - 1])
     elif kind == "occlusion":
         size = (10, 14)[strength - 1]
         out = x.clone()
@@ -77,7 +91,7 @@ def signals(engine: MCEngine, calibration, x: torch.Tensor, n: int, seed: int) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default="fashion-mnist")
+    p.add_argument("--model", default="fashion-mnist", help="a bundled model's name or a model folder")
     p.add_argument("--n", type=int, default=10000, help="test images per set")
     p.add_argument("--samples", type=int, default=50)
     args = p.parse_args()
@@ -102,7 +116,7 @@ def main() -> None:
     t_ood, t_unc = cal.ood_threshold, cal.uncertainty_threshold("mc")
     x_test, y_test = load_fashion_mnist(None, train=False)
     images, labels = x_test[:args.n].float() / 255, y_test[:args.n].numpy()
-    sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in DESIGN + HELD_OUT for s in (1, 2)]
+    sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in DESIGN + HELD_OUT + UNSEEN for s in (1, 2)]
     print(f"{card.name}: MC N={args.samples}, {args.n} test images per set; combined threshold {t_comb:.4f} "
           f"(max percentile among clean rows)")
     print("| set | kind | accuracy | shipped: answered | shipped: error among answered | combined: answered | "
@@ -116,7 +130,9 @@ def main() -> None:
         for answered in rules.values():
             err = wrong[answered].mean() if answered.any() else float("nan")
             cells += [f"{answered.mean():.1%}", f"{err:.1%} ({int(wrong[answered].sum())}/{int(answered.sum())})"]
-        kind = "clean" if name == "clean" else ("design" if name.split()[0] in DESIGN else "held out")
+        base = name.split()[0]
+        kind = "clean" if name == "clean" else ("design" if base in DESIGN else "unseen" if base in UNSEEN else
+                                                  "held out")
         print(f"| {name} | {kind} | {1 - wrong.mean():.3f} | " + " | ".join(cells) + " |")
     print(f"({time.perf_counter() - start:.0f} s, torch threads 2)")
 

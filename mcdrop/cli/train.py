@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dropout": [0.5], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine", "epochs": 30,
             "batch_size": 128, "weight_decay": 5e-4, "augment": True, "calibrate": True},
 }
+PRESETS["cnn-robust"] = {**PRESETS["cnn"], "shift_augment": True}  # trained on covariate shifts (issue 22)
 
 
 def add_parser(sub: Any, name: str) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mcdrop.nets.models import DropoutCNN, DropoutMLP
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.configs import ClassifierConfig
+from mcdrop.training.shift_augment import shift_augment
 
 __all__ = ["ClassifierConfig", "augment", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]
 
@@ -106,6 +107,7 @@ def train_classifier(
             total, count = 0.0, 0
             for idx in torch.randperm(xt.shape[0]).split(config.batch_size):
                 xb = augment(xt[idx]) if config.augment else xt[idx]
+                xb = shift_augment(xb) if config.shift_augment else xb
                 loss = nn.functional.cross_entropy(model(xb), yt[idx])
                 if penalty is not None:
                     loss = loss + penalty(model)

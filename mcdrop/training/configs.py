@@ -35,6 +35,9 @@ class ClassifierConfig:
                                                            "before each pooling (>= 1)"))
     augment: bool = field(default=False, metadata=_help("random horizontal flips and shifts of up to 2 pixels of the "
                                                         "28x28 training images"))
+    shift_augment: bool = field(default=False, metadata=_help(
+        "random covariate shifts of the training images, each with probability 0.4: translation up to 5 pixels, "
+        "zoom 0.7-1.35, Gaussian blur, contrast, an occluding square, additive noise (after --augment's)"))
     input_dropout: float = field(default=0.0, metadata=_help("dropout rate on the input pixels, in [0, 1)"))
     optimizer: str = field(default="sgd", metadata=_help("sgd (with --momentum) or adam (AdamW)"))
     lr: float = field(default=0.1, metadata=_help("learning rate (> 0)"))
