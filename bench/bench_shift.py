@@ -25,8 +25,6 @@ import time
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
-from torchvision.transforms import InterpolationMode
 
 from mcdrop.nets.artifacts import load_artifact
 from mcdrop.sampling.engine import MCEngine
@@ -34,52 +32,9 @@ from mcdrop.training.calibrate import features
 from mcdrop.training.classifier import split_indices
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+from mcdrop.training.shifts import KINDS, kind_of, shifted
 from mcdrop.uncertainty import selective
 from mcdrop.uncertainty.prediction import predict
-
-DESIGN = ("translate", "blur", "noise")
-HELD_OUT = ("scale", "occlusion", "contrast")
-UNSEEN = ("rotate", "pixelate", "gamma")
-
-
-def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> torch.Tensor:
-    """``images`` ``(N, 28, 28)`` in [0, 1] -> a shifted copy; ``strength`` 1 (mild) or 2 (strong)."""
-    g = torch.Generator().manual_seed(seed)
-    x = images.unsqueeze(1)
-    if kind == "translate":
-        k = (3, 5)[strength - 1]
-        sign = torch.randint(0, 2, (len(x),), generator=g) * 2 - 1
-        out = torch.stack([F.affine(im, angle=0.0, translate=[int(s) * k, 0], scale=1.0, shear=[0.0])
-                           for im, s in zip(x, sign, strict=True)])
-    elif kind == "scale":
-        s = (0.75, 1.3)[strength - 1]
-        out = F.affine(x, angle=0.0, translate=[0, 0], scale=s, shear=[0.0])
-    elif kind == "blur":
-        sigma = (1.0, 1.6)[strength - 1]
-        out = F.gaussian_blur(x, kernel_size=[7, 7], sigma=[sigma, sigma])
-    elif kind == "contrast":
-        out = F.adjust_contrast(x, (0.5, 0.3)[strength - 1])
-    elif kind == "noise":
-        out = (x + (0.15, 0.3)[strength - 1] * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    elif kind == "rotate":
-        angle = (15.0, 30.0)[strength - 1]
-        sign = torch.randint(0, 2, (len(x),), generator=g) * 2 - 1
-        out = torch.stack([F.rotate(im, float(s) * angle) for im, s in zip(x, sign, strict=True)])
-    elif kind == "pixelate":
-        small = (14, 10)[strength - 1]
-        out = F.resize(F.resize(x, [small, small], antialias=True), [28, 28],
-                       interpolation=InterpolationMode.NEAREST)
-    elif kind == "gamma":
-        out = F.adjust_gamma(x, (2.0, 3.0)[strength - 1])
-    elif kind == "occlusion":
-        size = (10, 14)[strength - 1]
-        out = x.clone()
-        corners = torch.randint(0, 28 - size + 1, (len(x), 2), generator=g)
-        for im, (i, j) in zip(out, corners.tolist(), strict=True):
-            im[:, i:i + size, j:j + size] = 0.0
-    else:
-        raise ValueError(f"unknown shift {kind!r}")
-    return out.squeeze(1).clamp(0, 1)
 
 
 def signals(engine: MCEngine, calibration, x: torch.Tensor, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -116,7 +71,7 @@ def main() -> None:
     t_ood, t_unc = cal.ood_threshold, cal.uncertainty_threshold("mc")
     x_test, y_test = load_fashion_mnist(None, train=False)
     images, labels = x_test[:args.n].float() / 255, y_test[:args.n].numpy()
-    sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in DESIGN + HELD_OUT + UNSEEN for s in (1, 2)]
+    sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in KINDS for s in (1, 2)]
     print(f"{card.name}: MC N={args.samples}, {args.n} test images per set; combined threshold {t_comb:.4f} "
           f"(max percentile among clean rows)")
     print("| set | kind | accuracy | shipped: answered | shipped: error among answered | combined: answered | "
@@ -130,9 +85,7 @@ def main() -> None:
         for answered in rules.values():
             err = wrong[answered].mean() if answered.any() else float("nan")
             cells += [f"{answered.mean():.1%}", f"{err:.1%} ({int(wrong[answered].sum())}/{int(answered.sum())})"]
-        base = name.split()[0]
-        kind = "clean" if name == "clean" else ("design" if base in DESIGN else "unseen" if base in UNSEEN else
-                                                  "held out")
+        kind = kind_of(name)
         print(f"| {name} | {kind} | {1 - wrong.mean():.3f} | " + " | ".join(cells) + " |")
     print(f"({time.perf_counter() - start:.0f} s, torch threads 2)")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mcdrop.cli.common import CLIError, is_terminal, log, setup_torch
 
-SHIPPED = {"tuned": "models/fashion-mnist", "cnn": "models/fashion-cnn"}
+SHIPPED = {"tuned": "models/fashion-mnist", "cnn": "models/fashion-cnn", "cnn-robust": "models/fashion-cnn-robust"}
 """The bundled models each preset built (their cards' ``training`` sections hold the exact configuration)."""
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},  # the textbook recipe: 784-256-256-10, dropout 0.2/0.5, SGD 0.1, batch 256, 10 epochs

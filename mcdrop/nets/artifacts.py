@@ -315,10 +315,22 @@ def render_card(card: ModelCard) -> str:
     lines += [f"- {k}: {v}" for k, v in card.training.items()]
     lines += ["", "## Metrics", ""]
     for section, values in card.metrics.items():
+        if section == "covariate_shift" and isinstance(values, dict):
+            continue
         if isinstance(values, dict):
             lines.append(
                 f"- {section}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
             )
         else:
             lines.append(f"- {section}: {values}")
+    shift = card.metrics.get("covariate_shift")
+    if isinstance(shift, dict) and isinstance(shift.get("sets"), dict):
+        lines += ["", f"## Under covariate shift (first {shift.get('images')} test images, MC N={shift.get('n_samples')}, "
+                  "the default abstention; python -m mcdrop.training.shifts)", "",
+                  "| set | accuracy | answered | error among answered |", "|---|---:|---:|---:|"]
+        for name, row in shift["sets"].items():
+            err = row["error_among_answered"]
+            err_text = "n/a" if err is None or err != err else f"{err:.1%}"  # none answered
+            lines.append(f"| {name} | {row['accuracy']:.3f} | {row['answered']:.1%} | {err_text} "
+                         f"({row['errors_n']}/{row['answered_n']}) |")
     return "\n".join(lines) + "\n"
