@@ -28,20 +28,11 @@ import torch
 
 from mcdrop.nets.artifacts import load_artifact
 from mcdrop.sampling.engine import MCEngine
-from mcdrop.training.calibrate import features
 from mcdrop.training.classifier import split_indices
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
-from mcdrop.training.shifts import KINDS, kind_of, shifted
+from mcdrop.training.shifts import KINDS, default_answered, kind_of, shifted, signals
 from mcdrop.uncertainty import selective
-from mcdrop.uncertainty.prediction import predict
-
-
-def signals(engine: MCEngine, calibration, x: torch.Tensor, n: int, seed: int) -> dict[str, np.ndarray]:
-    s = predict(engine, x, n_samples=n, seed=seed).summary
-    ood = calibration.density.score(features(engine, x, calibration.feature_layers)).double().numpy()
-    return {"ood": ood, "mi": s.mutual_information.double().numpy(), "unc": 1 - s.confidence.double().numpy(),
-            "pred": s.predicted_class.numpy()}
 
 
 def main() -> None:
@@ -68,7 +59,6 @@ def main() -> None:
         return np.max([np.searchsorted(ref[k], sig[k], side="right") / len(ref[k]) for k in keys], axis=0)
 
     t_comb = selective.risk_threshold(combined(calib), (calib["pred"] != y_cal).astype(float), 0.02, 0.05)
-    t_ood, t_unc = cal.ood_threshold, cal.uncertainty_threshold("mc")
     x_test, y_test = load_fashion_mnist(None, train=False)
     images, labels = x_test[:args.n].float() / 255, y_test[:args.n].numpy()
     sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in KINDS for s in (1, 2)]
@@ -80,7 +70,7 @@ def main() -> None:
     for name, x in sets:
         sig = signals(engine, cal, x.reshape(len(x), -1), args.samples, 0)
         wrong = sig["pred"] != labels
-        rules = {"shipped": (sig["ood"] <= t_ood) & (sig["unc"] <= t_unc), "combined": combined(sig) <= t_comb}
+        rules = {"shipped": default_answered(cal, sig), "combined": combined(sig) <= t_comb}
         cells = []
         for answered in rules.values():
             err = wrong[answered].mean() if answered.any() else float("nan")

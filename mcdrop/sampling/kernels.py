@@ -22,18 +22,20 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from mcdrop.errors import ModelError
 
-__all__ = ["KernelBuildError", "Kernels", "compile_library", "describe", "load"]
+__all__ = ["KernelBuildError", "Kernels", "compile_library", "describe", "load", "load_once"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIN_PAIRS_PER_THREAD = 16
 """Pairs a thread must have before the work is split (below it, waking a thread costs more than it saves)."""
@@ -109,7 +111,7 @@ def describe() -> str:
     return kernels.describe()
 
 
-_loaded: dict[str, Kernels | None] = {}
+_loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
 
 
@@ -133,23 +135,34 @@ def source() -> str:
     return resources.files("mcdrop.sampling").joinpath("kernels.c").read_text()
 
 
-def load() -> Kernels | None:
-    """The compiled kernels, or None (``MCDROP_KERNELS=0``, no compiler, a failed build): logged once."""
+def load_once(key: str, build: Callable[[], T], unavailable: str) -> T | None:
+    """``build()`` once per process, cached under ``key``; None (and one log line ``unavailable`` with the error)
+    when it fails, and always None when ``MCDROP_KERNELS=0``."""
     if os.environ.get("MCDROP_KERNELS", "1") == "0":
         return None
     with _load_lock:
-        if "kernels" not in _loaded:
-            kernels = None
+        if key not in _loaded:
+            built = None
             try:
-                kernels = Kernels(ctypes.CDLL(str(compile_library(source(), "mcdrop"))))
+                built = build()
             except (OSError, subprocess.SubprocessError, RuntimeError) as err:  # KernelBuildError, or a load failure
-                log.warning("mcdrop: fused MC kernel unavailable (%s); sampling with torch operations, which is slower",
-                            err)
-            if kernels is not None and not kernels.openmp:
-                log.warning("mcdrop: the fused MC kernel was built without OpenMP (the compiler has no working "
-                            "-fopenmp); it splits its work over a thread pool instead")
-            _loaded["kernels"] = kernels
-        return _loaded["kernels"]
+                log.warning("mcdrop: %s (%s)", unavailable, err)
+            _loaded[key] = built
+        return _loaded[key]
+
+
+def _build_kernels() -> Kernels:
+    kernels = Kernels(ctypes.CDLL(str(compile_library(source(), "mcdrop"))))
+    if not kernels.openmp:
+        log.warning("mcdrop: the fused MC kernel was built without OpenMP (the compiler has no working "
+                    "-fopenmp); it splits its work over a thread pool instead")
+    return kernels
+
+
+def load() -> Kernels | None:
+    """The compiled kernels, or None (``MCDROP_KERNELS=0``, no compiler, a failed build): logged once."""
+    return load_once("kernels", _build_kernels, "fused MC kernel unavailable; sampling with torch operations, "
+                     "which is slower")
 
 
 def compile_library(code: str, stem: str) -> Path:

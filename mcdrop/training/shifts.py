@@ -27,7 +27,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
-__all__ = ["DESIGN", "HELD_OUT", "KINDS", "UNSEEN", "kind_of", "shift_metrics", "shifted"]
+__all__ = ["DESIGN", "HELD_OUT", "KINDS", "UNSEEN", "default_answered", "kind_of", "shift_metrics", "shifted",
+           "signals"]
 
 DESIGN = ("translate", "blur", "noise")
 HELD_OUT = ("scale", "occlusion", "contrast")
@@ -81,28 +82,42 @@ def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> to
     return out.squeeze(1).clamp(0, 1)
 
 
+def signals(engine: Any, calibration: Any, rows: torch.Tensor, n_samples: int, seed: int) -> dict[str, np.ndarray]:
+    """A classifier's decision signals for ``rows`` ``(N, D)``: ``ood`` (``ood_score``), ``mi`` (MC mutual
+    information), ``unc`` (``1 - confidence``) and ``pred`` (the predicted class), MC with ``n_samples`` passes."""
+    from mcdrop.training.calibrate import features
+    from mcdrop.uncertainty.prediction import predict
+    from mcdrop.uncertainty.summaries import ClassificationSummary
+
+    s = predict(engine, rows, n_samples=n_samples, seed=seed).summary
+    if not isinstance(s, ClassificationSummary):
+        raise TypeError("shift metrics need a classifier (predicted classes)")
+    ood = calibration.density.score(features(engine, rows, calibration.feature_layers)).double().numpy()
+    mi = s.mutual_information  # None only in deterministic mode, which this never asks for
+    return {"ood": ood, "mi": np.full(len(rows), np.nan) if mi is None else mi.double().numpy(),
+            "unc": 1 - s.confidence.double().numpy(), "pred": s.predicted_class.numpy()}
+
+
+def default_answered(calibration: Any, sig: dict[str, np.ndarray]) -> np.ndarray:
+    """The service's default decision (MC mode): answered where ``ood_score`` and ``1 - confidence`` are both at
+    or below the card's thresholds."""
+    return (sig["ood"] <= calibration.ood_threshold) & (sig["unc"] <= calibration.uncertainty_threshold("mc"))
+
+
 def shift_metrics(artifact: Any, images: torch.Tensor, labels: np.ndarray, *, n_samples: int = 50, seed: int = 0,
                   kinds: tuple[str, ...] = KINDS) -> dict[str, dict[str, Any]]:
     """Per set (``clean`` and ``"<kind> <strength>"``): ``accuracy`` of the MC prediction, ``answered`` (the share
     not withheld by the default rule), ``error_among_answered`` (None when none is answered), ``answered_n`` and
     ``errors_n``.  ``images`` ``(N, H, W)`` in [0, 1]; ``artifact`` a loaded classifier with a calibration."""
     from mcdrop.sampling.engine import MCEngine
-    from mcdrop.training.calibrate import features
-    from mcdrop.uncertainty.prediction import predict
-    from mcdrop.uncertainty.summaries import ClassificationSummary
 
-    calibration, engine = artifact.calibration, MCEngine(artifact.model)
-    t_ood, t_unc = calibration.ood_threshold, calibration.uncertainty_threshold("mc")
+    engine = MCEngine(artifact.model)
     sets = [("clean", images)] + [(f"{k} {s}", shifted(images, k, s)) for k in kinds for s in (1, 2)]
     out = {}
     for name, x in sets:
-        rows = x.reshape(len(x), -1)
-        summary = predict(engine, rows, n_samples=n_samples, seed=seed).summary
-        if not isinstance(summary, ClassificationSummary):
-            raise TypeError(f"{artifact.card.name} is not a classifier: shift metrics need predicted classes")
-        ood = calibration.density.score(features(engine, rows, calibration.feature_layers)).double().numpy()
-        answered = (ood <= t_ood) & ((1 - summary.confidence.double().numpy()) <= t_unc)
-        wrong = summary.predicted_class.numpy() != labels
+        sig = signals(engine, artifact.calibration, x.reshape(len(x), -1), n_samples, seed)
+        answered = default_answered(artifact.calibration, sig)
+        wrong = sig["pred"] != labels
         n_ans, n_err = int(answered.sum()), int(wrong[answered].sum())
         out[name] = {"accuracy": float(1 - wrong.mean()), "answered": float(answered.mean()),
                      "error_among_answered": n_err / n_ans if n_ans else None,

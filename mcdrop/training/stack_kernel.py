@@ -9,20 +9,14 @@ random words the torch path draws, so both paths train on the same masks and bat
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import subprocess
-import threading
 from importlib import resources
 
 import torch
 from torch import Tensor
 
-from mcdrop.sampling.kernels import compile_library
+from mcdrop.sampling.kernels import compile_library, load_once
 
 __all__ = ["StackKernel", "load"]
-
-log = logging.getLogger(__name__)
 
 
 def _ptr(t: Tensor) -> int:
@@ -61,21 +55,11 @@ class StackKernel:
                    _ptr(w1), _ptr(b1), _ptr(w2), _ptr(b2), *(_ptr(g) for g in grads))
 
 
-_loaded: dict[str, StackKernel | None] = {}
-_lock = threading.Lock()
+def _build() -> StackKernel:
+    code = resources.files("mcdrop.training").joinpath("stack.c").read_text()
+    return StackKernel(ctypes.CDLL(str(compile_library(code, "mcdrop-stack"))))
 
 
 def load() -> StackKernel | None:
     """The compiled step, or None (``MCDROP_KERNELS=0``, no compiler, a failed build): logged once."""
-    if os.environ.get("MCDROP_KERNELS", "1") == "0":
-        return None
-    with _lock:
-        if "stack" not in _loaded:
-            kernel = None
-            try:
-                code = resources.files("mcdrop.training").joinpath("stack.c").read_text()
-                kernel = StackKernel(ctypes.CDLL(str(compile_library(code, "mcdrop-stack"))))
-            except (OSError, subprocess.SubprocessError, RuntimeError) as err:
-                log.warning("mcdrop: compiled training step unavailable (%s); training with torch operations", err)
-            _loaded["stack"] = kernel
-        return _loaded["stack"]
+    return load_once("stack", _build, "compiled training step unavailable; training with torch operations")
