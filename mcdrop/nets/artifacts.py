@@ -286,6 +286,53 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None) -> tuple[nn.M
     return artifact.model, artifact.card
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:.4f}"
+    if isinstance(value, list):
+        if len(value) <= 4 and all(isinstance(v, (int, float)) for v in value):
+            return "[" + ", ".join(_cell(float(v)) for v in value) + "]"
+        return f"({len(value)} points in card.json)"
+    return str(value)
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    """Markdown tables: one row per key of ``rows`` whose value is a dict of scalars, one column per field; rows
+    with other fields than the row before them start a new table."""
+    out: list[str] = []
+    fields: list[str] = []
+    for name, row in rows.items():
+        if not isinstance(row, dict):
+            continue
+        if list(row) != fields:
+            fields = list(row)
+            out += ([""] if out else []) + ["| | " + " | ".join(fields) + " |", "|---|" + "---:|" * len(fields)]
+        out.append(f"| {name} | " + " | ".join(_cell(row[k]) for k in fields) + " |")
+    return out
+
+
+def _metric_tables(section: str, values: dict[str, Any]) -> list[str]:
+    """A nested metrics section (``{key: {row: {field: scalar}}}`` or ``{row: {field: scalar}}``) as tables;
+    scalars beside the tables as a list."""
+    out = ["", f"### {section}", ""]
+    if all(not isinstance(v, dict) or all(not isinstance(x, dict) for x in v.values()) for v in values.values()):
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        out += [f"- {k}: {_cell(v)}" for k, v in scalars.items()] + ([""] if scalars else [])
+        return out + _table(values)
+    for key, inner in values.items():
+        if not isinstance(inner, dict):
+            out += [f"- {key}: {_cell(inner)}", ""]
+            continue
+        flat = {k: v for k, v in inner.items() if not isinstance(v, dict)}
+        out += [f"{section}, {key}:", ""]
+        if flat:
+            out += [f"- {k}: {_cell(v)}" for k, v in flat.items()] + [""]
+        if len(flat) == len(inner):
+            continue
+        out += [*_table(inner), ""]
+    return out[:-1]
+
+
 def render_card(card: ModelCard) -> str:
     """A short Markdown rendering of a model card."""
     arch = card.architecture
@@ -314,15 +361,18 @@ def render_card(card: ModelCard) -> str:
     ]
     lines += [f"- {k}: {v}" for k, v in card.training.items()]
     lines += ["", "## Metrics", ""]
+    nested = []
     for section, values in card.metrics.items():
         if section == "covariate_shift" and isinstance(values, dict):
             continue
-        if isinstance(values, dict):
-            lines.append(
-                f"- {section}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-            )
+        if isinstance(values, dict) and any(isinstance(v, dict) for v in values.values()):
+            nested.append((section, values))
+        elif isinstance(values, dict):
+            lines.append(f"- {section}: " + ", ".join(f"{k} {_cell(v)}" for k, v in values.items()))
         else:
             lines.append(f"- {section}: {values}")
+    for section, values in nested:
+        lines += _metric_tables(section, values)
     shift = card.metrics.get("covariate_shift")
     if isinstance(shift, dict) and isinstance(shift.get("sets"), dict):
         lines += ["", f"## Under covariate shift (first {shift.get('images')} test images, MC N={shift.get('n_samples')}, "

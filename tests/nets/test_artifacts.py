@@ -114,3 +114,22 @@ def test_save_model_is_all_or_nothing_and_says_what_the_card_needs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     for field in ("name", "version", "task", "input_shape", "normalisation", "class_names", "tau"):
         assert field in (_save.__doc__ or "")
+
+
+def test_card_markdown_renders_nested_metrics_as_tables():
+    """The bundled classifier's card: every conformal set and OOD signal is a table row with the card's own
+    figures, and no Python dict or long list is printed raw."""
+    from mcdrop.nets.artifacts import load_artifact, render_card
+
+    card = load_artifact("fashion-mnist").card
+    text = render_card(card)
+    assert "{'" not in text and "[[" not in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    mc = card.metrics["test_conformal"]["mc"]
+    aps = rows["aps_randomized@0.95"]  # the last table of that name is the MC mode's
+    assert f"{mc['aps_randomized@0.95']['empty']:.4f}" in aps and f"{mc['aps_randomized@0.95']['coverage']:.4f}" in aps
+    assert f"{mc['abstention']['coverage']:.4f}" in rows["abstention"]
+    noise = card.metrics["ood_proxies"]["noise"]
+    assert f"{noise['ood_score']['fpr95']:.4f}" in text and f"{noise['deterministic_entropy']['auroc']:.4f}" in text
+    assert "(21 points in card.json)" in text
+    assert text.index("### test_conformal") > text.index("- test_mc_50:")  # the one-line sections first
