@@ -103,6 +103,10 @@ def _coverage_table(report: dict[str, Any]) -> str:
             a = report[mode]["abstention"]
             lines.append(f"{mode:<13}  abstention: answers {a['coverage']:.1%} of inputs, error rate {a['risk']:.2%} "
                          f"(target {a['target_risk']:.0%})")
+            if "with_ood_flag" in a:
+                b = a["with_ood_flag"]
+                lines.append(f"{mode:<13}  with the OOD flag (the service's default): answers {b['coverage']:.1%}, "
+                             f"error rate {b['risk']:.2%}")
     return "\n".join(lines)
 
 

@@ -297,13 +297,16 @@ def _cell(value: Any) -> str:
 
 
 def _table(rows: dict[str, Any]) -> list[str]:
-    """Markdown tables: one row per key of ``rows`` whose value is a dict of scalars, one column per field; rows
-    with other fields than the row before them start a new table."""
+    """Markdown tables: one row per key of ``rows`` whose value is a dict of scalars (or of dicts of scalars, as
+    ``field subfield`` columns), one column per field; rows with other fields than the row before them start a
+    new table."""
     out: list[str] = []
     fields: list[str] = []
     for name, row in rows.items():
         if not isinstance(row, dict):
             continue
+        row = {f"{k} {k2}" if isinstance(v, dict) else k: v2 for k, v in row.items()
+               for k2, v2 in (v.items() if isinstance(v, dict) else [(k, v)])}  # one nested level as columns
         if list(row) != fields:
             fields = list(row)
             out += ([""] if out else []) + ["| | " + " | ".join(fields) + " |", "|---|" + "---:|" * len(fields)]

@@ -124,7 +124,9 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
                     n_samples: int = 50, seed: int = 0, levels: Sequence[float] = LEVELS,
                     summaries: dict[Mode, Any] | None = None) -> dict[str, Any]:
     """Empirical coverage, mean set size, share of empty sets (or interval width) and coverage per class on
-    ``test``, per mode, method and level; and the selective risk and coverage at the default abstention threshold.
+    ``test``, per mode, method and level; and the selective risk and coverage at the default abstention threshold
+    (``abstention``), alone and, under ``with_ood_flag``, together with the OOD flag as the service's default
+    decision applies them (abstain when ``1 - confidence`` or ``ood_score`` is above its threshold).
 
     The card, ``mcdrop evaluate`` and ``mcdrop report`` all take their figures from here: MC mode with
     ``n_samples`` passes and ``seed`` (also the key of the randomised sets' uniforms), unless ``summaries``
@@ -135,6 +137,10 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
     report: dict[str, Any] = {}
     rows = torch.arange(len(y), dtype=torch.int64)
     u = conformal.keyed_uniforms(seed, rows)
+    typical = None
+    if calibrated.task is Task.CLASSIFICATION and calibrated.density is not None and calibrated.ood_threshold is not None:
+        ood = calibrated.density.score(features(engine, x, calibrated.feature_layers)).double()
+        typical = ood <= calibrated.ood_threshold
     for mode in Mode:
         s = summaries[mode] if summaries is not None else predict(engine, x, mode=mode, n_samples=n_samples,
                                                                    seed=seed).summary
@@ -160,6 +166,11 @@ def coverage_report(calibrated: Calibration, model: nn.Module, test: tuple[Tenso
             entry["abstention"] = {"threshold": t, "coverage": float(answered.double().mean()),
                                    "risk": float(wrong[answered].double().mean()) if answered.any() else 0.0,
                                    "target_risk": calibrated.default_risk}
+            if typical is not None:
+                both = answered & typical
+                entry["abstention"]["with_ood_flag"] = {
+                    "coverage": float(both.double().mean()),
+                    "risk": float(wrong[both].double().mean()) if both.any() else 0.0}
             entry["risk_coverage"] = selective.risk_coverage((1.0 - s.confidence.double()).numpy(),
                                                              wrong.double().numpy())
         else:

@@ -130,8 +130,12 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
         if "abstention" in measured.get(mode.value, {}):
             point = measured[mode.value]["abstention"]
             ax.plot([point["coverage"]], [point["risk"]], marker="*", ms=12, color=color)
-            numbers[f"default abstention ({mode.value})"] = (f"answers {point['coverage']:.1%}, error rate "
-                                                             f"{point['risk']:.2%}")
+            numbers[f"uncertainty threshold alone ({mode.value})"] = (f"answers {point['coverage']:.1%}, error rate "
+                                                                      f"{point['risk']:.2%}")
+            if "with_ood_flag" in point:
+                both = point["with_ood_flag"]
+                numbers[f"the service's default, with the OOD flag ({mode.value})"] = (
+                    f"answers {both['coverage']:.1%}, error rate {both['risk']:.2%}")
     if calibration is not None:
         ax.axhline(calibration.default_risk, color="grey", ls=":", lw=1, label=f"target risk {calibration.default_risk:.0%}")
     ax.set(xlabel="coverage (share of inputs answered)", ylabel="error rate among answered", title="Risk-coverage",

@@ -129,6 +129,7 @@ def test_card_markdown_renders_nested_metrics_as_tables():
     aps = rows["aps_randomized@0.95"]  # the last table of that name is the MC mode's
     assert f"{mc['aps_randomized@0.95']['empty']:.4f}" in aps and f"{mc['aps_randomized@0.95']['coverage']:.4f}" in aps
     assert f"{mc['abstention']['coverage']:.4f}" in rows["abstention"]
+    assert f"{mc['abstention']['with_ood_flag']['coverage']:.4f}" in rows["abstention"]
     noise = card.metrics["ood_proxies"]["noise"]
     assert f"{noise['ood_score']['fpr95']:.4f}" in text and f"{noise['deterministic_entropy']['auroc']:.4f}" in text
     assert "(21 points in card.json)" in text

@@ -37,6 +37,29 @@ def test_shipped_classifier_sets_cover_the_test_split():
         assert abstention["risk"] <= 0.02 and 0.5 < abstention["coverage"] < 0.95, (mode, abstention)
 
 
+@needs_data("FashionMNIST", "raw", "t10k-images-idx3-ubyte.gz")
+def test_abstention_with_the_ood_flag_is_the_services_default_decision():
+    """``with_ood_flag`` counts the rows the predictor (the service's and CLI's path) answers, with the same seed
+    and N, and its error among them; it answers fewer rows than the uncertainty threshold alone."""
+    from mcdrop.schemas import PredictRequest
+    from mcdrop.serving.predictor import Predictor
+    from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+
+    artifact = load_artifact("fashion-mnist")
+    x, y = load_fashion_mnist(SHARED_DATA, train=False)
+    x, y = fashion_mnist_features(x)[:600], y[:600]
+    report = coverage_report(artifact.calibration, artifact.model, (x, y), n_samples=20, seed=3)
+    answer = Predictor(["fashion-mnist"]).predict(PredictRequest.model_validate(
+        {"inputs": x.numpy(), "model": "fashion-mnist", "n_samples": 20, "seed": 3}, strict=False))
+    answered = ~answer.columns["abstain"].astype(bool)
+    wrong = answer.columns["predicted_class"] != y.numpy()
+    both = report["mc"]["abstention"]["with_ood_flag"]
+    assert 0 < answered.sum() < len(y) and answer.columns["abstain_out_of_distribution"].any()  # not vacuous
+    assert both["coverage"] == pytest.approx(answered.mean(), abs=1e-12)
+    assert both["risk"] == pytest.approx(wrong[answered].mean(), abs=1e-12)
+    assert both["coverage"] < report["mc"]["abstention"]["coverage"]
+
+
 @needs_data("uci", "concrete", "data.txt")
 def test_shipped_regressor_intervals_cover_its_held_out_rows():
     from mcdrop.training.data import load_uci
