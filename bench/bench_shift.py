@@ -3,8 +3,9 @@ answered on shifted copies of the Fashion-MNIST test images, for the shipped rul
 
 Shifts (torchvision transforms of the test images, two strengths each): design kinds, looked at while choosing the
 combined rule: translation, blur, additive noise; held-out kinds, measured once: scale, occlusion, contrast;
-*unseen* kinds, outside both the combined rule's design and the ``cnn-robust`` preset's training augmentation
-(:mod:`mcdrop.training.shift_augment`, which covers the six kinds above): rotation, pixelation, a gamma change.
+rotation (held out from the rule, in the ``cnn-robust`` preset's training augmentation since its version 2);
+*unseen* kinds, outside both the combined rule's design and that augmentation (:mod:`mcdrop.training.shift_augment`,
+which covers the seven kinds above): pixelation, a gamma change, a shear, an elastic distortion.
 
 Rules, both calibrated on clean held-out training images only (never on shifted ones):
 

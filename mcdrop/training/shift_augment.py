@@ -4,8 +4,9 @@
 stay half the training set); the others get their own random draw of five independent changes, each applied with
 probability ``P_APPLY``, in this order:
 
-* an affine map: a translation of up to ``MAX_SHIFT`` pixels on each axis and a zoom ``s`` with ``log s`` uniform
-  on ``[log 0.7, log 1.35]`` (bilinear resampling, zero fill);
+* an affine map: a rotation by an angle uniform on ``[-MAX_ROTATION, MAX_ROTATION]`` degrees, a zoom ``s`` with
+  ``log s`` uniform on ``[log 0.7, log 1.35]`` and a translation of up to ``MAX_SHIFT`` pixels on each axis
+  (bilinear resampling, zero fill);
 * a Gaussian blur with ``sigma`` uniform on ``[0.5, 2]``;
 * a contrast change ``x -> c x + (1 - c) mean(x)`` with ``c`` uniform on ``[0.25, 1]`` (torchvision's
   ``adjust_contrast``);
@@ -13,8 +14,8 @@ probability ``P_APPLY``, in this order:
 * additive Gaussian noise with ``sigma`` uniform on ``[0, 0.3]``, then clipped to ``[0, 1]``.
 
 All of it is batched tensor work (``affine_grid``/``grid_sample``, one grouped convolution for the blurs), drawn
-from ``generator`` or the global RNG.  Rotations, shears and brightness changes are deliberately absent, so that
-an evaluation can hold kinds of shift out of training.
+from ``generator`` or the global RNG.  Shears, elastic distortions, pixelation and brightness (gamma) changes are
+deliberately absent, so that an evaluation can hold kinds of shift out of training (:mod:`mcdrop.training.shifts`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_SHIFT", "P_APPLY", "P_IMAGE", "affine", "blur", "contrast", "occlude", "shift_augment"]
+__all__ = ["MAX_ROTATION", "MAX_SHIFT", "P_APPLY", "P_IMAGE", "affine", "blur", "contrast", "occlude", "shift_augment"]
 
 P_IMAGE = 0.5
 P_APPLY = 0.4
 MAX_SHIFT = 5
+MAX_ROTATION = 30.0
 ZOOM = (0.7, 1.35)
 BLUR_SIGMA = (0.5, 2.0)
 CONTRAST = (0.25, 1.0)
@@ -41,13 +43,20 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None)
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def affine(images: Tensor, zoom: Tensor, shift: Tensor) -> Tensor:
-    """Each image zoomed by ``zoom`` about its centre, then moved by ``shift = (dx, dy)`` pixels (bilinear, zero
-    fill): output pixel ``u`` samples the input at ``(u - t) / s``. Shapes: ``(B, 1, H, W)``, ``(B,)``, ``(B, 2)``."""
+def affine(images: Tensor, zoom: Tensor, shift: Tensor, angle: Tensor | None = None) -> Tensor:
+    """Each image rotated by ``angle`` degrees (counter-clockwise on screen; default 0) and zoomed by ``zoom`` about
+    its centre, then moved by ``shift = (dx, dy)`` pixels (bilinear, zero fill): output pixel ``u`` samples the input
+    at ``R(-angle) (u - t) / s`` about the centre. Shapes: ``(B, 1, H, W)``, ``(B,)``, ``(B, 2)``, ``(B,)``."""
     b, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"affine needs square images, but got {h}x{w}")
+    a = torch.zeros(b) if angle is None else torch.deg2rad(angle.float())
+    cos, sin = torch.cos(a) / zoom, torch.sin(a) / zoom
     theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
-    theta[:, :, 2] = -(shift * 2 / torch.tensor([float(w), float(h)])) / zoom.view(b, 1)  # in affine_grid's [-1, 1]
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin  # (x, y) with y pointing down: this turns the picture counter-clockwise
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    t = shift * 2 / float(w)  # in affine_grid's [-1, 1]
+    theta[:, :, 2] = -torch.bmm(theta[:, :, :2], t.unsqueeze(2)).squeeze(2)
     grid = nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=False)
     return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -96,7 +105,8 @@ def shift_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     use = chosen()
     zoom = torch.exp(_uniform(b, math.log(ZOOM[0]), math.log(ZOOM[1]), generator))
     shift = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (b, 2), generator=generator).float()
-    images = torch.where(use.view(b, 1, 1, 1), affine(images, zoom, shift), images)
+    angle = _uniform(b, -MAX_ROTATION, MAX_ROTATION, generator)
+    images = torch.where(use.view(b, 1, 1, 1), affine(images, zoom, shift, angle), images)
     use = chosen()
     images = torch.where(use.view(b, 1, 1, 1), blur(images, _uniform(b, *BLUR_SIGMA, generator)), images)
     images = contrast(images, torch.where(chosen(), _uniform(b, *CONTRAST, generator), 1.0))

@@ -4,10 +4,12 @@ Kinds (two strengths each), named by what they were for when the shipped rules a
 
 * design: translation by 3 / 5 pixels (left or right), Gaussian blur sigma 1.0 / 1.6, additive noise sigma 0.15 / 0.3
   (looked at while choosing ``bench/bench_shift.py``'s combined rule);
-* held out: zoom 0.75 / 1.3, a 10 / 14-pixel black square, contrast 0.5 / 0.3;
-* unseen: rotation by 15 / 30 degrees, pixelation to 14 / 10 pixels a side, gamma 2 / 3: outside both the combined
-  rule's design and the ``cnn-robust`` preset's training augmentation (:mod:`mcdrop.training.shift_augment`, which
-  covers the six kinds above).
+* held out: zoom 0.75 / 1.3, a 10 / 14-pixel black square, contrast 0.5 / 0.3, rotation by 15 / 30 degrees (either
+  way), not looked at for the rule;
+* unseen: pixelation to 14 / 10 pixels a side, gamma 2 / 3, a horizontal shear by 15 / 25 degrees (either way), an
+  elastic distortion (a smooth random displacement field, alpha 40 / 80, sigma 3, as torchvision's
+  ``ElasticTransform``): outside both the combined rule's design and the ``cnn-robust`` preset's training
+  augmentation (:mod:`mcdrop.training.shift_augment`, which covers the design and held-out kinds).
 
 :func:`shift_metrics` scores each set with the service's default decision (:mod:`mcdrop.serving.decisions`:
 abstain when ``ood_score`` is above the card's threshold or ``1 - confidence`` above the card's threshold for its
@@ -31,8 +33,8 @@ __all__ = ["DESIGN", "HELD_OUT", "KINDS", "UNSEEN", "default_answered", "kind_of
            "signals"]
 
 DESIGN = ("translate", "blur", "noise")
-HELD_OUT = ("scale", "occlusion", "contrast")
-UNSEEN = ("rotate", "pixelate", "gamma")
+HELD_OUT = ("scale", "occlusion", "contrast", "rotate")
+UNSEEN = ("pixelate", "gamma", "shear", "elastic")
 KINDS = DESIGN + HELD_OUT + UNSEEN
 
 
@@ -71,6 +73,17 @@ def shifted(images: torch.Tensor, kind: str, strength: int, seed: int = 0) -> to
                        interpolation=InterpolationMode.NEAREST)
     elif kind == "gamma":
         out = F.adjust_gamma(x, (2.0, 3.0)[strength - 1])
+    elif kind == "shear":
+        angle = (15.0, 25.0)[strength - 1]
+        sign = torch.randint(0, 2, (len(x),), generator=g) * 2 - 1
+        out = torch.stack([F.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[float(s) * angle, 0.0],
+                                    interpolation=InterpolationMode.BILINEAR) for im, s in zip(x, sign, strict=True)])
+    elif kind == "elastic":
+        alpha, side = (40.0, 80.0)[strength - 1], x.shape[-1]
+        field = F.gaussian_blur(torch.rand(len(x), 2, side, side, generator=g) * 2 - 1, kernel_size=[19, 19],
+                                sigma=[3.0, 3.0]) * alpha / side  # torchvision's ElasticTransform, in [-1, 1] units
+        out = torch.stack([F.elastic(im, d.permute(1, 2, 0).unsqueeze(0), fill=[0.0])
+                           for im, d in zip(x, field, strict=True)])
     elif kind == "occlusion":
         size = (10, 14)[strength - 1]
         out = x.clone()

@@ -36,8 +36,8 @@ def test_readme_models_table_quotes_the_card(name):
         assert same(quoted, mc[key]), (name, label, quoted, mc[key])
         checked += 1
     answers, error = re.search(r"answers ([\d.]+)% with ([\d.]+)% error", row).groups()
-    abstention = metrics["test_conformal"]["mc"]["abstention"]
-    assert same(answers, abstention["coverage"], percent=True) and same(error, abstention["risk"], percent=True), row
+    service = metrics["test_conformal"]["mc"]["abstention"]["with_ood_flag"]  # what the service answers by default
+    assert same(answers, service["coverage"], percent=True) and same(error, service["risk"], percent=True), row
     for label, proxy in PROXY_NAMES.items():
         quoted = re.search(rf"{label} (\d\.\d+)", row.partition("AUROC")[2]).group(1)
         assert same(quoted, metrics["ood_proxies"][proxy]["ood_score"]["auroc"]), (name, label, quoted)
@@ -63,3 +63,7 @@ def test_benchmarks_abstention_and_conformal_tables_quote_the_card():
                 and same(cells[5], v["min_class_coverage"]) and same(cells[6].rstrip("%"), v["empty"], percent=True), line
             rows += 1
     assert rows == 2 + 24
+    answers, error = re.search(r"the service's default decision[^:]*: MC answers ([\d.]+)% with ([\d.]+)% error",
+                               section).groups()
+    service = card["mc"]["abstention"]["with_ood_flag"]
+    assert same(answers, service["coverage"], percent=True) and same(error, service["risk"], percent=True)

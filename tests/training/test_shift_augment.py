@@ -36,6 +36,29 @@ def test_affine_zoom_scales_distances_from_the_centre():
         assert col == pytest.approx(13.5 + 6 * s, abs=0.05)
 
 
+@pytest.mark.parametrize("angle", [30.0, -17.5, 90.0])
+def test_affine_rotation_is_torchvisions_rotate(angle):
+    """With zoom 1 and no shift, the rotation equals torchvision's bilinear ``rotate`` (counter-clockwise on screen)."""
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    out = S.affine(images, torch.ones(2), torch.zeros(2, 2), torch.full((2,), angle))
+    want = TF.rotate(images, angle, interpolation=TF.InterpolationMode.BILINEAR)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+
+
+def test_affine_rotates_and_zooms_about_the_centre_then_shifts():
+    """A 2x2 dot 6 pixels right of the centre, turned by a, zoomed by s and moved by (dx, dy), has its centroid at
+    centre + s * 6 (cos a, -sin a) + (dx, dy) in (column, row) pixels."""
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 13:15, 19:21] = 1.0
+    a, s, dx, dy = 25.0, 1.2, 2.0, -3.0
+    out = S.affine(image, torch.tensor([s]), torch.tensor([[dx, dy]]), torch.tensor([a]))[0, 0]
+    col = float((out.sum(0) * torch.arange(28)).sum() / out.sum())
+    row = float((out.sum(1) * torch.arange(28)).sum() / out.sum())
+    rad = torch.deg2rad(torch.tensor(a))
+    assert col == pytest.approx(13.5 + s * 6 * float(torch.cos(rad)) + dx, abs=0.05)
+    assert row == pytest.approx(13.5 - s * 6 * float(torch.sin(rad)) + dy, abs=0.05)
+
+
 def test_blur_is_torchvisions_gaussian_blur_inside_the_image():
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 28, 28, generator=g)
