@@ -134,7 +134,7 @@ def classifier_report(model: Any, card: ModelCard, calibration: Calibration | No
                                                                       f"{point['risk']:.2%}")
             if "with_ood_flag" in point:
                 both = point["with_ood_flag"]
-                numbers[f"the service's default, with the OOD flag ({mode.value})"] = (
+                numbers[f"service default, with the OOD flag ({mode.value})"] = (
                     f"answers {both['coverage']:.1%}, error rate {both['risk']:.2%}")
     if calibration is not None:
         ax.axhline(calibration.default_risk, color="grey", ls=":", lw=1, label=f"target risk {calibration.default_risk:.0%}")
