@@ -54,6 +54,8 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--output", "-o", type=Path, required=True,
                    help="model directory to write (models/NAME replaces a bundled model in a checkout)")
     p.add_argument("--model-name", help="model name in the card (default: the directory name)")
+    p.add_argument("--model-version", default="1", help="the card's version (default 1), e.g. 2 for a retrained "
+                                                       "model that replaces version 1")
     p.add_argument("--name", dest="model_name", action=_Deprecated, help=argparse.SUPPRESS)
     p.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
     p.add_argument("--eval-samples", type=int, default=50, help="MC passes for the card's test metrics")
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name or args.output.name
     parts = split_indices(len(train_y), config)
     card = save_model(model, args.output, {
-        "name": name, "version": "1", "task": "classification",
+        "name": name, "version": args.model_version, "task": "classification",
         "description": f"Fashion-MNIST dropout {config.architecture.upper()} classifier ({args.preset} preset).",
         "input_shape": [28, 28], "input_size": 784, "input_range": [0.0, 1.0],
         "normalisation": "pixels scaled to [0, 1] (value / 255), rows of 784 in row-major order; the model "

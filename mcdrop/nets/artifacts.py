@@ -379,7 +379,8 @@ def render_card(card: ModelCard) -> str:
     shift = card.metrics.get("covariate_shift")
     if isinstance(shift, dict) and isinstance(shift.get("sets"), dict):
         lines += ["", f"## Under covariate shift (first {shift.get('images')} test images, MC N={shift.get('n_samples')}, "
-                  "the default abstention; python -m mcdrop.training.shifts)", "",
+                  "the service's default decision: the OOD flag or the uncertainty threshold; "
+                  "python -m mcdrop.training.shifts)", "",
                   "| set | accuracy | answered | error among answered |", "|---|---:|---:|---:|"]
         for name, row in shift["sets"].items():
             err = row["error_among_answered"]

@@ -107,7 +107,7 @@ def train_classifier(
             total, count = 0.0, 0
             for idx in torch.randperm(xt.shape[0]).split(config.batch_size):
                 xb = augment(xt[idx]) if config.augment else xt[idx]
-                xb = shift_augment(xb) if config.shift_augment else xb
+                xb = shift_augment(xb, max_rotation=config.shift_rotation) if config.shift_augment else xb
                 loss = nn.functional.cross_entropy(model(xb), yt[idx])
                 if penalty is not None:
                     loss = loss + penalty(model)

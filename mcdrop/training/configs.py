@@ -36,8 +36,11 @@ class ClassifierConfig:
     augment: bool = field(default=False, metadata=_help("random horizontal flips and shifts of up to 2 pixels of the "
                                                         "28x28 training images"))
     shift_augment: bool = field(default=False, metadata=_help(
-        "random covariate shifts of the training images, each with probability 0.4: translation up to 5 pixels, "
-        "zoom 0.7-1.35, Gaussian blur, contrast, an occluding square, additive noise (after --augment's)"))
+        "random covariate shifts of half the training images, each change with probability 0.4: an affine map "
+        "(rotation up to --shift-rotation degrees, zoom 0.7-1.35, translation up to 5 pixels), Gaussian blur, "
+        "contrast, an occluding square, additive noise (after --augment's)"))
+    shift_rotation: float = field(default=30.0, metadata=_help(
+        "with --shift-augment: the largest rotation in degrees, in [0, 180] (0: none, as fashion-cnn-robust v1)"))
     input_dropout: float = field(default=0.0, metadata=_help("dropout rate on the input pixels, in [0, 1)"))
     optimizer: str = field(default="sgd", metadata=_help("sgd (with --momentum) or adam (AdamW)"))
     lr: float = field(default=0.1, metadata=_help("learning rate (> 0)"))
@@ -75,6 +78,8 @@ class ClassifierConfig:
                "channel_dropout", f"one rate in [0, 1) per conv block ({len(self.channels)})", self.channel_dropout)
         _check(self.architecture == "mlp" or self.input_dropout == 0, "input_dropout",
                "0 for the cnn (its first dropout is the channel dropout after the first block)", self.input_dropout)
+        _check(_is_number(self.shift_rotation) and 0 <= self.shift_rotation <= 180, "shift_rotation",
+               "degrees in [0, 180]", self.shift_rotation)
         _check(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'", self.optimizer)
         _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
         _check(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)", self.momentum)
@@ -96,11 +101,14 @@ class ClassifierConfig:
         return asdict(self)
 
     def relevant(self) -> dict[str, Any]:
-        """:meth:`as_dict` without the fields the architecture does not use (an MLP has no conv blocks)."""
+        """:meth:`as_dict` without the fields the recipe does not use (an MLP has no conv blocks; without
+        ``shift_augment`` there is no rotation range)."""
         values = self.as_dict()
         if self.architecture != "cnn":
             for name in CNN_ONLY:
                 values.pop(name)
+        if not self.shift_augment:
+            values.pop("shift_rotation")
         return values
 
 

@@ -4,9 +4,9 @@
 stay half the training set); the others get their own random draw of five independent changes, each applied with
 probability ``P_APPLY``, in this order:
 
-* an affine map: a rotation by an angle uniform on ``[-MAX_ROTATION, MAX_ROTATION]`` degrees, a zoom ``s`` with
-  ``log s`` uniform on ``[log 0.7, log 1.35]`` and a translation of up to ``MAX_SHIFT`` pixels on each axis
-  (bilinear resampling, zero fill);
+* an affine map: a rotation by an angle uniform on ``[-max_rotation, max_rotation]`` degrees (``MAX_ROTATION``
+  by default), a zoom ``s`` with ``log s`` uniform on ``[log 0.7, log 1.35]`` and a translation of up to
+  ``MAX_SHIFT`` pixels on each axis (bilinear resampling, zero fill);
 * a Gaussian blur with ``sigma`` uniform on ``[0.5, 2]``;
 * a contrast change ``x -> c x + (1 - c) mean(x)`` with ``c`` uniform on ``[0.25, 1]`` (torchvision's
   ``adjust_contrast``);
@@ -48,14 +48,14 @@ def affine(images: Tensor, zoom: Tensor, shift: Tensor, angle: Tensor | None = N
     its centre, then moved by ``shift = (dx, dy)`` pixels (bilinear, zero fill): output pixel ``u`` samples the input
     at ``R(-angle) (u - t) / s`` about the centre. Shapes: ``(B, 1, H, W)``, ``(B,)``, ``(B, 2)``, ``(B,)``."""
     b, _, h, w = images.shape
-    if h != w:
-        raise ValueError(f"affine needs square images, but got {h}x{w}")
+    if angle is not None and h != w:
+        raise ValueError(f"a rotation needs square images, but got {h}x{w}")
     a = torch.zeros(b) if angle is None else torch.deg2rad(angle.float())
     cos, sin = torch.cos(a) / zoom, torch.sin(a) / zoom
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin  # (x, y) with y pointing down: this turns the picture counter-clockwise
     theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    t = shift * 2 / float(w)  # in affine_grid's [-1, 1]
+    t = shift * 2 / torch.tensor([float(w), float(h)])  # in affine_grid's [-1, 1]
     theta[:, :, 2] = -torch.bmm(theta[:, :, :2], t.unsqueeze(2)).squeeze(2)
     grid = nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=False)
     return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -90,8 +90,10 @@ def occlude(images: Tensor, top: Tensor, left: Tensor, size: Tensor) -> Tensor:
     return images.masked_fill((rows.view(b, 1, h, 1) & cols.view(b, 1, 1, w)), 0.0)
 
 
-def shift_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Rows of square images in [0, 1], each changed as the module describes. Shape: ``(B, H*W)`` -> ``(B, H*W)``."""
+def shift_augment(x: Tensor, generator: torch.Generator | None = None, max_rotation: float = MAX_ROTATION) -> Tensor:
+    """Rows of square images in [0, 1], each changed as the module describes, with rotations up to
+    ``max_rotation`` degrees (0: no rotation, and no angle drawn, so the random stream is that of the recipe
+    before rotations were added). Shape: ``(B, H*W)`` -> ``(B, H*W)``."""
     b, pixels = x.shape
     side = math.isqrt(pixels)
     if side * side != pixels:
@@ -105,7 +107,7 @@ def shift_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     use = chosen()
     zoom = torch.exp(_uniform(b, math.log(ZOOM[0]), math.log(ZOOM[1]), generator))
     shift = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (b, 2), generator=generator).float()
-    angle = _uniform(b, -MAX_ROTATION, MAX_ROTATION, generator)
+    angle = _uniform(b, -max_rotation, max_rotation, generator) if max_rotation else None
     images = torch.where(use.view(b, 1, 1, 1), affine(images, zoom, shift, angle), images)
     use = chosen()
     images = torch.where(use.view(b, 1, 1, 1), blur(images, _uniform(b, *BLUR_SIGMA, generator)), images)

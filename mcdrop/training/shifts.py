@@ -1,4 +1,4 @@
-"""Shifted copies of square grey test images, and what a classifier's default abstention does on them (issue 22).
+"""Shifted copies of square grey test images, and what a classifier's default decision does on them (issue 22).
 
 Kinds (two strengths each), named by what they were for when the shipped rules and models were made:
 
@@ -7,9 +7,10 @@ Kinds (two strengths each), named by what they were for when the shipped rules a
 * held out: zoom 0.75 / 1.3, a 10 / 14-pixel black square, contrast 0.5 / 0.3, rotation by 15 / 30 degrees (either
   way), not looked at for the rule;
 * unseen: pixelation to 14 / 10 pixels a side, gamma 2 / 3, a horizontal shear by 15 / 25 degrees (either way), an
-  elastic distortion (a smooth random displacement field, alpha 40 / 80, sigma 3, as torchvision's
-  ``ElasticTransform``): outside both the combined rule's design and the ``cnn-robust`` preset's training
-  augmentation (:mod:`mcdrop.training.shift_augment`, which covers the design and held-out kinds).
+  elastic distortion (a smooth random displacement field made as torchvision's ``ElasticTransform`` makes it,
+  alpha 40 / 80, sigma 3, with a 19-pixel blur kernel where torchvision's would be 25): outside both the combined
+  rule's design and the ``cnn-robust`` preset's training augmentation (:mod:`mcdrop.training.shift_augment`, which
+  covers the design and held-out kinds).
 
 :func:`shift_metrics` scores each set with the service's default decision (:mod:`mcdrop.serving.decisions`:
 abstain when ``ood_score`` is above the card's threshold or ``1 - confidence`` above the card's threshold for its

@@ -32,12 +32,19 @@ def test_defaults_are_the_textbook_recipe():
         ({"val_fraction": 1.0}, "val_fraction", "[0, 1)"),
         ({"val_fraction": 0.0, "calibrate": True}, "val_fraction", "calibrate"),
         ({"calibration_samples": 0}, "calibration_samples", ">= 1"),
+        ({"shift_rotation": -5.0}, "shift_rotation", "[0, 180]"),
+        ({"shift_rotation": 200}, "shift_rotation", "[0, 180]"),
     ],
 )
 def test_bad_values_name_the_field(values, field, expected):
     with pytest.raises(ConfigError, match=field) as err:
         ClassifierConfig(**values)
     assert err.value.field == field and expected in str(err.value)
+
+
+def test_the_rotation_range_is_recorded_only_with_the_shift_augmentation():
+    assert "shift_rotation" not in ClassifierConfig().relevant()
+    assert ClassifierConfig(shift_augment=True, shift_rotation=0.0).relevant()["shift_rotation"] == 0.0
 
 
 def test_training_on_every_row_is_allowed_without_calibration():

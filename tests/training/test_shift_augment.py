@@ -98,6 +98,26 @@ def test_shift_augment_changes_the_drawn_share_of_images():
     assert torch.equal(out, S.shift_augment(x, torch.Generator().manual_seed(3)))
 
 
+def test_without_rotation_the_affine_change_is_zoom_and_whole_pixel_shift_only():
+    """``max_rotation=0`` (version 1's recipe) draws no angle: a one-pixel dot at the centre moved by a whole-pixel
+    shift and zoomed about it stays on its row or column axis in every augmented image, which no rotation keeps."""
+    n = 400
+    x = torch.zeros(n, 28, 28)
+    x[:, 13:15, 13:15] = 1.0
+    x[:, 13:15, 20] = 1.0  # an arm to the right of the centre: a rotation would move it off the dot's rows
+    out = S.shift_augment(x.reshape(n, -1), torch.Generator().manual_seed(5), max_rotation=0.0).reshape(n, 28, 28)
+    rotated = S.shift_augment(x.reshape(n, -1), torch.Generator().manual_seed(5), max_rotation=30.0).reshape(n, 28, 28)
+
+    def tilt(images):  # |row of the arm's centroid - row of the blob's|, where both survive occlusion and noise
+        rows = torch.arange(28.0)
+        left, right = images[:, :, :17], images[:, :, 17:]
+        return ((left.sum(2) * rows).sum(1) / left.sum((1, 2)) - (right.sum(2) * rows).sum(1) / right.sum((1, 2))).abs()
+
+    moved = ~torch.isclose(out, x).all(2).all(1)
+    assert moved.sum() > 50  # the comparison is not vacuous
+    assert float(tilt(out).nanquantile(0.5)) < 0.5 < float(tilt(rotated).nanquantile(0.9))
+
+
 def test_shift_augment_refuses_rows_that_are_not_square_images():
     with pytest.raises(ValueError, match="square images"):
         S.shift_augment(torch.zeros(2, 10))
