@@ -46,7 +46,7 @@ def main() -> None:
     start = time.perf_counter()
     artifact = load_artifact(args.model)
     cal, engine, card = artifact.calibration, MCEngine(artifact.model), artifact.card
-    config = ClassifierConfig(**{k: v for k, v in card.training.items() if k in ClassifierConfig.__dataclass_fields__})
+    config = ClassifierConfig.from_card(card.training)
     train_x, train_y = load_fashion_mnist(None, train=True)
     parts = split_indices(len(train_y), config)
     xf = fashion_mnist_features(train_x)

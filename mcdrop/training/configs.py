@@ -100,6 +100,11 @@ class ClassifierConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_card(cls, training: dict[str, Any]) -> ClassifierConfig:
+        """The config a card's ``training`` block records (its other entries, e.g. ``train_seconds``, ignored)."""
+        return cls(**{k: v for k, v in training.items() if k in cls.__dataclass_fields__})
+
     def relevant(self) -> dict[str, Any]:
         """:meth:`as_dict` without the fields the recipe does not use (an MLP has no conv blocks; without
         ``shift_augment`` there is no rotation range)."""

@@ -54,8 +54,7 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
     metrics = dict(card.metrics)
     seed = int(metrics.get("evaluation_seed", 0))
     if card.task == "classification":
-        known = {f for f in ClassifierConfig.__dataclass_fields__}
-        config = ClassifierConfig(**{k: v for k, v in card.training.items() if k in known})
+        config = ClassifierConfig.from_card(card.training)
         train_x, train_y = load_fashion_mnist(data_root, train=True)
         rows = split_indices(len(train_y), config)["calibration"]
         if len(rows) != card.calibration["rows"]["calibration"]:
