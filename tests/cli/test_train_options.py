@@ -1,6 +1,6 @@
 """`mcdrop train` as a subprocess: what its help says about the presets, one spelling of the model-name flag for
 both datasets (the old one still works, with a warning), a printed config without another architecture's fields,
-and a README whose retrain lines do not overwrite the bundled models."""
+a README whose retrain lines do not overwrite the bundled models, and presets that are the shipped models' recipes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mcdrop.cli.train import PRESETS, SHIPPED
+from mcdrop.training.configs import ClassifierConfig
 from tests.cli.test_evaluate_bench_train import write_fashion_mnist
 from tests.cli.test_score import mcdrop
 
@@ -22,6 +24,8 @@ def test_fashion_mnist_help_says_what_each_preset_sets_and_which_built_the_shipp
     assert "reference: architecture=mlp, hidden=256 256, dropout=0.2 0.5" in text and "lr=0.1" in text
     assert re.search(r"tuned: architecture=mlp, hidden=1024 1024, .*built the shipped models/fashion-mnist", text)
     assert re.search(r"cnn: architecture=cnn, .*channels=32 64, .*built the shipped models/fashion-cnn", text)
+    assert re.search(r"tuned-robust: .*shift_augment=True, .*epochs=80, .*built the shipped models/fashion-mnist-robust",
+                     text)
     for flag in ("--model-name", "--preset"):
         assert flag in text
     assert "--model-name" in mcdrop("train", "uci", "--help").stdout
@@ -47,3 +51,11 @@ def test_the_readme_retrains_beside_the_bundled_models():
     assert lines, "the README shows no retrain line"
     for line in lines:
         assert " -o models/" not in line, line
+
+
+@pytest.mark.parametrize("preset", sorted(SHIPPED))
+def test_a_preset_that_built_a_shipped_model_is_the_recipe_its_card_records(preset):
+    """``--preset P`` retrains what ``P``'s shipped model was trained with: the card's training block read back as
+    a config equals the preset's."""
+    card = json.loads((ROOT / SHIPPED[preset] / "card.json").read_text())
+    assert ClassifierConfig.from_card(card["training"]) == ClassifierConfig(**PRESETS[preset])

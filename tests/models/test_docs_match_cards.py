@@ -25,7 +25,7 @@ def same(quoted: str, value: float, percent: bool = False) -> bool:
     return quoted == f"{value * 100 if percent else value:.{decimals}f}"
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist", "fashion-cnn", "fashion-cnn-robust"])
+@pytest.mark.parametrize("name", ["fashion-mnist", "fashion-cnn", "fashion-cnn-robust", "fashion-mnist-robust"])
 def test_readme_models_table_quotes_the_card(name):
     row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| `{name}`"))
     metrics = card_metrics(name)

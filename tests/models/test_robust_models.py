@@ -1,5 +1,6 @@
-"""The shipped ``fashion-cnn-robust`` (trained on covariate shifts, issue 22): its card's per-shift table is what the
-service decides on those images, keeps the issue's targets, and BENCHMARKS quotes it."""
+"""The shipped models trained on covariate shifts (issue 22), ``fashion-cnn-robust`` and ``fashion-mnist-robust``:
+each card's per-shift table is what the service decides on those images, keeps the issue's targets except on the
+sets the README names as missed, and BENCHMARKS quotes it."""
 
 from __future__ import annotations
 
@@ -21,27 +22,38 @@ pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "fashion-cnn-robust"
-CARD = bundled_models_dir() / NAME / "card.json"
+ROBUST = ["fashion-cnn-robust", "fashion-mnist-robust"]
+MISSED = {"fashion-cnn-robust": set(), "fashion-mnist-robust": {"elastic 2"}}
+"""The sets on which a model's error among answered is significantly above 5%, as its README row says."""
 
 
-def card() -> dict:
-    return json.loads(CARD.read_text())
+def card(name: str = NAME) -> dict:
+    return json.loads((bundled_models_dir() / name / "card.json").read_text())
 
 
-def test_card_per_shift_table_meets_the_issue_targets_with_their_sampling_error():
+@pytest.mark.parametrize("name", ROBUST)
+def test_card_per_shift_table_meets_the_issue_targets_with_their_sampling_error(name):
     """Issue 22's targets on the card's sets: error among answered at most 5% under every shift and 2% in
     distribution, each unless a one-sided binomial test cannot reject it (few answered inputs), and at least 70%
-    of clean images answered."""
-    table = card()["metrics"]["covariate_shift"]
+    of clean images answered; the sets listed in MISSED do reject it, and the README's row names them."""
+    table = card(name)["metrics"]["covariate_shift"]
     sets = table["sets"]
     assert len(sets) == 1 + 2 * len(shifts.KINDS) and table["images"] >= 1000
     assert sets["clean"]["answered"] >= 0.70
-    for name, row in sets.items():
-        target = 0.02 if name == "clean" else 0.05
+    rejected = set()
+    for set_name, row in sets.items():
+        target = 0.02 if set_name == "clean" else 0.05
         if row["answered_n"]:
             above = stats.binomtest(row["errors_n"], row["answered_n"], target, alternative="greater").pvalue
-            assert above > ALPHA, (name, row)
-    assert abs(sets["clean"]["answered"] - card()["metrics"]["test_conformal"]["mc"]["abstention"]["coverage"]) < 0.05
+            if above <= ALPHA:
+                rejected.add(set_name)
+    assert rejected == MISSED[name]
+    readme_row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| `{name}`"))
+    for set_name in rejected:
+        kind, strength = set_name.split()
+        assert f"{'strong' if strength == '2' else 'mild'} {kind}" in readme_row, (name, set_name)
+    service = card(name)["metrics"]["test_conformal"]["mc"]["abstention"]["with_ood_flag"]
+    assert abs(sets["clean"]["answered"] - service["coverage"]) < 0.05
 
 
 @needs_data("FashionMNIST", "raw", "t10k-images-idx3-ubyte.gz")
@@ -65,12 +77,15 @@ def test_shift_metrics_are_the_services_decisions():
     assert got["blur 2"]["errors_n"] == int((predicted[answered] != labels[answered]).sum())
 
 
-def test_benchmarks_quote_the_card_per_shift_table():
+@pytest.mark.parametrize("name", [*ROBUST, "fashion-mnist"])
+def test_benchmarks_quote_the_card_per_shift_table(name):
     text = (ROOT / "BENCHMARKS.md").read_text()
-    section = text[text.index("`fashion-cnn-robust` per shift"):]
-    sets = card()["metrics"]["covariate_shift"]["sets"]
+    section = text[text.index(f"`{name}` per shift"):].splitlines()
+    start = next(i for i, line in enumerate(section) if line.startswith("|"))
+    table = section[start:section.index("", start)]  # the first table after the heading, up to its blank line
+    sets = card(name)["metrics"]["covariate_shift"]["sets"]
     rows = 0
-    for line in section.splitlines()[:60]:
+    for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 5 and cells[0] in sets:
             row = sets[cells[0]]
