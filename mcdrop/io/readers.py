@@ -3,10 +3,11 @@ gzipped).
 
 Every reader yields :class:`Chunk` s of at most ``chunk_rows`` rows, so memory stays flat however large the file:
 ``.npy`` is memory-mapped, ``.npz`` members and IDX files are streamed, Parquet is read a record batch at a time
-(pyarrow), and CSV a block of records at a time with the ``csv`` module (RFC 4180: quoted fields may hold commas,
-quotes and line breaks; a UTF-8 byte-order mark is dropped; CRLF and blank lines are fine; no line may be longer
-than :class:`LineBound` allows, so a file without line breaks is refused after a bounded read instead of being
-read whole). Rows are numbered from 0 in file order, header excluded. A bad row (wrong width, non-numeric, NaN or
+(pyarrow), and CSV a block of lines at a time, by ``pyarrow.csv`` while the lines hold no quote and by the ``csv``
+module from the first quote on (RFC 4180: quoted fields may hold commas, quotes and line breaks), with the same
+rows, values and reasons either way; a UTF-8 byte-order mark is dropped; CRLF and blank lines are fine; no line
+may be longer than :class:`LineBound` allows, so a file without line breaks is refused after a bounded read
+instead of being read whole. Rows are numbered from 0 in file order, header excluded. A bad row (wrong width, non-numeric, NaN or
 infinite) is reported in ``Chunk.bad`` with its reason. ``InputFile.notes`` says what was decided for the user
 (e.g. whether the first CSV line is a header), so the CLI can log it.
 """
@@ -199,6 +200,8 @@ class LineBound:
             raise InputError(f"`max_line` {fixed}: expected a positive number of characters", usage=True)
         self.fixed = fixed
         self.consumed = 0  # characters read so far: about the bytes, for progress
+        self.line_number = 0  # lines read so far: the last one read, for error messages
+        self.last = ""  # the last line read
         self.limit = fixed or FIRST_LINE_MAX
         self.why = "the limit given" if fixed else "the limit for the first line"
 
@@ -209,16 +212,16 @@ class LineBound:
 
     def lines(self, fh: IO[str], name: str) -> Iterator[str]:
         """``fh``'s lines (line breaks kept), refusing one longer than the bound with an :class:`InputError`."""
-        number = 0
         while True:
             line = fh.readline(self.limit + 1)
             if not line:
                 return
-            number += 1
+            self.line_number += 1
             if len(line) > self.limit and line[-1] not in "\r\n":
-                raise InputError(f"{name}: line {number} is longer than {self.limit:,} characters ({self.why}); "
+                raise InputError(f"{name}: line {self.line_number} is longer than {self.limit:,} characters ({self.why}); "
                                  "expected CSV rows separated by line breaks (a larger `max_line` allows longer lines)")
             self.consumed += len(line)
+            self.last = line
             yield line
 
 
@@ -260,12 +263,13 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
               max_line: int | None = None) -> InputFile:
     bound = LineBound(max_line)
     fh = path.open("r", newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first cell
-    records = csv.reader(bound.lines(fh, str(path)))
+    lines = bound.lines(fh, str(path))
+    records = csv.reader(lines)  # pulls one line at a time, so after a record ``lines`` is at the next one
     try:
         first = next((r for r in records if any(c.strip() for c in r)), None)
     except csv.Error as err:
         fh.close()
-        raise InputError(f"{path}: line {records.line_num}: not CSV ({err})") from err
+        raise InputError(f"{path}: line {bound.line_number}: not CSV ({err})") from err
     except InputError:
         fh.close()
         raise
@@ -286,30 +290,92 @@ def _open_csv(path: Path, columns: str | None, id_column: str | None, header: st
     if id_column is not None:
         id_index = _select(id_column, names, None, "id_column")[0]
     use = _select(columns, names, id_index)
-    pending = [] if has_header else [first]
-    chunks = _csv_chunks(fh, records, pending, len(names), use, id_index, chunk_rows, str(path))
+    # the first row again when it is data: as its line where that line is the whole record (no quote), else as
+    # the record the csv module read
+    head, pending = ([], []) if has_header else ([bound.last], []) if '"' not in bound.last else ([], [first])
+    chunks = _csv_chunks(fh, lines, bound, head, pending, len(names), use, id_index, chunk_rows, str(path))
     return InputFile(path, "csv", len(use), None, np.dtype(np.float32), chunks, [names[i] for i in use], notes,
                      size=path.stat().st_size, position=lambda: bound.consumed)
 
 
-def _csv_chunks(fh: IO[str], records: Any, pending: list[list[str]], n_cols: int, use: list[int],
-                id_index: int | None, chunk_rows: int, name: str) -> Iterator[Chunk]:
+def _csv_chunks(fh: IO[str], lines: Iterator[str], bound: LineBound, head: list[str], pending: list[list[str]],
+                n_cols: int, use: list[int], id_index: int | None, chunk_rows: int, name: str) -> Iterator[Chunk]:
+    """The data records, ``chunk_rows`` at a time: the lines ``head``, else the records ``pending``, then the rest
+    of ``lines``.  Blocks of plain lines (no quote character, so one record per line) are parsed by Arrow; the
+    first quote hands the rest of the file to the ``csv`` module, whose quoted fields may span lines.  Both give
+    the same rows, row numbers and reasons."""
     start = 0
     try:
-        rows = itertools.chain(pending, records)
+        if pending:
+            yield _parse_block(pending, start, n_cols, use, id_index, name)
+            start += len(pending)
+        source = itertools.chain(head, lines)
         while True:
-            block = [r for r in itertools.islice(rows, chunk_rows)]
-            block = [r for r in block if any(c.strip() for c in r)]  # blank lines (e.g. trailing) are not rows
+            block = list(itertools.islice(source, chunk_rows))
             if not block:
                 return
-            yield _parse_block(block, start, n_cols, use, id_index, name)
-            start += len(block)
+            if any('"' in line for line in block):
+                break
+            block = [line for line in block if line.strip()]  # blank lines (e.g. trailing) are not rows
+            if block:
+                chunk = _arrow_block(block, start, n_cols, use, id_index)
+                if chunk is None:  # something Arrow does not parse exactly as the csv module: the csv module
+                    records = [r for r in csv.reader(block) if any(c.strip() for c in r)]
+                    chunk = _parse_block(records, start, n_cols, use, id_index, name)
+                    start += len(records)
+                else:
+                    start += len(block)
+                yield chunk
+        rows = csv.reader(itertools.chain(block, source))
+        while True:
+            records = [r for r in itertools.islice(rows, chunk_rows)]
+            records = [r for r in records if any(c.strip() for c in r)]
+            if not records:
+                return
+            yield _parse_block(records, start, n_cols, use, id_index, name)
+            start += len(records)
     except UnicodeDecodeError as err:
         raise InputError(f"{name}: near row {start}: not UTF-8 text ({err.reason}); expected CSV") from err
     except csv.Error as err:
-        raise InputError(f"{name}: line {records.line_num}: not CSV ({err})") from err
+        raise InputError(f"{name}: line {bound.line_number}: not CSV ({err})") from err
     finally:
         fh.close()
+
+
+def _arrow_block(lines: list[str], start: int, n_cols: int, use: list[int], id_index: int | None) -> Chunk | None:
+    """Lines without quotes, one record each, parsed by ``pyarrow.csv``; None where the ``csv`` module's path could
+    differ (a short or long row, an empty or non-numeric cell, spaces around a number), so that path takes the
+    block.  Numbers are parsed to float64 and then rounded to float32, as ``float()`` and NumPy do."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [str(i) for i in range(n_cols)]
+    types = {names[i]: pa.float64() for i in use}
+    if id_index is not None:
+        types[names[id_index]] = pa.string()
+    wanted = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
+    data = "".join(lines).encode()
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
+            parse_options=pacsv.ParseOptions(quote_char=False, newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=wanted,
+                                                 strings_can_be_null=False, null_values=[]))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    x = np.empty((len(lines), len(use)), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: infinity, refused by _check as the csv path does
+        for j, i in enumerate(use):
+            x[:, j] = table.column(names[i]).to_numpy()
+    chunk = _check(x, start)
+    if id_index is not None:
+        ids = [v.strip() for v in table.column(names[id_index]).to_pylist()]
+        keep = set(chunk.rows.tolist())
+        chunk.ids = [i for r, i in enumerate(ids, start) if r in keep] if chunk.bad else ids
+    return chunk
 
 
 def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int], id_index: int | None,

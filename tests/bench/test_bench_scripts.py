@@ -1,5 +1,5 @@
-"""bench/bench_gpu.py and bench/bench_threads.py run end to end at tiny sizes, so the scripts a GPU or many-core
-session runs once cannot rot (their figures are not checked: speed is never asserted in tests)."""
+"""bench/bench_gpu.py, bench/bench_threads.py and bench/bench_csv.py run end to end at tiny sizes, so the scripts
+a GPU or many-core session runs once cannot rot (their figures are not checked: speed is never asserted in tests)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def test_bench_threads_smoke():
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
     assert len(rows) == 1 and rows[0].count("|") == 10  # threads, engine (2), two formats x (s, rows/s, ratio)
     assert "fused MLP kernel" in out
+
+
+def test_bench_csv_smoke():
+    out = _run("bench/bench_csv.py", "--rows", "50", "--cols", "5", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith(("| pixels", "| floats"))]
+    assert len(rows) == 2 and all(row.count("|") == 7 for row in rows)

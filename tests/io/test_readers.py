@@ -1,5 +1,5 @@
-"""Readers: CSV by the csv module (quotes, BOM, CRLF, blank lines, header decision), Parquet, .npy (mapped), .npz,
-IDX; bad rows named; chunks of bounded size."""
+"""Readers: CSV by Arrow and the csv module, reading the same (quotes, BOM, CRLF, blank lines, header decision),
+Parquet, .npy (mapped), .npz, IDX; bad rows named; chunks of bounded size."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mcdrop.io.readers import InputError, open_input
 
@@ -151,3 +153,64 @@ def test_csv_progress_counts_the_bytes_read(tmp_path):
         seen.append(source.position())
     assert seen == sorted(seen) and 0 < seen[0] < source.size
     assert seen[-1] == source.size
+
+
+# Cells as users write them: numbers in many spellings (one that float32 rounds differently when parsed directly
+# rather than through float64, as NumPy and float() do), spellings Arrow refuses and Python accepts, non-numbers,
+# empty cells, non-finite values, quoted cells.
+CELLS = ["0", "1", "-2.5", "1e3", "7.", ".5", "+.25", "1.0000000596046447755", "0.1", "3.4028235e38", "1e39",
+         " 4", "5 ", "1_0", "nan", "-inf", "Infinity", "", "x", "١", '"6"', '"1,5"', '"a\nb"']
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(st.sampled_from(CELLS[:-3]) | st.sampled_from(CELLS), min_size=2, max_size=4),
+                     min_size=1, max_size=14),
+       blank=st.sets(st.integers(0, 14), max_size=3), newline=st.sampled_from(["\n", "\r\n", "\r"]),
+       header=st.booleans(), ids=st.booleans(), chunk_rows=st.integers(1, 5))
+def test_csv_arrow_blocks_read_exactly_what_the_csv_module_reads(tmp_path, monkeypatch, rows, blank, newline, header,
+                                                                 ids, chunk_rows):
+    """Whatever the cells, the rows, their numbers, values (bit for bit), ids and the reasons given for bad rows
+    are those of the csv module alone (Arrow's blocks switched off)."""
+    import mcdrop.io.readers as readers
+
+    lines = [",".join(r) for r in rows]
+    for i in sorted(blank, reverse=True):
+        lines.insert(min(i, len(lines)), "  ")
+    width = len(rows[0])
+    text = newline.join(([",".join(f"c{j}" for j in range(width))] if header else []) + lines) + newline
+    path = tmp_path / "cells.csv"
+    path.write_text(text, newline="")
+    kw = {"chunk_rows": chunk_rows, "header": "yes" if header else "no", "id_column": "0" if ids else None}
+
+    def outcome():
+        try:
+            _, x, numbers, got_ids, bad = read(path, **kw)
+        except InputError as err:
+            return str(err)
+        return x.tobytes(), numbers.tolist(), got_ids, bad
+
+    both = outcome()
+    monkeypatch.setattr(readers, "_arrow_block", lambda *args: None)
+    assert both == outcome()
+
+
+def test_csv_plain_blocks_go_through_arrow_until_the_first_quote(tmp_path, monkeypatch):
+    """Not vacuous: plain numeric blocks are Arrow's (the spy sees them parsed), a quote hands the rest to the csv
+    module, and the rows read are the file's."""
+    import mcdrop.io.readers as readers
+
+    parsed = []
+    real = readers._arrow_block
+
+    def spy(lines, *args):
+        chunk = real(lines, *args)
+        parsed.append(chunk is not None)
+        return chunk
+
+    monkeypatch.setattr(readers, "_arrow_block", spy)
+    quoted = X.copy()
+    text = csv_text(X[:4]) + '"{}",{},{},{}\n'.format(*X[4]) + csv_text(X[5:])
+    (tmp_path / "q.csv").write_text(text)
+    _, x, rows, _, _ = read(tmp_path / "q.csv", chunk_rows=2)
+    assert np.array_equal(x, quoted) and rows.tolist() == list(range(6))
+    assert parsed == [True, True]  # rows 0-1 (the first as its line) and 2-3; the block of rows 4-5 has a quote
