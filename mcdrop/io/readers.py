@@ -32,7 +32,6 @@ __all__ = ["Chunk", "InputError", "InputFile", "LineBound", "open_input"]
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _NPZ_KEYS = ("inputs", "x", "images", "features", "X")
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class InputError(DataError, ValueError):
@@ -304,7 +303,7 @@ def _csv_chunks(fh: IO[str], lines: Iterator[str], bound: LineBound, head: list[
     of ``lines``.  Blocks of plain lines (no quote character, so one record per line) are parsed by Arrow; the
     first quote hands the rest of the file to the ``csv`` module, whose quoted fields may span lines.  Both give
     the same rows, row numbers and reasons."""
-    start = 0
+    start, before, rows = 0, 0, None
     try:
         if pending:
             yield _parse_block(pending, start, n_cols, use, id_index, name)
@@ -315,6 +314,7 @@ def _csv_chunks(fh: IO[str], lines: Iterator[str], bound: LineBound, head: list[
             if not block:
                 return
             if any('"' in line for line in block):
+                before = bound.line_number - len(block)  # lines read before the csv module's first
                 break
             block = [line for line in block if line.strip()]  # blank lines (e.g. trailing) are not rows
             if block:
@@ -328,32 +328,37 @@ def _csv_chunks(fh: IO[str], lines: Iterator[str], bound: LineBound, head: list[
                 yield chunk
         rows = csv.reader(itertools.chain(block, source))
         while True:
-            records = [r for r in itertools.islice(rows, chunk_rows)]
-            records = [r for r in records if any(c.strip() for c in r)]
-            if not records:
+            read = list(itertools.islice(rows, chunk_rows))
+            if not read:
                 return
-            yield _parse_block(records, start, n_cols, use, id_index, name)
-            start += len(records)
+            records = [r for r in read if any(c.strip() for c in r)]
+            if records:
+                yield _parse_block(records, start, n_cols, use, id_index, name)
+                start += len(records)
     except UnicodeDecodeError as err:
         raise InputError(f"{name}: near row {start}: not UTF-8 text ({err.reason}); expected CSV") from err
     except csv.Error as err:
-        raise InputError(f"{name}: line {bound.line_number}: not CSV ({err})") from err
+        line = bound.line_number if rows is None else before + rows.line_num
+        raise InputError(f"{name}: line {line}: not CSV ({err})") from err
     finally:
         fh.close()
 
 
 def _arrow_block(lines: list[str], start: int, n_cols: int, use: list[int], id_index: int | None) -> Chunk | None:
     """Lines without quotes, one record each, parsed by ``pyarrow.csv``; None where the ``csv`` module's path could
-    differ (a short or long row, an empty or non-numeric cell, spaces around a number), so that path takes the
-    block.  Numbers are parsed to float64 and then rounded to float32, as ``float()`` and NumPy do."""
+    differ (a short or long row, an empty cell, a cell Arrow does not read as a number, any bad row, whose reason
+    that path words), so that path takes the block.  Numbers are parsed to float64 and then rounded to float32, as
+    ``float()`` and NumPy do."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    if id_index is not None and id_index in use:  # one column read both as numbers and as ids
+        return None
     names = [str(i) for i in range(n_cols)]
     types = {names[i]: pa.float64() for i in use}
     if id_index is not None:
         types[names[id_index]] = pa.string()
-    wanted = [names[i] for i in use] + ([names[id_index]] if id_index is not None else [])
+    wanted = list(dict.fromkeys([names[i] for i in use] + ([names[id_index]] if id_index is not None else [])))
     data = "".join(lines).encode()
     try:
         table = pacsv.read_csv(
@@ -371,10 +376,10 @@ def _arrow_block(lines: list[str], start: int, n_cols: int, use: list[int], id_i
         for j, i in enumerate(use):
             x[:, j] = table.column(names[i]).to_numpy()
     chunk = _check(x, start)
+    if chunk.bad:  # e.g. ``nan(ind)``, which Arrow reads as NaN and float() refuses: the csv path names the cell
+        return None
     if id_index is not None:
-        ids = [v.strip() for v in table.column(names[id_index]).to_pylist()]
-        keep = set(chunk.rows.tolist())
-        chunk.ids = [i for r, i in enumerate(ids, start) if r in keep] if chunk.bad else ids
+        chunk.ids = [v.strip() for v in table.column(names[id_index]).to_pylist()]
     return chunk
 
 
@@ -403,7 +408,9 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
             col = next(i for i in use if not _is_number(cells[i]))
             bad.append((r, f"column {col} holds {cells[col].strip()[:40]!r}; expected a number"))
             continue
-        if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in row):
+        with np.errstate(over="ignore"):  # as the block path rounds: 3.4028235e38 is float32's largest, 1e39 inf
+            finite = bool(np.isfinite(np.asarray(row, dtype=np.float32)).all())
+        if not finite:
             bad.append((r, "holds NaN or infinity, or a value beyond the float32 range; expected finite numbers"))
             continue
         good.append(row)
