@@ -1,5 +1,6 @@
-"""bench/bench_gpu.py, bench/bench_threads.py and bench/bench_csv.py run end to end at tiny sizes, so the scripts
-a GPU or many-core session runs once cannot rot (their figures are not checked: speed is never asserted in tests)."""
+"""bench/bench_gpu.py, bench_threads.py, bench_csv.py, bench_cnn.py and bench_budget.py run end to end at tiny sizes, so
+the scripts a GPU or many-core session runs once cannot rot (their figures are not checked: speed is never asserted
+in tests)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ def test_bench_csv_smoke():
     out = _run("bench/bench_csv.py", "--rows", "50", "--cols", "5", "--repeats", "1")
     rows = [line for line in out.splitlines() if line.startswith(("| pixels", "| floats"))]
     assert len(rows) == 2 and all(row.count("|") == 7 for row in rows)
+
+
+def test_bench_cnn_smoke():
+    out = _run("bench/bench_cnn.py", "--batches", "1", "-n", "2", "--repeats", "1", "--threads", "1")
+    assert len([line for line in out.splitlines() if line.startswith("| 1 |")]) == 1
+
+
+def test_bench_budget_smoke():
+    out = _run("bench/bench_budget.py", "--models", "fashion-mnist", "--powers", "16", "--batch", "2", "-n", "2",
+               "--repeats", "1", "--threads", "1")
+    assert len([line for line in out.splitlines() if line.startswith("| 2^16 |")]) == 1

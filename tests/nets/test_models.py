@@ -66,6 +66,32 @@ def test_cnn_shapes_config_round_trip_and_cost():
     assert model.feature_layers() == ["net.10", "net.12"]  # the flattened conv features, the dense head's ReLU
 
 
+def test_cnn_convolves_channels_last_and_saves_the_same_files(tmp_path):
+    """The shipped CNN loads with channels-last convolution weights (the fast layout on a CPU), its MC answers
+    are those of the plain layout within float32 rounding, and saving it again writes the bundled tensors bit
+    for bit."""
+    from safetensors.torch import load_file
+
+    from mcdrop.nets.artifacts import bundled_models_dir, load_artifact, save_model
+    from mcdrop.sampling.engine import MCEngine
+    from tests.tolerances import assert_outputs_close
+
+    model = load_artifact("fashion-cnn").model
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert sum(not w.is_contiguous() for w in convs) == 3  # one input channel: the first is both layouts at once
+    x = torch.rand(6, 784, generator=torch.Generator().manual_seed(0))
+    fast = MCEngine(model).sample(x, n_samples=8, seed=3)
+    plain = load_artifact("fashion-cnn").model.to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    assert_outputs_close(fast, MCEngine(plain).sample(x, n_samples=8, seed=3))
+    save_model(model, tmp_path / "again", card={"name": "again", "version": "1", "task": "classification",
+                                                "input_shape": [28, 28], "normalisation": "pixels / 255"})
+    saved, bundled = load_file(tmp_path / "again" / "weights.safetensors"), load_file(
+        bundled_models_dir() / "fashion-cnn" / "weights.safetensors")
+    assert saved.keys() == bundled.keys() and all(torch.equal(saved[k], bundled[k]) for k in saved)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"channel_dropout": (0.1,)}, "one rate per block"),
     ({"dropout": (0.1, 0.2)}, "one rate per hidden layer"),

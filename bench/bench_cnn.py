@@ -1,0 +1,63 @@
+"""The CNN's MC passes on a CPU (issue 23, item 5): ``fashion-cnn`` through the engine with its convolution weights
+channels-last (as it loads) and in the plain layout, alternated ``--repeats`` times, the allocator tuned as the CLI
+and the service tune it; medians in images per second.
+
+    flock /tmp/mcdrop-cpu.lock .venv/bin/python bench/bench_cnn.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from mcdrop.nets.artifacts import load_artifact
+from mcdrop.sampling import runtime
+from mcdrop.sampling.engine import MCEngine
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="fashion-cnn")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    p.add_argument("-n", "--samples", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    runtime.tune_allocator()  # as the CLI and the service do
+    fast = load_artifact(args.model).model
+    plain = load_artifact(args.model).model.to(memory_format=torch.contiguous_format)
+    engines = {"channels-last": MCEngine(fast), "plain": MCEngine(plain)}
+    print(f"{args.model}, MC N = {args.samples}, {_cpu()}, {args.threads} threads; images/s, median of "
+          f"{args.repeats} alternated runs\n")
+    print("| B | plain | channels-last | speed-up |\n|---:|---:|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for b in args.batches:
+            x = torch.rand(b, fast.in_features, generator=gen)
+            rates: dict[str, list[float]] = {k: [] for k in engines}
+            for e in engines.values():
+                e.sample(x, n_samples=args.samples, seed=0)  # warm-up
+            for _ in range(args.repeats):
+                for name, e in engines.items():
+                    t = time.perf_counter()
+                    e.sample(x, n_samples=args.samples, seed=0)
+                    rates[name].append(b / (time.perf_counter() - t))
+            plain_rate, fast_rate = statistics.median(rates["plain"]), statistics.median(rates["channels-last"])
+            print(f"| {b} | {plain_rate:,.0f} | {fast_rate:,.0f} | {fast_rate / plain_rate:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
