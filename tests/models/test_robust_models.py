@@ -77,7 +77,7 @@ def test_shift_metrics_are_the_services_decisions(name):
     assert got["blur 2"]["errors_n"] == int((predicted[answered] != labels[answered]).sum())
 
 
-@pytest.mark.parametrize("name", [*ROBUST, "fashion-mnist"])
+@pytest.mark.parametrize("name", [*ROBUST, "fashion-mnist", "fashion-cnn"])
 def test_benchmarks_quote_the_card_per_shift_table(name):
     text = (ROOT / "BENCHMARKS.md").read_text()
     section = text[text.index(f"`{name}` per shift"):].splitlines()
