@@ -1,7 +1,7 @@
-"""The engine's chunk budget on a CPU (issue 23; the default is ``runtime.CPU_ELEMENT_BUDGET``): images per second of the generic (torch) path for the shipped
-MLP (its fused kernel switched off) and CNN, MC N = 50, B = 256, at element budgets 2**19 .. 2**24.  Each point
-runs in a fresh process with the allocator tuned as the CLI and the service tune it, so one point's heap does not
-shape the next; median of ``--repeats`` calls after a warm-up.
+"""The engine's chunk budget on a CPU (issue 23; the default is ``runtime.CPU_ELEMENT_BUDGET``): images per second
+of the generic (torch) path for the shipped MLP (its fused kernel switched off) and CNN, MC N = 50, B = 256, at
+element budgets 2**19 .. 2**24.  Each point runs in a fresh process with the allocator tuned as the CLI and the
+service tune it, so one point's heap does not shape the next; median of ``--repeats`` calls after a warm-up.
 
     flock /tmp/mcdrop-cpu.lock .venv/bin/python bench/bench_budget.py --threads 2
 """
