@@ -388,7 +388,8 @@ def _parse_block(block: list[list[str]], start: int, n_cols: int, use: list[int]
     ids = [r[id_index].strip() if len(r) > id_index else "" for r in block] if id_index is not None else None
     if all(len(r) == n_cols for r in block):
         try:
-            values = np.array([[r[i] for i in use] for r in block], dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: infinity, refused by _check
+                values = np.array([[r[i] for i in use] for r in block], dtype=np.float32)
         except ValueError:
             pass  # a non-numeric cell somewhere: find it record by record
         else:
