@@ -367,7 +367,7 @@ def _arrow_block(lines: list[str], start: int, n_cols: int, use: list[int], id_i
             parse_options=pacsv.ParseOptions(quote_char=False, newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=wanted,
                                                  strings_can_be_null=False, null_values=[]))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except pa.ArrowException:  # any row Arrow cannot read as asked: the csv module reads the block
         return None
     if table.num_rows != len(lines):
         return None
