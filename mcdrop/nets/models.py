@@ -201,7 +201,7 @@ class DropoutCNN(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("temperature", torch.ones(()))
         # Convolution weights channels-last, so the activations follow: oneDNN's NHWC convolutions run the MC
-        # passes about 2.8x as fast on a CPU (BENCHMARKS §11).  Loading copies into these strides; saving writes
+        # passes 1.2-1.3x as fast on a CPU (BENCHMARKS §11).  Loading copies into these strides; saving writes
         # contiguous tensors (artifacts.save_model), so the files are as before.
         self.to(memory_format=torch.channels_last)
 
