@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beta-nll", type=float, default=0.0, help="grid-hetero: the beta-NLL loss's beta")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                    help="grid, grid-hetero: the learning rate over the epochs")
     ap.add_argument("--rate-lr", type=float)
     ap.add_argument("--floor", type=float, default=0.0)
     ap.add_argument("--homoscedastic", action="store_true", help="concrete: the homoscedastic head with a tau grid")
@@ -70,8 +72,10 @@ def main() -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path("bench/results/uci26.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.protocol == "concrete" and args.lr_schedule != "constant":
+        ap.error("--lr-schedule: grid and grid-hetero only (concrete trains with its own options)")
     config = UCIConfig(epochs_multiplier=args.epochs_multiplier, samples=args.samples, val_samples=args.val_samples,
-                       seed=args.seed, beta_nll=args.beta_nll)
+                       seed=args.seed, beta_nll=args.beta_nll, lr_schedule=args.lr_schedule)
     if args.time_epochs:
         print(f"| dataset | protocol | N | networks | epochs timed | CPU s / epoch | wall s / epoch | epochs (x M) | "
               f"estimate, CPU ({args.threads} thread) |")

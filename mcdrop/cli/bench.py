@@ -43,6 +43,9 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--beta-nll", type=float, metavar="BETA",
                    help="with --heteroscedastic: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
                         "constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
+    u.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="grid search: the learning rate over the epochs (constant, the default and the published "
+                        "protocol; cosine decays it to 0 by the last epoch)")
     u.set_defaults(run=run_uci)
 
 
@@ -61,6 +64,8 @@ def run_uci(args: argparse.Namespace) -> int:
         raise CLIError("--val-samples: not used with --concrete (there is no grid to search); leave it out", 2)
     if args.concrete and args.heteroscedastic:
         raise CLIError("--heteroscedastic: --concrete always has the heteroscedastic head; give one of the two", 2)
+    if args.concrete and args.lr_schedule is not None:
+        raise CLIError("--lr-schedule: sets the grid search's training; --concrete trains with its own options", 2)
     if args.beta_nll is not None and not args.heteroscedastic:
         raise CLIError("--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic with it", 2)
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -72,7 +77,7 @@ def run_uci(args: argparse.Namespace) -> int:
     try:
         config = UCIConfig(epochs_multiplier=settings["epochs_multiplier"], samples=settings["samples"],
                            val_samples=settings.get("val_samples"), splits=settings.get("splits"), seed=args.seed,
-                           beta_nll=args.beta_nll or 0.0)
+                           beta_nll=args.beta_nll or 0.0, lr_schedule=args.lr_schedule or "constant")
     except ConfigError as err:
         raise CLIError(f"--{err.field.replace('_', '-')}: {err}", 2) from err
     results = []
@@ -94,6 +99,7 @@ def run_uci(args: argparse.Namespace) -> int:
     else:
         head = "heteroscedastic network, " if args.heteroscedastic else ""
         head += f"beta-NLL beta = {config.beta_nll:g}, " if config.beta_nll else ""
+        head += f"{config.lr_schedule} learning rate, " if config.lr_schedule != "constant" else ""
         header = (f"UCI benchmark: {head}epochs x{config.epochs_multiplier:g}, T = "
                   f"{config.samples} (grid search T = {config.val_samples or config.samples}), seed {config.seed}.\n\n")
     _write(args.output, header + table + "\n")

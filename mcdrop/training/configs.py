@@ -8,7 +8,7 @@ from typing import Any
 
 from mcdrop.errors import ParameterError
 
-__all__ = ["ClassifierConfig", "ConfigError", "UCIConfig"]
+__all__ = ["LR_SCHEDULES", "ClassifierConfig", "ConfigError", "UCIConfig"]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -118,6 +118,7 @@ class ClassifierConfig:
 
 
 CNN_ONLY = ("channels", "channel_dropout", "convs_per_block")
+LR_SCHEDULES = ("constant", "cosine")
 """The :class:`ClassifierConfig` fields only the CNN uses."""
 
 
@@ -156,6 +157,9 @@ class UCIConfig:
     # heteroscedastic only: beta of the beta-NLL loss (Seitzer et al. 2022), each row's NLL weighted by the
     # constant sigma^(2 beta); 0 is the Gaussian NLL, 1 weighs every row's squared error alike
     beta_nll: float = 0.0
+    # the learning rate over the epochs: "constant" (the published protocol) or "cosine" (lr x (1 + cos(pi e / E))
+    # / 2 at epoch e of E, ending near 0, so the last epochs do not land on a random point of an oscillation)
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         _check(_is_number(self.epochs_multiplier) and self.epochs_multiplier > 0, "epochs_multiplier",
@@ -168,6 +172,7 @@ class UCIConfig:
         _check(_is_number(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
         _check(_is_number(self.beta_nll) and 0 <= self.beta_nll <= 1, "beta_nll", "a number in [0, 1]",
                self.beta_nll)
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}", self.lr_schedule)
         _check(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction", "a number in (0, 1)",
                self.val_fraction)
 

@@ -114,7 +114,8 @@ def _keep(shape: torch.Size, threshold: Tensor, generator: torch.Generator) -> T
 def _train_stack(
     xs: Tensor, ys: Tensor, owner: Tensor, p: Tensor, decay: Tensor, *, hidden: int, epochs: int,
     batch_size: int, lr: float, generator: torch.Generator, heteroscedastic: bool = False, beta: float = 0.0,
-    compiled: bool = True,
+    lr_schedule: str = "constant", compiled: bool = True,
+    on_epoch: Callable[[int, tuple[Tensor, Tensor, Tensor, Tensor]], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train G one-hidden-layer dropout networks at once.
 
@@ -126,9 +127,11 @@ def _train_stack(
             instead of one output and ``mean (y - f)^2``.
         beta: heteroscedastic only: the beta-NLL loss ``mean sg(exp(beta s)) [exp(-s)(y - mu)^2 + s]``, ``sg`` a
             stop-gradient (Seitzer et al. 2022): rows the network calls noisy keep pulling the mean.
+        lr_schedule: ``"constant"``, or ``"cosine"``: epoch ``e`` of ``E`` at ``lr (1 + cos(pi e / E)) / 2``.
         compiled: take each step's gradients from the compiled step (``stack.c``, :mod:`.stack_kernel`) where it
             builds; it draws the same batches and masks as the torch step and agrees with autograd to float32
             rounding (the sums run in another order).
+        on_epoch: called after each epoch with its index and the (live) parameters ``(W1, b1, W2, b2)``.
 
     Returns:
         stacked ``W1 (G, D, H)``, ``b1 (G, H)``, ``W2 (G, H)``, ``b2 (G,)``; heteroscedastic:
@@ -155,7 +158,9 @@ def _train_stack(
         xs, ys, owner = xs.contiguous(), ys.contiguous(), owner.contiguous()
     x_net, y_net = (xs[owner], ys[owner]) if kernel is None else (xs, ys)  # torch step: (G, N, D), (G, N)
     net_index = torch.arange(g).view(g, 1)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if lr_schedule == "cosine":
+            opt.param_groups[0]["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
         order = torch.argsort(torch.rand(g, n, generator=generator), dim=1)
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
@@ -182,6 +187,8 @@ def _train_stack(
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch, params)
     if heteroscedastic:
         return w1.detach(), b1.detach().squeeze(1), w2.detach(), b2.detach().squeeze(1)
     return w1.detach(), b1.detach().squeeze(1), w2.detach().squeeze(-1), b2.detach().view(g)
@@ -237,7 +244,8 @@ def _fit_many(
     decay = config.length_scale**2 * (1 - p) / (2 * n * tau)
     weights = _train_stack(xs, ys, owner, p, decay, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                            batch_size=config.batch_size, lr=config.lr, generator=generator,
-                           heteroscedastic=heteroscedastic, beta=config.beta_nll if heteroscedastic else 0.0)
+                           heteroscedastic=heteroscedastic, beta=config.beta_nll if heteroscedastic else 0.0,
+                           lr_schedule=config.lr_schedule)
     models: list[list[DropoutMLP]] = [[] for _ in row_sets]
     for i, (k, (pi, ti)) in enumerate(zip(owner.tolist(), flat, strict=True)):
         models[k].append(_unstack(weights, i, pi, ti, x_stats[k], y_stats[k]))

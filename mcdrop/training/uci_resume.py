@@ -55,6 +55,8 @@ def run_key(dataset: UCIDataset, config: UCIConfig, protocol: str, options: Conc
                            "chunk": chunk}
     if protocol == "grid-hetero" and config.beta_nll:  # absent at 0, so the keys of earlier runs still match
         key["beta_nll"] = config.beta_nll
+    if protocol != "concrete" and config.lr_schedule != "constant":  # absent when constant, as beta_nll at 0
+        key["lr_schedule"] = config.lr_schedule
     if protocol == "concrete":
         key["options"] = {k: v for k, v in asdict(options or ConcreteOptions()).items() if k != "trace_every"}
     return key

@@ -55,7 +55,8 @@ def test_training_on_every_row_is_allowed_without_calibration():
     ("values", "field"),
     [({"epochs_multiplier": 0}, "epochs_multiplier"), ({"samples": 0}, "samples"), ({"val_samples": -3}, "val_samples"),
      ({"splits": 0}, "splits"), ({"batch_size": 0}, "batch_size"), ({"lr": -1.0}, "lr"), ({"val_fraction": 0.0}, "val_fraction"),
-     ({"beta_nll": 1.5}, "beta_nll"), ({"beta_nll": float("nan")}, "beta_nll")],
+     ({"beta_nll": 1.5}, "beta_nll"), ({"beta_nll": float("nan")}, "beta_nll"),
+     ({"lr_schedule": "linear"}, "lr_schedule")],
 )
 def test_uci_config_bad_values_name_the_field(values, field):
     from mcdrop.training.configs import UCIConfig

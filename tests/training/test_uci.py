@@ -245,6 +245,7 @@ def test_cli_heteroscedastic_switch(cli, tmp_path, monkeypatch):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--beta-nll", "0.5"], "--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic"),
     (["--heteroscedastic", "--beta-nll", "2"], "--beta-nll: "),
+    (["--concrete", "--lr-schedule", "cosine"], "--lr-schedule: sets the grid search's training"),
 ])
 def test_cli_beta_nll_is_checked(cli, tmp_path, flags, message):
     run = cli("bench", "uci", "--quick", *flags, "-o", tmp_path / "b.md")

@@ -29,6 +29,9 @@ def test_key_names_the_run():
     beta = UCIConfig(epochs_multiplier=1.0, samples=10, beta_nll=0.5)
     assert R.run_key(ds, beta, "grid-hetero")["beta_nll"] == 0.5
     assert "beta_nll" not in R.run_key(ds, config, "grid-hetero")  # the keys of runs from before the option
+    cosine = UCIConfig(epochs_multiplier=1.0, samples=10, lr_schedule="cosine")
+    assert R.run_key(ds, cosine, "grid")["lr_schedule"] == "cosine"
+    assert "lr_schedule" not in R.run_key(ds, config, "grid")  # constant: as before the option
     with pytest.raises(ValueError, match="protocol has to be one of"):
         R.run_key(ds, config, "bayes")
 
