@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mcdrop.training.concrete_uci import ConcreteOptions
-from mcdrop.training.configs import UCIConfig
+from mcdrop.training.configs import LR_SCHEDULES, UCIConfig
 from mcdrop.training.data import load_uci
 from mcdrop.training.uci import _fit_many
 from mcdrop.training.uci_resume import PROTOCOLS, run_resumable, summarise_results
@@ -62,7 +62,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beta-nll", type=float, default=0.0, help="grid-hetero: the beta-NLL loss's beta")
-    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                     help="grid, grid-hetero: the learning rate over the epochs")
     ap.add_argument("--rate-lr", type=float)
     ap.add_argument("--floor", type=float, default=0.0)
@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path("bench/results/uci26.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.protocol == "concrete" and args.lr_schedule != "constant":
+    if args.protocol == "concrete" and "--lr-schedule" in sys.argv:
         ap.error("--lr-schedule: grid and grid-hetero only (concrete trains with its own options)")
     config = UCIConfig(epochs_multiplier=args.epochs_multiplier, samples=args.samples, val_samples=args.val_samples,
                        seed=args.seed, beta_nll=args.beta_nll, lr_schedule=args.lr_schedule)

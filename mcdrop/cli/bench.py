@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.cli.common import CLIError, log, setup_torch
+from mcdrop.training.configs import LR_SCHEDULES
 
 FULL = {"epochs_multiplier": 10.0, "samples": 10_000}
 QUICK = {"datasets": ["yacht"], "splits": 2, "epochs_multiplier": 3.0, "samples": 500}
@@ -43,7 +44,7 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--beta-nll", type=float, metavar="BETA",
                    help="with --heteroscedastic: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
                         "constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
-    u.add_argument("--lr-schedule", choices=("constant", "cosine"),
+    u.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="grid search: the learning rate over the epochs (constant, the default and the published "
                         "protocol; cosine decays it to 0 by the last epoch)")
     u.set_defaults(run=run_uci)

@@ -55,7 +55,7 @@ from mcdrop.nets.concrete import (
 from mcdrop.nets.models import DropoutMLP
 from mcdrop.request import Task
 from mcdrop.sampling.engine import DropoutConfigError
-from mcdrop.training.configs import UCIConfig
+from mcdrop.training.configs import ConfigError, UCIConfig
 from mcdrop.training.data import UCIDataset
 from mcdrop.training.uci import (
     _standardise,
@@ -248,6 +248,9 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
     homoscedastic precision of network ``k`` in target units (None, or no ``taus``: heteroscedastic).
 
     Returns the networks and the rate trace ``(E, G, 2)``."""
+    if config.lr_schedule != "constant":  # Concrete's own trainer has one rate (and the rate logits' own)
+        raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' for Concrete dropout, but got "
+                                         f"{config.lr_schedule!r}")
     taus = list(taus) if taus is not None else [None] * len(row_sets)
     if len({len(r) for r in row_sets}) > 1:
         fits = [_fit_many(dataset, [r], config, generator, options, [t]) for r, t in zip(row_sets, taus, strict=True)]

@@ -118,8 +118,9 @@ class ClassifierConfig:
 
 
 CNN_ONLY = ("channels", "channel_dropout", "convs_per_block")
-LR_SCHEDULES = ("constant", "cosine")
 """The :class:`ClassifierConfig` fields only the CNN uses."""
+LR_SCHEDULES = ("constant", "cosine")
+"""The values of :attr:`UCIConfig.lr_schedule`."""
 
 
 def _is_number(value: Any) -> bool:
@@ -141,7 +142,7 @@ def _check(ok: bool, name: str, expected: str, got: Any) -> None:
 
 @dataclass
 class UCIConfig:
-    """Settings of one protocol run (the ``mcdrop bench uci`` and ``mcdrop train uci`` flags).
+    """Settings of one protocol run (the ``mcdrop bench uci`` flags; ``mcdrop train uci`` takes some of them).
 
     Invalid values raise :class:`ConfigError` naming the field."""
 

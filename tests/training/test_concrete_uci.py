@@ -126,6 +126,17 @@ def test_options_are_checked_and_labelled():
         "homo-tau, rate lr 0.0001, floor 0.005"
 
 
+def test_a_learning_rate_schedule_is_refused_not_ignored():
+    """Concrete's trainer has no schedule: a config asking for one fails naming the field instead of training
+    at a constant rate under a label that says otherwise."""
+    from mcdrop.training.configs import ConfigError
+
+    config = UCIConfig(epochs_multiplier=0.1, samples=10, lr_schedule="cosine")
+    with pytest.raises(ConfigError, match="lr_schedule has to be 'constant' for Concrete dropout") as err:
+        CU.run_concrete(linear_dataset(n=60), config)
+    assert err.value.field == "lr_schedule"
+
+
 def test_floor_holds_and_a_frozen_rate_lr_keeps_the_initial_rate():
     """The floor is a projection: no rate ends (or is traced) below it. A rate lr of 1e-12 leaves p at 0.1."""
     x = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(9))

@@ -22,9 +22,10 @@ def two_sets(d: int, n: int = 540) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @needs_kernel
-@pytest.mark.parametrize(("heteroscedastic", "beta"), [(False, 0.0), (True, 0.0), (True, 0.5)])
+@pytest.mark.parametrize(("heteroscedastic", "beta", "schedule"),
+                         [(False, 0.0, "constant"), (True, 0.0, "constant"), (True, 0.5, "constant"), (True, 0.5, "cosine")])
 @pytest.mark.parametrize(("d", "hidden"), [(7, 13), (3, 50)])
-def test_compiled_step_trains_the_same_networks(heteroscedastic, beta, d, hidden):
+def test_compiled_step_trains_the_same_networks(heteroscedastic, beta, schedule, d, hidden):
     """Six networks on two data sets, rates 0 to 0.5, three epochs of 17 batches with an uneven last one: both
     paths end at the same weights to float32 rounding (Adam's steps divide by sqrt of the second moment, so
     gradients that differ in the last bits move the weights by about lr * 1e-6 a step at most)."""
@@ -32,7 +33,8 @@ def test_compiled_step_trains_the_same_networks(heteroscedastic, beta, d, hidden
     owner = torch.tensor([0, 1, 0, 1, 0, 1])
     p = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.35, 0.5])
     decay = torch.tensor([1e-4, 1e-3, 1e-5, 1e-4, 1e-2, 1e-6])
-    kwargs = dict(hidden=hidden, epochs=3, batch_size=32, lr=1e-2, heteroscedastic=heteroscedastic, beta=beta)
+    kwargs = dict(hidden=hidden, epochs=3, batch_size=32, lr=1e-2, heteroscedastic=heteroscedastic, beta=beta,
+                  lr_schedule=schedule)
     assert xs.shape[1] % 32 != 0
     got = uci._train_stack(xs, ys, owner, p, decay, generator=torch.Generator().manual_seed(3), compiled=True,
                            **kwargs)

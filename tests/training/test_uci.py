@@ -247,7 +247,7 @@ def test_cli_heteroscedastic_switch(cli, tmp_path, monkeypatch):
     (["--heteroscedastic", "--beta-nll", "2"], "--beta-nll: "),
     (["--concrete", "--lr-schedule", "cosine"], "--lr-schedule: sets the grid search's training"),
 ])
-def test_cli_beta_nll_is_checked(cli, tmp_path, flags, message):
+def test_cli_uci_flags_are_checked(cli, tmp_path, flags, message):
     run = cli("bench", "uci", "--quick", *flags, "-o", tmp_path / "b.md")
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "b.md").exists()
