@@ -32,7 +32,9 @@ instead.  The ``S x B`` (sample, row) pairs run in chunks whose widest activatio
 A model class may register a fast path to the same samples (:func:`register_fast_path`): the engine knows none
 by name.  :mod:`mcdrop.nets.mlp_plan` registers one for :class:`~mcdrop.nets.models.DropoutMLP` on the CPU, the
 fused kernel that skips the units dropout and ReLU zero (``fast=False``, or ``MCDROP_KERNELS=0``, keeps the
-generic path).
+generic path); :mod:`mcdrop.nets.cnn_plan` one for :class:`~mcdrop.nets.models.DropoutCNN`, which mixes the
+convolution after the first channel dropout per pass from per-channel maps computed once per image
+(``fast=False`` keeps the generic path).
 """
 
 from __future__ import annotations
@@ -305,7 +307,8 @@ class MCEngine:
         share_prefix: compute the layers before the first dropout once per input (True), replicate the
             input for every sample (False), or decide with the first call's probe (None).
         fast: take the fast path registered for the model's class (:func:`register_fast_path`; for a
-            :class:`~mcdrop.nets.models.DropoutMLP`, the fused kernel) when one is available; False always takes
+            :class:`~mcdrop.nets.models.DropoutMLP`, the fused kernel; for a DropoutCNN, the per-channel
+            mixing of :mod:`mcdrop.nets.cnn_plan`) when one is available; False always takes
             the generic path.
         functional_dropout: also sample functional dropout calls in ``forward`` (``F.dropout(x, p,
             self.training)``, ``dropout1d/2d/3d``, ``alpha_dropout``): the ``k``-th call with p > 0 in a pass is

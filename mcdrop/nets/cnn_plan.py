@@ -1,0 +1,193 @@
+"""The fast path for :class:`~mcdrop.nets.models.DropoutCNN` on a CPU: the convolution after the first channel
+dropout computed once per input channel and image, then mixed per pass by the keep mask.
+
+Channel dropout keeps or drops whole feature maps, and the convolution after it is linear in them:
+
+    conv(h * m / (1 - p)) = sum_c (m_c / (1 - p)) conv_c(h_c),
+
+``conv_c`` the convolution restricted to input channel ``c``.  The ``C`` maps ``conv_c(h_c)`` (with the
+BatchNorm after the convolution folded in) are computed once per image, so a pass costs one ``C``-term weighted
+sum, ``C H W O`` multiply-adds, instead of the convolution's ``k^2 C H W O``.  The layers before the dropout run
+once per image, as on the generic path; the layers after it run per pass, with each BatchNorm folded into the
+convolution before it (eval statistics, :func:`torch.nn.utils.fusion.fuse_conv_bn_weights`) and ReLU applied
+after max pooling (the two commute).  Masks are the generic path's (dropout module ``j`` draws from stream
+``(j, 0)``); the outputs agree within float32 rounding (README "Reproducibility").  Work runs row-major, each
+row's passes side by side, and the output is returned sample-major.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as tF
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from mcdrop.nets.models import DropoutCNN
+from mcdrop.sampling import functional as F
+from mcdrop.sampling import rng, runtime
+from mcdrop.sampling.engine import dropout_layers, keyed_function, register_fast_path
+from mcdrop.sampling.layers import ChannelDropout, Dropout
+
+__all__ = ["CNNPlan"]
+
+_PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
+
+
+def _version(t: Tensor) -> int:
+    return -1 if t.is_inference() else t._version
+
+
+class _Folded:
+    """The numbers one pass reads: each Conv2d with the BatchNorm after it folded in (by the conv's id), and the
+    mixing basis' weights ``(C, k*k, O)`` and bias ``(H' W' O,)`` for the convolution after the first dropout."""
+
+    def __init__(self, layers: list[nn.Module], first: int) -> None:
+        self.convs: dict[int, tuple[Tensor, Tensor]] = {}
+        with torch.no_grad():
+            for i, m in enumerate(layers):
+                if type(m) is nn.Conv2d and i + 1 < len(layers) and type(layers[i + 1]) is nn.BatchNorm2d:
+                    bn = layers[i + 1]
+                    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+                    fw, fb = fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                  bn.weight, bn.bias)
+                    self.convs[id(m)] = (fw.detach().contiguous(memory_format=torch.channels_last), fb.detach())
+        conv = layers[first + 1]
+        w, self.bias = self.convs[id(conv)]
+        o, c = w.shape[:2]
+        self.basis_weight = w.reshape(o, c, -1).permute(1, 2, 0).contiguous()  # (C, k*k, O)
+
+
+class CNNPlan:
+    """How to sample a :class:`DropoutCNN` whose first dropout is a channel dropout before a convolution (built
+    by :meth:`for_model`)."""
+
+    def __init__(self, model: DropoutCNN, layers: list[nn.Module], first: int, streams: dict[int, int],
+                 kernel: tuple[int, int], pad: tuple[int, int]) -> None:
+        self.model, self._layers, self._first, self._streams = model, layers, first, streams
+        self._kernel, self._pad = kernel, pad  # of the convolution after the first dropout
+        self._tensors = [t for m in layers for t in (*m.parameters(), *m.buffers())]
+        self._folded: _Folded | None = None
+        self._version: tuple[object, ...] = ()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> CNNPlan | None:
+        """A plan if ``model`` is a float32 CPU DropoutCNN (exactly the class: a subclass may change ``forward``)
+        whose first dropout is a :class:`ChannelDropout` followed by a stride-1, ungrouped Conv2d and a BatchNorm2d
+        that tracks running statistics, and whose other layers are of the kinds DropoutCNN builds."""
+        if type(model) is not DropoutCNN:
+            return None
+        layers = list(model.net)
+        streams = {id(m): j for j, (_, m) in enumerate(dropout_layers(model))}
+        first = next((i for i, m in enumerate(layers) if id(m) in streams), None)
+        if first is None or first + 2 >= len(layers) or type(layers[first]) is not ChannelDropout:
+            return None
+        conv, bn = layers[first + 1], layers[first + 2]
+        if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or conv.groups != 1 \
+                or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros" \
+                or not isinstance(conv.padding, tuple) or len(conv.kernel_size) != 2:
+            return None
+        if any(not (isinstance(m, _PLAIN) or type(m) in (ChannelDropout, Dropout)) for m in layers):
+            return None
+        if any(type(m) is nn.BatchNorm2d and m.running_mean is None for m in layers):
+            return None
+        tensors = [t for m in layers for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+            return None
+        kh, kw = conv.kernel_size
+        ph, pw = (int(v) for v in conv.padding)
+        return cls(model, layers, first, streams, (kh, kw), (ph, pw))
+
+    def _current(self) -> _Folded | None:
+        """The folded weights, refolded when a weight, a statistic or a rate changed; None when a rate is not in
+        (0, 1) (the generic path handles p = 0 and p = 1)."""
+        version = tuple((t.data_ptr(), _version(t)) for t in self._tensors) \
+            + tuple(float(m.p) for m in self._layers if isinstance(m, ChannelDropout | Dropout))
+        if version != self._version:
+            with self._lock:
+                if any(isinstance(m, ChannelDropout | Dropout) and not 0.0 < m.p < 1.0 for m in self._layers):
+                    return None
+                self._folded, self._version = _Folded(self._layers, self._first), version
+        return self._folded
+
+    def sample(self, x: Tensor, key: int | Tensor, rows: Tensor, samples: Tensor) -> Tensor | None:
+        """Model outputs of every (sample, row) pair, sample-major, or None when this model needs the generic
+        path. Shape: x ``(B, *)`` -> ``(S * B, K)``."""
+        folded = self._current()
+        if folded is None:
+            return None
+        model, s, b = self.model, samples.numel(), x.shape[0]
+        c = folded.basis_weight.shape[0]
+        h = ((x.reshape(b, 1, *model.image_shape) - model.input_shift) / model.input_scale)
+        h = self._run(self._layers[: self._first], h, folded, None)  # once per image
+        ho, wo = self._out_size(h)
+        per_row = c * folded.bias.numel() * max(1, ho * wo)
+        group = max(1, runtime.element_budget_for(x.device) // per_row)  # rows whose bases are held at once
+        out: Tensor | None = None
+        for r0 in range(0, b, group):
+            r1 = min(b, r0 + group)
+            row_key = key[r0:r1] if isinstance(key, Tensor) else key
+
+            def keys(m: nn.Module, row_key: int | Tensor = row_key, r0: int = r0, r1: int = r1) -> Tensor:
+                """Module ``m``'s keys in (row, sample) order ``(B, S)``, the order the pairs run in."""
+                return rng.stream_keys(row_key, (self._streams[id(m)], 0), rows[r0:r1], samples).t().contiguous()
+
+            y = self._mix(h[r0:r1], folded, keys(self._layers[self._first]))
+            y = self._run(self._layers[self._first + 3:], y, folded, keys) / model.temperature
+            if out is None:
+                out = torch.empty((s, b, *y.shape[1:]), dtype=y.dtype)
+            out[:, r0:r1] = y.view(r1 - r0, s, *y.shape[1:]).transpose(0, 1)
+        assert out is not None
+        return out.view(s * b, *out.shape[2:])
+
+    def _out_size(self, h: Tensor) -> tuple[int, int]:
+        """``(H', W')`` of the convolution after the first dropout on ``h`` ``(B, C, H, W)``."""
+        return (h.shape[2] + 2 * self._pad[0] - self._kernel[0] + 1, h.shape[3] + 2 * self._pad[1] - self._kernel[1] + 1)
+
+    def _mix(self, h: Tensor, folded: _Folded, keys: Tensor) -> Tensor:
+        """The first dropout, its convolution and BatchNorm, for every (row, sample) pair: ``(B, C, H, W)`` and
+        keys ``(B, S)`` -> ``(B * S, O, H', W')`` (channels-last memory)."""
+        drop = self._layers[self._first]
+        assert isinstance(drop, ChannelDropout)
+        b, c = h.shape[:2]
+        (ho, wo), (kh, kw) = self._out_size(h), self._kernel
+        cols = tF.unfold(h, self._kernel, padding=self._pad).view(b, c, kh * kw, ho * wo)
+        basis = torch.matmul(cols.transpose(2, 3), folded.basis_weight)  # (B, C, H'W', O): conv_c(h_c) per c
+        _, _, p_used = F.quantized_rate(drop.p)
+        mask = F.keep_mask(keys, c, drop.p).mul_(1.0 / (1.0 - p_used))  # (B, S, C)
+        o = folded.basis_weight.shape[2]
+        mixed = torch.baddbmm(folded.bias.repeat(ho * wo), mask, basis.view(b, c, -1))  # (B, S, H'W'O)
+        return mixed.view(-1, ho, wo, o).permute(0, 3, 1, 2)
+
+    def _run(self, layers: list[nn.Module], y: Tensor, folded: _Folded,
+             keys: Callable[[nn.Module], Tensor] | None) -> Tensor:
+        """``layers`` in eval mode, BatchNorms folded, ReLU after pooling; dropout keyed by ``keys(module)``."""
+        i = 0
+        while i < len(layers):
+            m = layers[i]
+            if type(m) is nn.Conv2d and id(m) in folded.convs:
+                w, bias = folded.convs[id(m)]
+                y = tF.conv2d(y, w, bias, m.stride, m.padding, m.dilation, m.groups)
+                i += 2  # the BatchNorm is folded in
+                continue
+            if type(m) is nn.ReLU and i + 1 < len(layers) and type(layers[i + 1]) is nn.MaxPool2d:
+                y = layers[i + 1](y).relu_()
+                i += 2
+                continue
+            fn = keyed_function(m) if keys is not None else None
+            if fn is not None and keys is not None:
+                y = fn(m, y, keys(m))
+            elif type(m) is nn.ReLU:
+                y = y.relu_()  # every tensor here is this pass's own
+            elif type(m) is nn.BatchNorm2d:
+                y = tF.batch_norm(y, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+            else:
+                y = m(y)
+            i += 1
+        return y
+
+
+register_fast_path(DropoutCNN, CNNPlan.for_model)
