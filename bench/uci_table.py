@@ -57,9 +57,10 @@ def with_validation(path: Path, **match: object) -> Chosen:
     out: Chosen = {}
     for line in load_results(path):
         key, result = line["key"], line["result"]
-        if all(key.get(k) == v for k, v in match.items()):
-            out.setdefault(key["dataset"], {})[line["split"]] = (result["rmse"], result["ll"], key["epochs"],
-                                                                 max(result["val_ll"].values()))
+        flat = {**key, **key.get("options", {})}
+        if all(flat.get(k) == v for k, v in match.items()):
+            best = max((v if math.isfinite(v) else -math.inf for v in result["val_ll"].values()), default=-math.inf)
+            out.setdefault(key["dataset"], {})[line["split"]] = (result["rmse"], result["ll"], key["epochs"], best)
     return out
 
 

@@ -1,13 +1,15 @@
 """The fast path for :class:`~mcdrop.nets.models.DropoutCNN` on a CPU: the convolution after the first channel
 dropout computed once per input channel and image, then mixed per pass by the keep mask.
 
-Channel dropout keeps or drops whole feature maps, and the convolution after it is linear in them:
+Channel dropout keeps or drops whole feature maps, and the convolution after it (with the BatchNorm after that
+folded in: weights ``W``, bias ``b``) is affine in them:
 
-    conv(h * m / (1 - p)) = sum_c (m_c / (1 - p)) conv_c(h_c),
+    conv(h * m / (1 - p)) = sum_c (m_c / (1 - p)) conv_c(h_c) + b,
 
-``conv_c`` the convolution restricted to input channel ``c``.  The ``C`` maps ``conv_c(h_c)`` (with the
-BatchNorm after the convolution folded in) are computed once per image, so a pass costs one ``C``-term weighted
-sum, ``C H W O`` multiply-adds, instead of the convolution's ``k^2 C H W O``.  The layers before the dropout run
+``conv_c`` the bias-free convolution by ``W[:, c]`` of input channel ``c`` alone, ``p`` the rate the masks use
+(:func:`~mcdrop.sampling.functional.quantized_rate`).  The ``C`` maps ``conv_c(h_c)`` are computed once per image
+(``k^2 C H' W' O`` multiply-adds), so a pass costs one ``C``-term weighted sum, ``C H' W' O`` multiply-adds,
+instead of the convolution's ``k^2 C H' W' O``.  The layers before the dropout run
 once per image, as on the generic path; the layers after it run per pass, with each BatchNorm folded into the
 convolution before it (eval statistics, :func:`torch.nn.utils.fusion.fuse_conv_bn_weights`) and ReLU applied
 after max pooling (the two commute).  Masks are the generic path's (dropout module ``j`` draws from stream
@@ -37,12 +39,13 @@ _PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linea
 
 
 def _version(t: Tensor) -> int:
+    """The tensor's in-place edit counter (inference tensors have none: edits to them in place are not seen)."""
     return -1 if t.is_inference() else t._version
 
 
 class _Folded:
     """The numbers one pass reads: each Conv2d with the BatchNorm after it folded in (by the conv's id), and the
-    mixing basis' weights ``(C, k*k, O)`` and bias ``(H' W' O,)`` for the convolution after the first dropout."""
+    mixing basis' weights ``(C, k*k, O)`` and bias ``(O,)`` for the convolution after the first dropout."""
 
     def __init__(self, layers: list[nn.Module], first: int) -> None:
         self.convs: dict[int, tuple[Tensor, Tensor]] = {}
@@ -68,16 +71,15 @@ class CNNPlan:
                  kernel: tuple[int, int], pad: tuple[int, int]) -> None:
         self.model, self._layers, self._first, self._streams = model, layers, first, streams
         self._kernel, self._pad = kernel, pad  # of the convolution after the first dropout
-        self._tensors = [t for m in layers for t in (*m.parameters(), *m.buffers())]
-        self._folded: _Folded | None = None
-        self._version: tuple[object, ...] = ()
+        self._state: tuple[tuple[object, ...], _Folded] | None = None  # (version, folded), replaced whole
         self._lock = threading.Lock()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> CNNPlan | None:
         """A plan if ``model`` is a float32 CPU DropoutCNN (exactly the class: a subclass may change ``forward``)
-        whose first dropout is a :class:`ChannelDropout` followed by a stride-1, ungrouped Conv2d and a BatchNorm2d
-        that tracks running statistics, and whose other layers are of the kinds DropoutCNN builds."""
+        whose first dropout is a :class:`ChannelDropout` followed by a stride-1, undilated, ungrouped Conv2d and a
+        BatchNorm2d; every layer exactly of a kind DropoutCNN builds, each once; every Conv2d zero-padded by
+        numbers (not ``"same"``), every BatchNorm2d with running statistics."""
         if type(model) is not DropoutCNN:
             return None
         layers = list(model.net)
@@ -90,7 +92,11 @@ class CNNPlan:
                 or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros" \
                 or not isinstance(conv.padding, tuple) or len(conv.kernel_size) != 2:
             return None
-        if any(not (isinstance(m, _PLAIN) or type(m) in (ChannelDropout, Dropout)) for m in layers):
+        if any(type(m) not in (*_PLAIN, ChannelDropout, Dropout) for m in layers) \
+                or len({id(m) for m in layers}) != len(layers):
+            return None
+        if any(type(m) is nn.Conv2d and (m.padding_mode != "zeros" or not isinstance(m.padding, tuple))
+               for m in layers):
             return None
         if any(type(m) is nn.BatchNorm2d and m.running_mean is None for m in layers):
             return None
@@ -102,16 +108,24 @@ class CNNPlan:
         return cls(model, layers, first, streams, (kh, kw), (ph, pw))
 
     def _current(self) -> _Folded | None:
-        """The folded weights, refolded when a weight, a statistic or a rate changed; None when a rate is not in
-        (0, 1) (the generic path handles p = 0 and p = 1)."""
-        version = tuple((t.data_ptr(), _version(t)) for t in self._tensors) \
-            + tuple(float(m.p) for m in self._layers if isinstance(m, ChannelDropout | Dropout))
-        if version != self._version:
+        """The folded weights, refolded when a weight or statistic was edited or replaced, or a rate changed;
+        None when a rate is not in (0, 1) (the generic path handles p = 0 and p = 1) or a layer has forward hooks
+        (the generic path runs them as the caller expects)."""
+        layers = self._layers
+        if any(m._forward_hooks or m._forward_pre_hooks for m in layers):
+            return None
+        rates = tuple(float(m.p) for m in layers if isinstance(m, ChannelDropout | Dropout))
+        if any(not 0.0 < p < 1.0 for p in rates):
+            return None
+        version = tuple((id(t), t.data_ptr(), _version(t)) for m in layers for t in (*m.parameters(), *m.buffers())) \
+            + rates
+        state = self._state
+        if state is None or state[0] != version:
             with self._lock:
-                if any(isinstance(m, ChannelDropout | Dropout) and not 0.0 < m.p < 1.0 for m in self._layers):
-                    return None
-                self._folded, self._version = _Folded(self._layers, self._first), version
-        return self._folded
+                state = self._state
+                if state is None or state[0] != version:
+                    state = self._state = (version, _Folded(layers, self._first))
+        return state[1]
 
     def sample(self, x: Tensor, key: int | Tensor, rows: Tensor, samples: Tensor) -> Tensor | None:
         """Model outputs of every (sample, row) pair, sample-major, or None when this model needs the generic
@@ -124,7 +138,7 @@ class CNNPlan:
         h = ((x.reshape(b, 1, *model.image_shape) - model.input_shift) / model.input_scale)
         h = self._run(self._layers[: self._first], h, folded, None)  # once per image
         ho, wo = self._out_size(h)
-        per_row = c * folded.bias.numel() * max(1, ho * wo)
+        per_row = c * max(1, ho * wo) * max(folded.bias.numel(), self._kernel[0] * self._kernel[1])  # basis, unfold
         group = max(1, runtime.element_budget_for(x.device) // per_row)  # rows whose bases are held at once
         out: Tensor | None = None
         for r0 in range(0, b, group):

@@ -9,6 +9,7 @@ from scipy import stats
 from torch import nn
 
 from mcdrop import MCEngine
+from mcdrop.nets import cnn_plan
 from mcdrop.nets.cnn_plan import CNNPlan
 from mcdrop.nets.models import DropoutCNN
 from tests.conftest import ALPHA
@@ -34,9 +35,16 @@ def model(seed: int = 0, **kwargs) -> DropoutCNN:
 
 
 def both(m: nn.Module, x: torch.Tensor, n: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fast path, generic path) samples; fails unless the plan answered every chunk itself."""
     fast, generic = MCEngine(m), MCEngine(m, fast=False)
-    assert isinstance(fast._fast_path(), CNNPlan), "the CNN plan was not built"
-    return fast.sample(x, n, **kwargs), generic.sample(x, n, **kwargs)
+    plan = fast._fast_path()
+    assert isinstance(plan, CNNPlan), "the CNN plan was not built"
+    answers = []
+    sample = plan.sample
+    plan.sample = lambda *args: answers.append(sample(*args)) or answers[-1]  # type: ignore[method-assign]
+    got = fast.sample(x, n, **kwargs)
+    assert answers and all(a is not None for a in answers), "the plan declined"
+    return got, generic.sample(x, n, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -49,6 +57,28 @@ def test_equals_generic_path(kwargs):
     m = model(**kwargs)
     x = torch.rand(7, m.in_features)
     got, want = both(m, x, 23, seed=4)
+    assert_outputs_close(got, want)
+
+
+def test_any_kernel_padding_and_a_bias_at_the_mixed_convolution():
+    m = model(convs_per_block=1)
+    with torch.no_grad():
+        m.net[5] = nn.Conv2d(4, 6, (3, 5), padding=(0, 2), bias=True).to(memory_format=torch.channels_last)
+        m.net[5].bias.uniform_(-0.3, 0.3)
+    m.image_shape = [12, 12]  # block 2 sees 6 x 6, the unpadded 3-row kernel gives 4 x 6, pooled to 2 x 3
+    m.net[-4] = nn.Linear(6 * 2 * 3, 16)
+    x = torch.rand(5, 144)
+    assert_outputs_close(*both(m, x, 13, seed=8))
+
+
+def test_rows_held_in_groups_give_the_same_answers(monkeypatch):
+    """The per-channel maps of a chunk's rows are held a group of rows at a time, within the element budget."""
+    m = model()
+    x = torch.rand(9, m.in_features)
+    seeds = torch.arange(9) * 7
+    want = MCEngine(m, fast=False).sample(x, 11, seed=seeds)
+    monkeypatch.setattr(cnn_plan.runtime, "element_budget_for", lambda device: 2500)  # two rows a group
+    got, _ = both(m, x, 11, seed=seeds)
     assert_outputs_close(got, want)
 
 
@@ -92,6 +122,17 @@ def test_a_model_in_training_mode_is_sampled_with_its_running_statistics():
     got, want = both(m, x, 8, seed=1)
     assert_outputs_close(got, want)
     assert m.training  # the engine does not touch the caller's mode
+
+
+def test_follows_replaced_parameters_and_buffers():
+    m = model()
+    engine, generic = MCEngine(m), MCEngine(m, fast=False)
+    x = torch.rand(3, m.in_features)
+    engine.sample(x, 5, seed=1)
+    conv = m.net[8]
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+    m.net[9].running_mean = torch.full_like(m.net[9].running_mean, 0.4)
+    assert_outputs_close(engine.sample(x, 7, seed=2), generic.sample(x, 7, seed=2))
 
 
 def test_follows_weights_statistics_and_rates_changed_after_the_first_call():
@@ -144,8 +185,32 @@ def test_other_forms_and_dtypes_use_the_generic_path():
     assert CNNPlan.for_model(model(channel_dropout=0.0)) is None  # the first dropout is the dense head's
     assert CNNPlan.for_model(model(channels=(3,), channel_dropout=0.2)) is None  # channel dropout, then Linear
     assert CNNPlan.for_model(model().double()) is None
+    for conv in ({"padding": "same"}, {"padding_mode": "reflect", "padding": 1}, {"stride": 2, "padding": 1},
+                 {"dilation": 2, "padding": 2}):
+        m = model()
+        m.net[8] = nn.Conv2d(4, 6, 3, **conv)
+        assert CNNPlan.for_model(m) is None, conv
+    m = model()
+    m.net[3].padding_mode = "circular"  # anywhere, not only at the mixed convolution
+    assert CNNPlan.for_model(m) is None
+    m = model()
+    m.net[19] = m.net[15]  # one dropout module twice: the generic path keys its second call apart
+    assert CNNPlan.for_model(m) is None
     m = model()
     m.net[7].p = 0.0
     engine = MCEngine(m)
     x = torch.rand(2, m.in_features)
     assert_outputs_close(engine.sample(x, 4, seed=0), MCEngine(m, fast=False).sample(x, 4, seed=0))
+
+
+def test_a_model_with_forward_hooks_is_left_to_the_generic_path():
+    """The generic path runs the caller's hooks (on its copy of the tree); the plan does not, so it declines."""
+    m = model()
+    seen = []
+    m.net[17].register_forward_hook(lambda mod, args, out: seen.append(out.shape[0]))
+    engine = MCEngine(m)
+    x = torch.rand(2, m.in_features)
+    engine.sample(x, 3, seed=0)
+    assert seen[-1] == 6  # S x B rows, on the generic path
+    plan = engine._fast_path()
+    assert plan is not None and plan.sample(x, 0, torch.arange(2), torch.arange(3)) is None
