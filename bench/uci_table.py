@@ -129,18 +129,13 @@ def main() -> int:
     for path in sorted(res.glob("uci26-grid-hetero*.jsonl")):  # one file per concurrent run; later files win
         for ds, runs in from_jsonl(path, protocol="grid-hetero", beta_nll=None, lr_schedule=None).items():
             hetero[ds] = {**hetero.get(ds, {}), **runs}
-    beta: PerSplit = {}
-    cosine: PerSplit = {}
-    for path in sorted(res.glob("uci26-grid-beta*.jsonl")):
-        for per, schedule in ((beta, None), (cosine, "cosine")):  # None: the constant rate (runs before the option)
-            for ds, runs in from_jsonl(path, protocol="grid-hetero", beta_nll=0.5, lr_schedule=schedule).items():
-                per[ds] = {**per.get(ds, {}), **runs}
-    by_schedule: tuple[Chosen, Chosen] = ({}, {})
+    by_schedule: tuple[Chosen, Chosen] = ({}, {})  # the constant rate (None: runs before the option), cosine
     for path in sorted(res.glob("uci26-grid-beta*.jsonl")):
         for per_v, schedule in zip(by_schedule, (None, "cosine"), strict=True):
             for ds, runs_v in with_validation(path, protocol="grid-hetero", beta_nll=0.5,
                                               lr_schedule=schedule).items():
                 per_v[ds] = {**per_v.get(ds, {}), **runs_v}
+    beta, cosine = ({ds: {k: v[:3] for k, v in runs.items()} for ds, runs in per_v.items()} for per_v in by_schedule)
     chosen, won = choose(*by_schedule)
     concrete: PerSplit = {}
     for path in sorted(res.glob(args.concrete)):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as tF
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from mcdrop.nets.mlp_plan import _version
 from mcdrop.nets.models import DropoutCNN
 from mcdrop.sampling import functional as F
 from mcdrop.sampling import rng, runtime
@@ -36,11 +37,6 @@ from mcdrop.sampling.layers import ChannelDropout, Dropout
 __all__ = ["CNNPlan"]
 
 _PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
-
-
-def _version(t: Tensor) -> int:
-    """The tensor's in-place edit counter (inference tensors have none: edits to them in place are not seen)."""
-    return -1 if t.is_inference() else t._version
 
 
 class _Folded:
@@ -89,14 +85,13 @@ class CNNPlan:
             return None
         conv, bn = layers[first + 1], layers[first + 2]
         if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or conv.groups != 1 \
-                or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros" \
-                or not isinstance(conv.padding, tuple) or len(conv.kernel_size) != 2:
+                or conv.stride != (1, 1) or conv.dilation != (1, 1) or len(conv.kernel_size) != 2:
             return None
         if any(type(m) not in (*_PLAIN, ChannelDropout, Dropout) for m in layers) \
                 or len({id(m) for m in layers}) != len(layers):
             return None
         if any(type(m) is nn.Conv2d and (m.padding_mode != "zeros" or not isinstance(m.padding, tuple))
-               for m in layers):
+               for m in layers):  # the mixed convolution's padding included
             return None
         if any(type(m) is nn.BatchNorm2d and m.running_mean is None for m in layers):
             return None
@@ -104,6 +99,7 @@ class CNNPlan:
         if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
             return None
         kh, kw = conv.kernel_size
+        assert isinstance(conv.padding, tuple)
         ph, pw = (int(v) for v in conv.padding)
         return cls(model, layers, first, streams, (kh, kw), (ph, pw))
 
@@ -191,7 +187,7 @@ class CNNPlan:
                 y = layers[i + 1](y).relu_()
                 i += 2
                 continue
-            fn = keyed_function(m) if keys is not None else None
+            fn = keyed_function(m)
             if fn is not None and keys is not None:
                 y = fn(m, y, keys(m))
             elif type(m) is nn.ReLU:
