@@ -4,7 +4,8 @@
         --epochs-multiplier 100 --samples 10000 --val-samples 1000 -o bench/results/uci26.jsonl
 
 Run it again with the same flags to continue where it stopped (:mod:`mcdrop.training.uci_resume`).
-``--protocol concrete`` takes ``--rate-lr``, ``--floor``, ``--homoscedastic`` (tau grid) and ``--trace-every``.
+``--protocol concrete`` takes ``--rate-lr``, ``--floor``, ``--homoscedastic`` (tau grid), ``--trace-every`` and
+``--rate-objective validation`` (the rates learn on held-out rows; ``--val-passes`` relaxed passes a row).
 ``--time-epochs E`` instead trains one chunk's grid stage for ``E`` epochs and prints CPU and wall seconds per
 epoch and the CPU-time estimate for the whole protocol (grid stage + retraining of every chunk; scoring not
 included).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mcdrop.training.concrete_uci import ConcreteOptions
+from mcdrop.training.concrete_uci import RATE_OBJECTIVES, ConcreteOptions
 from mcdrop.training.configs import LR_SCHEDULES, UCIConfig
 from mcdrop.training.data import load_uci
 from mcdrop.training.uci import _fit_many
@@ -61,13 +62,18 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=5, help="splits per stacked training run (the resume unit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--beta-nll", type=float, default=0.0, help="grid-hetero: the beta-NLL loss's beta")
+    ap.add_argument("--beta-nll", type=float, default=0.0,
+                    help="grid-hetero, concrete (heteroscedastic): the beta-NLL loss's beta")
     ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                     help="grid, grid-hetero: the learning rate over the epochs")
     ap.add_argument("--rate-lr", type=float)
     ap.add_argument("--floor", type=float, default=0.0)
     ap.add_argument("--homoscedastic", action="store_true", help="concrete: the homoscedastic head with a tau grid")
     ap.add_argument("--trace-every", type=int, default=0)
+    ap.add_argument("--rate-objective", choices=RATE_OBJECTIVES, default="elbo",
+                    help="concrete: what the rates learn from (elbo: the training loss, the published recipe; "
+                         "validation: the MC predictive NLL of held-out rows)")
+    ap.add_argument("--val-passes", type=int, default=8, help="concrete, validation: relaxed passes per held-out row")
     ap.add_argument("--time-epochs", type=int, help="only time E epochs of one chunk's grid stage per dataset")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench/results/uci26.jsonl"))
     args = ap.parse_args()
@@ -84,7 +90,8 @@ def main() -> int:
             time_epochs(name, config, args.protocol, args.chunk, args.time_epochs)
         return 0
     options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, heteroscedastic=not args.homoscedastic,
-                              trace_every=args.trace_every) if args.protocol == "concrete" else None
+                              trace_every=args.trace_every, rate_objective=args.rate_objective,
+                              val_passes=args.val_passes) if args.protocol == "concrete" else None
     for name in args.datasets:
         ds = load_uci(name)
         lines = run_resumable(ds, config, args.output, protocol=args.protocol, options=options, chunk=args.chunk,

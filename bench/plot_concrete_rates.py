@@ -27,6 +27,10 @@ def label(key: dict) -> str:
     parts.append(f"rate lr {o['rate_lr']:g}" if o["rate_lr"] else "rate lr = lr")
     if o["floor"]:
         parts.append(f"floor {o['floor']:g}")
+    if key.get("beta_nll"):
+        parts.append(f"β-NLL {key['beta_nll']:g}")
+    if o.get("rate_objective") == "validation":
+        parts.append("rates on held-out NLL")
     return ", ".join(parts) + f" ({key['epochs']} epochs)"
 
 

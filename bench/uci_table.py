@@ -194,7 +194,13 @@ def concrete_variants(res: Path) -> None:
     for path in sorted(res.glob("uci26-concrete*.jsonl")):
         for line in load_results(path):
             o, epochs = line["key"]["options"], line["key"]["epochs"]
-            if not o["heteroscedastic"]:
+            beta = line["key"].get("beta_nll", 0.0)
+            if o.get("rate_objective") == "validation":
+                name = (f"F. heteroscedastic{f', β-NLL {beta:g}' if beta else ''}, rates learned on held-out rows "
+                        f"(S = {o['val_passes']}), retrained at them")
+            elif beta:
+                name = f"A_β. heteroscedastic, β-NLL {beta:g}, the published rate objective"
+            elif not o["heteroscedastic"]:
                 name = "E. homoscedastic, τ grid (the grid's protocol, p learned)"
             elif o["rate_lr"]:
                 name = f"C. heteroscedastic, rate lr {o['rate_lr']:g}, floor {o['floor']:g}"

@@ -27,6 +27,15 @@ on the rates (a projection after each step), and the homoscedastic head ``tau me
 dataset's ``tau`` grid searched on a validation split as the grid protocol does (which isolates the effect of
 learning ``p`` from that of learning the variance); ``trace_every`` records the rates during training.
 
+``rate_objective="validation"`` learns the rates on held-out rows instead of the training loss, which always
+prefers less noise (the collapse): the last 20% of the training rows are held out; each step the weights take
+the training loss with the rates held constant, and the rates take the held-out rows' MC predictive NLL
+
+    -mean_j log (1/S) sum_s N(y_j; mu_s(x_j), sigma_s^2(x_j))     (S relaxed passes, the weights held constant),
+
+the quantity the grid protocol maximises over its rate grid, here followed by gradient; then the network is
+retrained on all training rows at the learned rates, as the grid retrains at its chosen rate.
+
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
 shape ``(G,)``), as :func:`mcdrop.training.uci._train_stack` does for the grid.
 """
@@ -66,12 +75,14 @@ from mcdrop.training.uci import (
     score_heteroscedastic,
 )
 
-__all__ = ["ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete", "heteroscedastic_mixture_ll",
-           "keyed_dropout_off", "run_concrete", "score_deterministic", "score_heteroscedastic", "summarize_concrete"]
+__all__ = ["RATE_OBJECTIVES", "ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete",
+           "heteroscedastic_mixture_ll", "keyed_dropout_off", "run_concrete", "score_deterministic",
+           "score_heteroscedastic", "summarize_concrete"]
 
 Log = Callable[[str], None]
 INIT_P = 0.1
 TEMPERATURE = 0.1
+RATE_OBJECTIVES = ("elbo", "validation")
 
 
 @dataclass(frozen=True)
@@ -87,12 +98,19 @@ class ConcreteOptions:
             of the training rows and retrained on all of them, as the grid protocol does (``tau`` in target
             units, ``tau * std(y)^2`` in the standardised loss).
         trace_every: record both rates every this many epochs (0: not) in ``ConcreteUCIResult.trace``.
+        rate_objective: ``"elbo"``, the published recipe: the rates minimise the training loss plus the Concrete
+            regulariser; ``"validation"``: the rates minimise the MC predictive NLL of held-out rows (the last
+            20% of the training rows, ``val_passes`` relaxed passes a row), then the weights are retrained on all
+            training rows at those rates.
+        val_passes: ``S``, the passes per held-out row in each rate step (``"validation"`` only).
     """
 
     rate_lr: float | None = None
     floor: float = 0.0
     heteroscedastic: bool = True
     trace_every: int = 0
+    rate_objective: str = "elbo"
+    val_passes: int = 8
 
     def __post_init__(self) -> None:
         if self.rate_lr is not None and not self.rate_lr > 0:
@@ -101,6 +119,11 @@ class ConcreteOptions:
             raise ValueError(f"floor has to be in [0, 1), but got {self.floor}")
         if self.trace_every < 0:
             raise ValueError(f"trace_every has to be >= 0, but got {self.trace_every}")
+        if self.rate_objective not in RATE_OBJECTIVES:
+            raise ValueError(f"rate_objective has to be one of {', '.join(RATE_OBJECTIVES)}, but got "
+                             f"{self.rate_objective!r}")
+        if self.val_passes < 2:
+            raise ValueError(f"val_passes has to be >= 2 (a mixture over passes), but got {self.val_passes}")
 
     def label(self) -> str:
         """A short name, e.g. ``hetero`` or ``homo-tau, rate lr 1e-4, floor 0.005``."""
@@ -109,6 +132,8 @@ class ConcreteOptions:
             parts.append(f"rate lr {self.rate_lr:g}")
         if self.floor:
             parts.append(f"floor {self.floor:g}")
+        if self.rate_objective == "validation":
+            parts.append(f"rates on held-out NLL (S = {self.val_passes})")
         return ", ".join(parts)
 
 
@@ -154,6 +179,7 @@ def _train_concrete_stack(
     xs: Tensor, ys: Tensor, *, hidden: int, epochs: int, batch_size: int, lr: float, length_scale: float,
     generator: torch.Generator, init_p: float = INIT_P, temperature: float = TEMPERATURE,
     tau: Tensor | None = None, rate_lr: float | None = None, floor: float = 0.0, trace_every: int = 0,
+    val: tuple[Tensor, Tensor] | None = None, val_passes: int = 8, rates: Tensor | None = None, beta: float = 0.0,
 ) -> dict[str, Tensor]:
     """Train G one-hidden-layer Concrete-dropout networks at once, one per data set.
 
@@ -162,6 +188,12 @@ def _train_concrete_stack(
         tau: None for the heteroscedastic head; else each network's precision in standardised units, the
             loss ``tau mean (y - mu)^2``. Shape: ``(G,)``.
         rate_lr, floor, trace_every: as in :class:`ConcreteOptions`.
+        val: held-out rows ``(xv (G, V, D), yv (G, V))`` (standardised as ``xs``, ``ys``): the rates learn from
+            their MC predictive NLL over ``val_passes`` relaxed passes (a batch of ``batch_size`` rows drawn with
+            replacement each step) and not from the training loss, which the weights alone take.
+        rates: fixed rates ``(G, 2)`` (input, hidden), not learned; None: learned from ``init_p``.
+        beta: heteroscedastic only: the beta-NLL loss ``mean sg(exp(beta s)) [exp(-s)(y - mu)^2 + s]`` (Seitzer et
+            al. 2022; ``sg`` stops the gradient), as :func:`mcdrop.training.uci._train_stack`; 0: the NLL.
 
     Returns:
         ``w1 (G, D, H)``, ``b1 (G, H)``, ``w2 (G, H, O)``, ``b2 (G, O)`` (``O`` = 2 heteroscedastic, else 1),
@@ -175,12 +207,17 @@ def _train_concrete_stack(
     w2 = ((torch.rand(g, hidden, n_out, generator=generator) * 2 - 1) * bound2).requires_grad_()
     b1 = torch.zeros(g, 1, hidden, requires_grad=True)
     b2 = torch.zeros(g, 1, n_out, requires_grad=True)
-    logit = _logit(init_p)
-    a_in = torch.full((g, 1, 1), logit, requires_grad=True)
-    a_h = torch.full((g, 1, 1), logit, requires_grad=True)
-    groups: list[dict[str, Any]] = [{"params": [w1, b1, w2, b2]}, {"params": [a_in, a_h], "lr": rate_lr or lr}]
+    learn = rates is None
+    if rates is None:
+        a_in = torch.full((g, 1, 1), _logit(init_p), requires_grad=True)
+        a_h = torch.full((g, 1, 1), _logit(init_p), requires_grad=True)
+    else:
+        a_in, a_h = torch.logit(rates.to(torch.float64)).float().T.reshape(2, g, 1, 1)
+    groups: list[dict[str, Any]] = [{"params": [w1, b1, w2, b2]}]
+    if learn:
+        groups.append({"params": [a_in, a_h], "lr": rate_lr or lr})
     opt = torch.optim.Adam(groups, lr=lr, foreach=True)
-    low = _logit(floor) if floor > 0 else None
+    low = _logit(floor) if floor > 0 and learn else None
     wr, dr = length_scale**2 / n, 2.0 / n
     net_index = torch.arange(g).view(g, 1)
     trace = []
@@ -193,19 +230,26 @@ def _train_concrete_stack(
             stop = start + batch_size
             idx = order[:, start:stop]
             xb, yb = xs[net_index, idx], ys[net_index, idx]
-            xb = concrete_dropout(xb, a_in, temperature, noise=noise_in[:, start:stop])
+            # with held-out rows the rates are constants of the training loss (they learn from those rows)
+            r_in, r_h = (a_in.detach(), a_h.detach()) if val is not None or not learn else (a_in, a_h)
+            xb = concrete_dropout(xb, r_in, temperature, noise=noise_in[:, start:stop])
             h = torch.relu(torch.baddbmm(b1, xb, w1))
-            h = concrete_dropout(h, a_h, temperature, noise=noise_h[:, start:stop])
+            h = concrete_dropout(h, r_h, temperature, noise=noise_h[:, start:stop])
             out = torch.baddbmm(b2, h, w2)
             if tau is None:
                 mu, s = out[..., 0], out[..., 1]
-                loss = (torch.exp(-s) * (yb - mu) ** 2 + s).mean(1)
+                nll = torch.exp(-s) * (yb - mu) ** 2 + s
+                loss = (nll * torch.exp(beta * s.detach()) if beta else nll).mean(1)
             else:
                 loss = tau * ((yb - out[..., 0]) ** 2).mean(1)
-            reg = (concrete_regulariser(w1.square().sum((1, 2)), d, a_in.view(g), wr, dr)
-                   + concrete_regulariser(w2.square().sum((1, 2)), hidden, a_h.view(g), wr, dr))
+            reg = (concrete_regulariser(w1.square().sum((1, 2)), d, r_in.view(g), wr, dr)
+                   + concrete_regulariser(w2.square().sum((1, 2)), hidden, r_h.view(g), wr, dr))
+            total = loss + reg
+            if val is not None and learn:
+                total = total + _held_out_nll(val, (w1, b1, w2, b2), (a_in, a_h), tau, batch_size, val_passes,
+                                              temperature, generator)
             opt.zero_grad(set_to_none=True)
-            (loss + reg).sum().backward()
+            total.sum().backward()
             opt.step()
             if low is not None:
                 with torch.no_grad():
@@ -216,6 +260,32 @@ def _train_concrete_stack(
     return {"w1": w1.detach(), "b1": b1.detach().squeeze(1), "w2": w2.detach(), "b2": b2.detach().squeeze(1),
             "p_in": a_in.detach().view(g), "p_hidden": a_h.detach().view(g),
             "trace": torch.stack(trace) if trace else torch.empty(0, g, 2)}
+
+
+def _held_out_nll(val: tuple[Tensor, Tensor], weights: tuple[Tensor, ...], logits: tuple[Tensor, Tensor],
+                  tau: Tensor | None, batch_size: int, passes: int, temperature: float,
+                  generator: torch.Generator) -> Tensor:
+    """``-mean_j log (1/S) sum_s N(y_j; mu_sj, sigma_sj^2)`` on ``batch_size`` held-out rows drawn with
+    replacement, ``S = passes`` relaxed passes each, the weights held constant: the rates' loss. Shape: ``(G,)``.
+    """
+    xv, yv = val
+    g, v, _ = xv.shape
+    w1, b1, w2, b2 = (w.detach() for w in weights)
+    a_in, a_h = logits
+    idx = torch.randint(v, (g, batch_size), generator=generator)
+    rows = torch.arange(g).view(g, 1)
+    x = xv[rows, idx].repeat(1, passes, 1)  # (G, S b, D): pass s of row j at s b + j
+    y = yv[rows, idx]
+    x = concrete_dropout(x, a_in, temperature, noise=logistic_noise(torch.rand(x.shape, generator=generator)))
+    h = torch.relu(torch.baddbmm(b1, x, w1))
+    h = concrete_dropout(h, a_h, temperature, noise=logistic_noise(torch.rand(h.shape, generator=generator)))
+    out = torch.baddbmm(b2, h, w2).view(g, passes, batch_size, -1)
+    if tau is None:
+        mu, s = out[..., 0], out[..., 1]
+        log_density = -0.5 * (torch.exp(-s) * (y[:, None] - mu) ** 2 + s)
+    else:
+        log_density = -0.5 * tau.view(g, 1, 1) * (y[:, None] - out[..., 0]) ** 2
+    return -(torch.logsumexp(log_density, dim=1) - math.log(passes)).mean(1)  # constants dropped
 
 
 def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.ndarray],
@@ -243,32 +313,47 @@ def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.n
 
 def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCIConfig,
               generator: torch.Generator, options: ConcreteOptions = ConcreteOptions(),
-              taus: Sequence[float | None] | None = None) -> tuple[list[DropoutMLP], Tensor]:
+              taus: Sequence[float | None] | None = None, val_sets: Sequence[np.ndarray] | None = None,
+              rates: Sequence[tuple[float, float]] | None = None) -> tuple[list[DropoutMLP], Tensor]:
     """One Concrete network per row set (all at once when the sets have equal sizes); ``taus[k]`` the
-    homoscedastic precision of network ``k`` in target units (None, or no ``taus``: heteroscedastic).
+    homoscedastic precision of network ``k`` in target units (None, or no ``taus``: heteroscedastic);
+    ``val_sets[k]`` held-out rows its rates learn from; ``rates[k]`` fixed (input, hidden) rates instead.
 
     Returns the networks and the rate trace ``(E, G, 2)``."""
     if config.lr_schedule != "constant":  # Concrete's own trainer has one rate (and the rate logits' own)
         raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' for Concrete dropout, but got "
                                          f"{config.lr_schedule!r}")
     taus = list(taus) if taus is not None else [None] * len(row_sets)
-    if len({len(r) for r in row_sets}) > 1:
-        fits = [_fit_many(dataset, [r], config, generator, options, [t]) for r, t in zip(row_sets, taus, strict=True)]
+    if config.beta_nll and any(t is not None for t in taus):
+        raise ConfigError("beta_nll", f"beta_nll weighs the heteroscedastic head's NLL; the homoscedastic head "
+                                      f"has none, but got beta_nll={config.beta_nll}")
+    vals: list[np.ndarray | None] = list(val_sets) if val_sets is not None else [None] * len(row_sets)
+    fixed: list[tuple[float, float] | None] = list(rates) if rates is not None else [None] * len(row_sets)
+    if len({len(r) for r in row_sets}) > 1 or len({0 if v is None else len(v) for v in vals}) > 1:
+        fits = [_fit_many(dataset, [r], config, generator, options, [t], None if v is None else [v],
+                          None if f is None else [f])
+                for r, t, v, f in zip(row_sets, taus, vals, fixed, strict=True)]
         return [m for ms, _ in fits for m in ms], torch.cat([tr for _, tr in fits], 1)
     x_stats = [_standardise(dataset.x[r]) for r in row_sets]
     y_stats = [(float(dataset.y[r].mean()), float(dataset.y[r].std() or 1.0)) for r in row_sets]
-    xs = torch.tensor(np.stack([(dataset.x[r] - m) / s for r, (m, s) in zip(row_sets, x_stats, strict=True)]),
-                      dtype=torch.float32)
-    ys = torch.tensor(np.stack([(dataset.y[r] - m) / s for r, (m, s) in zip(row_sets, y_stats, strict=True)]),
-                      dtype=torch.float32)
+
+    def standardised(sets: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+        xs = np.stack([(dataset.x[r] - m) / s for r, (m, s) in zip(sets, x_stats, strict=True)])
+        ys = np.stack([(dataset.y[r] - m) / s for r, (m, s) in zip(sets, y_stats, strict=True)])
+        return torch.tensor(xs, dtype=torch.float32), torch.tensor(ys, dtype=torch.float32)
+
+    xs, ys = standardised(row_sets)
     if any(t is None for t in taus) and not all(t is None for t in taus):
         raise ValueError("taus have to be all None (heteroscedastic) or all given (homoscedastic)")
     given = [(t, sd) for t, (_, sd) in zip(taus, y_stats, strict=True) if t is not None]
     tau = torch.tensor([t * sd**2 for t, sd in given], dtype=torch.float32) if given else None  # standardised units
+    val = standardised([v for v in vals if v is not None]) if vals[0] is not None else None
+    fixed_rates = torch.tensor([f for f in fixed if f is not None]) if fixed[0] is not None else None
     weights = _train_concrete_stack(xs, ys, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                                     batch_size=config.batch_size, lr=config.lr, length_scale=config.length_scale,
                                     generator=generator, tau=tau, rate_lr=options.rate_lr, floor=options.floor,
-                                    trace_every=options.trace_every)
+                                    trace_every=options.trace_every, val=val, val_passes=options.val_passes,
+                                    rates=fixed_rates, beta=config.beta_nll if tau is None else 0.0)
     models = [_unstack(weights, k, x_stats[k], y_stats[k], taus[k]) for k in range(len(row_sets))]
     return models, weights["trace"]
 
@@ -277,10 +362,23 @@ def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None
                  options: ConcreteOptions = ConcreteOptions(), tau: float | None = None) -> DropoutMLP:
     """One Concrete network on ``rows`` of ``dataset`` (default: every row); serve it with ``to_dropout``.
 
-    ``tau``: the homoscedastic head's precision (target units); None: heteroscedastic."""
+    ``tau``: the homoscedastic head's precision (target units); None: heteroscedastic.  With
+    ``options.rate_objective == "validation"`` the rates learn on the last ``config.val_fraction`` of ``rows``
+    and the network is then retrained on all of them at those rates."""
     generator = torch.Generator().manual_seed(config.seed)
     rows = np.arange(len(dataset.y)) if rows is None else rows
-    return _fit_many(dataset, [rows], config, generator, options, [tau])[0][0]
+    if options.rate_objective != "validation":
+        return _fit_many(dataset, [rows], config, generator, options, [tau])[0][0]
+    fit, held_out = _held_out_split(rows, config)
+    [first], _ = _fit_many(dataset, [fit], config, generator, options, [tau], [held_out])
+    rates = learned_rates(first)
+    return _fit_many(dataset, [rows], config, generator, options, [tau], rates=[(rates["net.0"], rates["net.3"])])[0][0]
+
+
+def _held_out_split(rows: np.ndarray, config: UCIConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The first rows and the last ``config.val_fraction`` of them, as the grid protocol splits."""
+    n_fit = len(rows) - round(config.val_fraction * len(rows))
+    return rows[:n_fit], rows[n_fit:]
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -299,6 +397,12 @@ def _score(model: DropoutMLP, x: np.ndarray, y: np.ndarray, n_samples: int, seed
         return {**score_deterministic(served, x, y), "mc_off": 1.0}
 
 
+def _rates(model: DropoutMLP) -> tuple[float, float]:
+    """The (input, hidden) learned rates of a one-hidden-layer Concrete network."""
+    rates = learned_rates(model)
+    return rates["net.0"], rates["net.3"]
+
+
 def score_deterministic(model: DropoutMLP, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """A homoscedastic model scored by its dropout-off pass alone: the LL of ``N(f(x), 1/tau)``."""
     f = model(torch.as_tensor(x, dtype=torch.float32)).detach().double().numpy()
@@ -314,6 +418,9 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
 
     Heteroscedastic: one network per split, all in one stack.  Homoscedastic: one network per (split, tau) on
     the first 80% of the training rows, tau chosen on the rest's LL, one network per split retrained on all.
+    ``options.rate_objective == "validation"``: the rates learn on those held-out 20% (with the chosen tau's
+    network, homoscedastic) and the network per split is retrained on all training rows at those rates; the
+    trace is then that of the learning run.
     """
     log = log or (lambda _m: None)
     start = time.perf_counter()
@@ -323,32 +430,45 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     epochs = config.epochs(dataset)
     chosen: list[float | None] = [None] * len(splits)
     val_lls: list[dict[str, float]] = [{} for _ in splits]
+    on_val = options.rate_objective == "validation"
+    rates: list[tuple[float, float]] | None = None
+    trace = torch.empty(0, len(splits), 2)
+    fit_rows, val_rows = map(list, zip(*(_held_out_split(train, config) for train, _ in splits), strict=True))
     if not options.heteroscedastic:
         taus = list(dataset.tau_values)
-        fit_rows, val_rows = [], []
-        for train, _ in splits:
-            n_fit = len(train) - round(config.val_fraction * len(train))
-            fit_rows.append(train[:n_fit])
-            val_rows.append(train[n_fit:])
         log(f"{dataset.name}: Concrete dropout ({options.label()}), tau grid: {len(splits)} x {len(taus)} networks, "
             f"{epochs} epochs")
-        candidates, _ = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
-                                  taus * len(splits))
+        candidates, cand_trace = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
+                                           taus * len(splits), [r for r in val_rows for _ in taus] if on_val else None)
         val_samples = config.val_samples or config.samples
+        best = []
         for j, k in enumerate(indices):
             for i, t in enumerate(taus):
                 model = candidates[j * len(taus) + i]
                 got = _score(model, dataset.x[val_rows[j]], dataset.y[val_rows[j]], val_samples, config.seed + k)
                 val_lls[j][f"tau={t:g}"] = got["ll"]
-            chosen[j] = taus[int(np.argmax(list(val_lls[j].values())))]
-    log(f"{dataset.name}: Concrete dropout ({options.label()}), {len(splits)} networks, {epochs} epochs")
-    models, trace = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen)
+            best.append(j * len(taus) + int(np.argmax(list(val_lls[j].values()))))
+            chosen[j] = taus[best[-1] - j * len(taus)]
+        if on_val:
+            rates = [_rates(candidates[b]) for b in best]
+            trace = cand_trace[:, best]
+    elif on_val:
+        log(f"{dataset.name}: Concrete dropout ({options.label()}), rates on held-out rows: {len(splits)} networks, "
+            f"{epochs} epochs")
+        candidates, trace = _fit_many(dataset, fit_rows, config, generator, options, val_sets=val_rows)
+        rates = [_rates(m) for m in candidates]
+    log(f"{dataset.name}: Concrete dropout ({options.label()}), {len(splits)} networks, {epochs} epochs"
+        + (" at the learned rates" if on_val else ""))
+    models, final_trace = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen,
+                                    rates=rates)
+    if not on_val:
+        trace = final_trace
     train_seconds = time.perf_counter() - start
     results = []
     for j, (k, (_, test), model) in enumerate(zip(indices, splits, models, strict=True)):
-        rates = learned_rates(model)
+        p_input, p_hidden = _rates(model)
         s = _score(model, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
-        results.append(ConcreteSplitResult(k, rates["net.0"], rates["net.3"], s["rmse"], s["rmse_deterministic"],
+        results.append(ConcreteSplitResult(k, p_input, p_hidden, s["rmse"], s["rmse_deterministic"],
                                            s["ll"], s["mc_off"] > 0, chosen[j], val_lls[j]))
     every = options.trace_every
     traced = {k: [[(e + 1) * every, *map(float, trace[e, j])] for e in range(trace.shape[0])]

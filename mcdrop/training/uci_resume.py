@@ -53,12 +53,14 @@ def run_key(dataset: UCIDataset, config: UCIConfig, protocol: str, options: Conc
     key: dict[str, Any] = {"dataset": dataset.name, "protocol": protocol, "epochs": config.epochs(dataset),
                            "samples": config.samples, "val_samples": config.val_samples, "seed": config.seed,
                            "chunk": chunk}
-    if protocol == "grid-hetero" and config.beta_nll:  # absent at 0, so the keys of earlier runs still match
+    if protocol in ("grid-hetero", "concrete") and config.beta_nll:  # absent at 0, so the keys of earlier runs still match
         key["beta_nll"] = config.beta_nll
     if protocol != "concrete" and config.lr_schedule != "constant":  # absent when constant, as beta_nll at 0
         key["lr_schedule"] = config.lr_schedule
     if protocol == "concrete":
-        key["options"] = {k: v for k, v in asdict(options or ConcreteOptions()).items() if k != "trace_every"}
+        chosen = asdict(options or ConcreteOptions())
+        quiet = {"trace_every"} | ({"rate_objective", "val_passes"} if chosen["rate_objective"] == "elbo" else set())
+        key["options"] = {k: v for k, v in chosen.items() if k not in quiet}  # earlier runs' keys still match
     return key
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from mcdrop.nets.concrete import ConcreteDropout, concrete_mlp, learned_rates, t
 from mcdrop.nets.models import DropoutMLP
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.training import concrete_uci as CU
+from mcdrop.training.configs import ConfigError
 from mcdrop.training.uci import UCIConfig
 from tests.training.test_uci import linear_dataset
 
@@ -118,19 +120,20 @@ def test_collapsed_rates_are_scored_by_the_deterministic_pass():
 
 
 def test_options_are_checked_and_labelled():
-    for bad, match in [({"rate_lr": 0.0}, "rate_lr"), ({"floor": 1.0}, "floor"), ({"trace_every": -1}, "trace_every")]:
+    for bad, match in [({"rate_lr": 0.0}, "rate_lr"), ({"floor": 1.0}, "floor"), ({"trace_every": -1}, "trace_every"),
+                       ({"rate_objective": "test"}, "rate_objective has to be one of elbo, validation"),
+                       ({"val_passes": 1}, "val_passes")]:
         with pytest.raises(ValueError, match=match):
             CU.ConcreteOptions(**bad)
     assert CU.ConcreteOptions().label() == "hetero"
     assert CU.ConcreteOptions(rate_lr=1e-4, floor=0.005, heteroscedastic=False).label() == \
         "homo-tau, rate lr 0.0001, floor 0.005"
+    assert CU.ConcreteOptions(rate_objective="validation").label() == "hetero, rates on held-out NLL (S = 8)"
 
 
 def test_a_learning_rate_schedule_is_refused_not_ignored():
     """Concrete's trainer has no schedule: a config asking for one fails naming the field instead of training
     at a constant rate under a label that says otherwise."""
-    from mcdrop.training.configs import ConfigError
-
     config = UCIConfig(epochs_multiplier=0.1, samples=10, lr_schedule="cosine")
     with pytest.raises(ConfigError, match="lr_schedule has to be 'constant' for Concrete dropout") as err:
         CU.run_concrete(linear_dataset(n=60), config)
@@ -166,3 +169,89 @@ def test_homoscedastic_head_with_a_tau_grid():
     model = CU.fit_concrete(ds, config, rows=ds.splits[0][0], options=options, tau=s.tau)
     served = to_dropout(model)
     assert served.head.value == "homoscedastic" and float(served.tau) == s.tau
+
+
+def _noisy_held_out(noise: float) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    x = torch.randn(2, 96, 3, generator=torch.Generator().manual_seed(9))
+    y = x.sum(-1)  # noiseless training rows: their loss pulls the rates down
+    xv = torch.randn(2, 32, 3, generator=torch.Generator().manual_seed(11))
+    yv = xv.sum(-1) + noise * torch.randn(2, 32, generator=torch.Generator().manual_seed(12))
+    return x, y, (xv, yv)
+
+
+def test_held_out_rows_set_the_rates_and_only_the_rates():
+    """With held-out rows the rates follow them, not the training loss: noiseless training rows pull the rates
+    down under the published recipe, while held-out rows the network cannot fit (noise 3x the signal's std)
+    push them up, since spread across passes is the only width the held-out NLL can add.  The weights never
+    see the held-out rows: with the rates frozen, held-out rows of other values leave the weights as they were."""
+    x, y, val = _noisy_held_out(3.0)
+    common = dict(hidden=8, epochs=30, batch_size=16, lr=1e-2, length_scale=1e-2)
+    elbo = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), **common)
+    held = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), val=val, **common)
+    start = math.log(0.1 / 0.9)
+    for name in ("p_in", "p_hidden"):
+        assert (elbo[name] < start).all() and (held[name] > start).all(), (name, elbo[name], held[name])
+
+    frozen = dict(common, rate_lr=1e-12)
+    a = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), val=val, **frozen)
+    other = (val[0], -5 * val[1])  # same shapes, so the same draws from the generator
+    b = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), val=other, **frozen)
+    for name in ("w1", "b1", "w2", "b2"):
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
+
+
+def test_fixed_rates_are_kept():
+    x, y, _ = _noisy_held_out(0.0)
+    rates = torch.tensor([[0.02, 0.3], [0.07, 0.01]])
+    out = CU._train_concrete_stack(x, y, hidden=8, epochs=5, batch_size=16, lr=1e-2, length_scale=1e-2,
+                                   generator=torch.Generator().manual_seed(0), rates=rates, floor=0.5)
+    got = torch.sigmoid(torch.stack([out["p_in"], out["p_hidden"]], -1))
+    torch.testing.assert_close(got, rates, rtol=1e-6, atol=0)  # neither learned nor floored
+
+
+def test_held_out_nll_estimates_the_engines_mixture():
+    """The rates' loss, ``-log (1/S) sum_s N(y; mu_s, sigma_s^2)`` over S relaxed passes (up to log(2 pi)/2),
+    against the mixture LL of the same network served as keyed dropout (hard masks, the engine): both estimate
+    the same predictive density, the relaxation adding a bias that vanishes as t -> 0 (about 0.01 in the LL
+    at the training t = 0.1, 0.004 at t = 0.01, measured).  At t = 0.01 the tolerance is 5 standard errors of
+    the two log-means (from the per-pass densities) plus 0.005 for that bias."""
+    weights, x, _ = _stack(seed=4, epochs=2)
+    row, target = x[:1, :1], torch.tensor([[0.7]])  # network 0, one held-out row
+    w = tuple(weights[k][:1] for k in ("w1", "b1", "w2", "b2"))
+    w = (w[0], w[1][:, None], w[2], w[3][:, None])
+    logits = (torch.full((1, 1, 1), math.log(0.2 / 0.8)), torch.full((1, 1, 1), math.log(0.3 / 0.7)))
+    passes = 20_000
+    nll = CU._held_out_nll((row, target), w, logits, None, 1, passes, 0.01,  # t = 0.01: a small relaxation bias
+                           torch.Generator().manual_seed(1))
+    relaxed_ll = -float(nll[0]) - 0.5 * math.log(2 * math.pi)
+    weights = {**weights, "p_in": logits[0].view(1).expand(2), "p_hidden": logits[1].view(1).expand(2)}
+    model = to_dropout(CU._unstack(weights, 0, (np.zeros(3), np.ones(3)), (0.0, 1.0)))
+    samples = MCEngine(model).sample(row[0], passes, seed=2).double()  # (T, 1, 2): mu, log sigma^2
+    mu, log_var = samples[:, 0, 0], samples[:, 0, 1]
+    density = torch.exp(-0.5 * (0.7 - mu) ** 2 / log_var.exp() - 0.5 * log_var) / math.sqrt(2 * math.pi)
+    engine_ll = CU.heteroscedastic_mixture_ll(samples, np.array([0.7]))
+    assert engine_ll == pytest.approx(float(density.mean().log()), rel=1e-9)
+    se = float(density.std() / density.mean()) / math.sqrt(passes)  # delta method: se of log(mean)
+    assert abs(relaxed_ll - engine_ll) < 5 * math.sqrt(2) * se + 0.005, (relaxed_ll, engine_ll, se)
+    assert 0 < se < 0.01  # the passes do differ, and the check has resolution
+
+
+def test_validation_objective_retrains_at_the_learned_rates():
+    """The served network's rates are those the held-out rows taught (the trace's last entry), and it was
+    retrained on all training rows: it differs from the network the rates were learned with."""
+    ds = linear_dataset(n=300)
+    config = UCIConfig(epochs_multiplier=2.0, samples=200, seed=3, beta_nll=0.5)
+    options = CU.ConcreteOptions(rate_objective="validation", val_passes=4, trace_every=80)
+    result = CU.run_concrete(ds, config, options=options, only=[0])
+    [s] = result.splits
+    [[epoch, p_in, p_h]] = result.trace[0]
+    assert epoch == 80 and (s.p_input, s.p_hidden) == pytest.approx((p_in, p_h), rel=1e-6)
+    assert np.isfinite([s.rmse, s.ll]).all() and s.rmse < 0.5 * float(ds.y.std()) and not s.mc_off
+    model = CU.fit_concrete(ds, config, rows=ds.splits[0][0], options=options)
+    assert learned_rates(model) == pytest.approx({"net.0": s.p_input, "net.3": s.p_hidden}, rel=1e-6)
+    homo = CU.ConcreteOptions(heteroscedastic=False, rate_objective="validation", val_passes=4, trace_every=80)
+    [h] = (got := CU.run_concrete(ds, replace(config, beta_nll=0.0), options=homo, only=[1])).splits
+    assert h.tau in ds.tau_values and (h.p_input, h.p_hidden) == pytest.approx(got.trace[1][-1][1:], rel=1e-6)
+    with pytest.raises(ConfigError, match="beta_nll") as err:
+        CU.run_concrete(ds, config, options=CU.ConcreteOptions(heteroscedastic=False), only=[0])
+    assert err.value.field == "beta_nll"

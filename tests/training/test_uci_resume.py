@@ -32,6 +32,11 @@ def test_key_names_the_run():
     cosine = UCIConfig(epochs_multiplier=1.0, samples=10, lr_schedule="cosine")
     assert R.run_key(ds, cosine, "grid")["lr_schedule"] == "cosine"
     assert "lr_schedule" not in R.run_key(ds, config, "grid")  # constant: as before the option
+    # the published recipe's key is what it was before rate_objective existed, so earlier files still match
+    assert R.run_key(ds, config, "concrete")["options"] == {"rate_lr": None, "floor": 0.0, "heteroscedastic": True}
+    held_out = R.run_key(ds, beta, "concrete", ConcreteOptions(rate_objective="validation", val_passes=4))
+    assert held_out["options"]["rate_objective"] == "validation" and held_out["options"]["val_passes"] == 4
+    assert held_out["beta_nll"] == 0.5
     with pytest.raises(ValueError, match="protocol has to be one of"):
         R.run_key(ds, config, "bayes")
 
