@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mcdrop.training.concrete_uci import RATE_OBJECTIVES, ConcreteOptions
+from mcdrop.training.concrete_uci import ConcreteOptions, RateObjective
 from mcdrop.training.configs import LR_SCHEDULES, UCIConfig
 from mcdrop.training.data import load_uci
 from mcdrop.training.uci import _fit_many
@@ -70,10 +70,10 @@ def main() -> int:
     ap.add_argument("--floor", type=float, default=0.0)
     ap.add_argument("--homoscedastic", action="store_true", help="concrete: the homoscedastic head with a tau grid")
     ap.add_argument("--trace-every", type=int, default=0)
-    ap.add_argument("--rate-objective", choices=RATE_OBJECTIVES, default="elbo",
+    ap.add_argument("--rate-objective", choices=list(RateObjective), default="elbo",
                     help="concrete: what the rates learn from (elbo: the training loss, the published recipe; "
                          "validation: the MC predictive NLL of held-out rows)")
-    ap.add_argument("--val-passes", type=int, default=8, help="concrete, validation: relaxed passes per held-out row")
+    ap.add_argument("--val-passes", type=int, help="concrete, validation: relaxed passes per held-out row (default 8)")
     ap.add_argument("--time-epochs", type=int, help="only time E epochs of one chunk's grid stage per dataset")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench/results/uci26.jsonl"))
     args = ap.parse_args()
@@ -89,9 +89,15 @@ def main() -> int:
         for name in args.datasets:
             time_epochs(name, config, args.protocol, args.chunk, args.time_epochs)
         return 0
-    options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, heteroscedastic=not args.homoscedastic,
-                              trace_every=args.trace_every, rate_objective=args.rate_objective,
-                              val_passes=args.val_passes) if args.protocol == "concrete" else None
+    if args.val_passes is not None and args.rate_objective != "validation":
+        ap.error("--val-passes: only with --rate-objective validation")
+    try:
+        options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, heteroscedastic=not args.homoscedastic,
+                                  trace_every=args.trace_every, rate_objective=args.rate_objective,
+                                  val_passes=8 if args.val_passes is None else args.val_passes
+                                  ) if args.protocol == "concrete" else None
+    except ValueError as err:
+        ap.error(str(err))
     for name in args.datasets:
         ds = load_uci(name)
         lines = run_resumable(ds, config, args.output, protocol=args.protocol, options=options, chunk=args.chunk,

@@ -186,6 +186,21 @@ def goal(name: str, per: PerSplit, ref: dict, epochs_full: dict[str, int]) -> st
             + ".")
 
 
+def _new_variant(o: dict, beta: float) -> str:
+    """The name of a Concrete variant added after the first five (A-E), from every option in its key."""
+    held_out = o.get("rate_objective") == "validation"
+    parts = ["heteroscedastic" if o["heteroscedastic"] else "homoscedastic, τ grid"]
+    if beta:
+        parts.append(f"β-NLL {beta:g}")
+    if o["rate_lr"]:
+        parts.append(f"rate lr {o['rate_lr']:g}")
+    if o["floor"]:
+        parts.append(f"floor {o['floor']:g}")
+    parts.append(f"rates learned on held-out rows (S = {o['val_passes']}), retrained at them" if held_out
+                 else "rates from the training loss and the regulariser")
+    return ("F. " if held_out else "A_β. ") + ", ".join(parts)
+
+
 def concrete_variants(res: Path) -> None:
     """Concrete dropout's variants side by side: RMSE / LL, learned rates, splits scored with MC off."""
     runs: dict[str, dict[str, list[dict]]] = {}  # variant -> dataset -> split results
@@ -195,11 +210,8 @@ def concrete_variants(res: Path) -> None:
         for line in load_results(path):
             o, epochs = line["key"]["options"], line["key"]["epochs"]
             beta = line["key"].get("beta_nll", 0.0)
-            if o.get("rate_objective") == "validation":
-                name = (f"F. heteroscedastic{f', β-NLL {beta:g}' if beta else ''}, rates learned on held-out rows "
-                        f"(S = {o['val_passes']}), retrained at them")
-            elif beta:
-                name = f"A_β. heteroscedastic, β-NLL {beta:g}, the published rate objective"
+            if o.get("rate_objective") == "validation" or beta:
+                name = _new_variant(o, beta)
             elif not o["heteroscedastic"]:
                 name = "E. homoscedastic, τ grid (the grid's protocol, p learned)"
             elif o["rate_lr"]:

@@ -28,7 +28,7 @@ dataset's ``tau`` grid searched on a validation split as the grid protocol does 
 learning ``p`` from that of learning the variance); ``trace_every`` records the rates during training.
 
 ``rate_objective="validation"`` learns the rates on held-out rows instead of the training loss, which always
-prefers less noise (the collapse): the last 20% of the training rows are held out; each step the weights take
+prefers less noise (the collapse): the last ``val_fraction`` (20%) of the training rows are held out; each step the weights take
 the training loss with the rates held constant, and the rates take the held-out rows' MC predictive NLL
 
     -mean_j log (1/S) sum_s N(y_j; mu_s(x_j), sigma_s^2(x_j))     (S relaxed passes, the weights held constant),
@@ -46,6 +46,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -75,14 +76,22 @@ from mcdrop.training.uci import (
     score_heteroscedastic,
 )
 
-__all__ = ["RATE_OBJECTIVES", "ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "fit_concrete",
+__all__ = ["ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "RateObjective", "fit_concrete",
            "heteroscedastic_mixture_ll", "keyed_dropout_off", "run_concrete", "score_deterministic",
            "score_heteroscedastic", "summarize_concrete"]
 
 Log = Callable[[str], None]
 INIT_P = 0.1
 TEMPERATURE = 0.1
-RATE_OBJECTIVES = ("elbo", "validation")
+
+
+class RateObjective(StrEnum):
+    """What Concrete dropout's rates are trained to minimise."""
+
+    ELBO = "elbo"
+    """The published recipe: the training loss plus the Concrete regulariser (the rates share the weights' loss)."""
+    VALIDATION = "validation"
+    """The MC predictive NLL of held-out rows, the weights held constant; then a retraining at the learned rates."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,11 @@ class ConcreteOptions:
             of the training rows and retrained on all of them, as the grid protocol does (``tau`` in target
             units, ``tau * std(y)^2`` in the standardised loss).
         trace_every: record both rates every this many epochs (0: not) in ``ConcreteUCIResult.trace``.
-        rate_objective: ``"elbo"``, the published recipe: the rates minimise the training loss plus the Concrete
-            regulariser; ``"validation"``: the rates minimise the MC predictive NLL of held-out rows (the last
-            20% of the training rows, ``val_passes`` relaxed passes a row), then the weights are retrained on all
-            training rows at those rates.
+        rate_objective: a :class:`RateObjective` (or its value): ``"elbo"``, the published recipe: the rates
+            minimise the training loss plus the Concrete regulariser; ``"validation"``: the rates minimise the MC
+            predictive NLL of held-out rows (the last ``config.val_fraction`` of the training rows,
+            ``val_passes`` relaxed passes a row), then the weights are retrained on all training rows at those
+            rates.
         val_passes: ``S``, the passes per held-out row in each rate step (``"validation"`` only).
     """
 
@@ -109,7 +119,7 @@ class ConcreteOptions:
     floor: float = 0.0
     heteroscedastic: bool = True
     trace_every: int = 0
-    rate_objective: str = "elbo"
+    rate_objective: RateObjective = RateObjective.ELBO
     val_passes: int = 8
 
     def __post_init__(self) -> None:
@@ -119,9 +129,10 @@ class ConcreteOptions:
             raise ValueError(f"floor has to be in [0, 1), but got {self.floor}")
         if self.trace_every < 0:
             raise ValueError(f"trace_every has to be >= 0, but got {self.trace_every}")
-        if self.rate_objective not in RATE_OBJECTIVES:
-            raise ValueError(f"rate_objective has to be one of {', '.join(RATE_OBJECTIVES)}, but got "
+        if self.rate_objective not in set(RateObjective):
+            raise ValueError(f"rate_objective has to be one of {', '.join(RateObjective)}, but got "
                              f"{self.rate_objective!r}")
+        object.__setattr__(self, "rate_objective", RateObjective(self.rate_objective))
         if self.val_passes < 2:
             raise ValueError(f"val_passes has to be >= 2 (a mixture over passes), but got {self.val_passes}")
 
@@ -132,7 +143,7 @@ class ConcreteOptions:
             parts.append(f"rate lr {self.rate_lr:g}")
         if self.floor:
             parts.append(f"floor {self.floor:g}")
-        if self.rate_objective == "validation":
+        if self.rate_objective is RateObjective.VALIDATION:
             parts.append(f"rates on held-out NLL (S = {self.val_passes})")
         return ", ".join(parts)
 
@@ -266,7 +277,11 @@ def _held_out_nll(val: tuple[Tensor, Tensor], weights: tuple[Tensor, ...], logit
                   tau: Tensor | None, batch_size: int, passes: int, temperature: float,
                   generator: torch.Generator) -> Tensor:
     """``-mean_j log (1/S) sum_s N(y_j; mu_sj, sigma_sj^2)`` on ``batch_size`` held-out rows drawn with
-    replacement, ``S = passes`` relaxed passes each, the weights held constant: the rates' loss. Shape: ``(G,)``.
+    replacement, ``S = passes`` relaxed passes each, the weights held constant: the rates' loss (``log(2 pi)/2``
+    left out; homoscedastic: ``sigma^2 = 1/tau`` and ``log(tau)/2`` left out, neither depends on the rates).
+
+    Shape: val ``(G, V, D)``, ``(G, V)``; weights ``w1 (G, D, H)``, ``b1 (G, 1, H)``, ``w2 (G, H, O)``,
+    ``b2 (G, 1, O)``; logits ``(G, 1, 1)`` each; tau ``(G,)`` or None -> ``(G,)``.
     """
     xv, yv = val
     g, v, _ = xv.shape
@@ -329,6 +344,9 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
                                       f"has none, but got beta_nll={config.beta_nll}")
     vals: list[np.ndarray | None] = list(val_sets) if val_sets is not None else [None] * len(row_sets)
     fixed: list[tuple[float, float] | None] = list(rates) if rates is not None else [None] * len(row_sets)
+    for name, given_list in (("val_sets", vals), ("rates", fixed)):
+        if len(given_list) != len(row_sets):
+            raise ValueError(f"{name} has to have one entry per row set ({len(row_sets)}), but got {len(given_list)}")
     if len({len(r) for r in row_sets}) > 1 or len({0 if v is None else len(v) for v in vals}) > 1:
         fits = [_fit_many(dataset, [r], config, generator, options, [t], None if v is None else [v],
                           None if f is None else [f])
@@ -363,11 +381,11 @@ def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None
     """One Concrete network on ``rows`` of ``dataset`` (default: every row); serve it with ``to_dropout``.
 
     ``tau``: the homoscedastic head's precision (target units); None: heteroscedastic.  With
-    ``options.rate_objective == "validation"`` the rates learn on the last ``config.val_fraction`` of ``rows``
+    ``options.rate_objective`` ``"validation"`` the rates learn on the last ``config.val_fraction`` of ``rows``
     and the network is then retrained on all of them at those rates."""
     generator = torch.Generator().manual_seed(config.seed)
     rows = np.arange(len(dataset.y)) if rows is None else rows
-    if options.rate_objective != "validation":
+    if options.rate_objective is not RateObjective.VALIDATION:
         return _fit_many(dataset, [rows], config, generator, options, [tau])[0][0]
     fit, held_out = _held_out_split(rows, config)
     [first], _ = _fit_many(dataset, [fit], config, generator, options, [tau], [held_out])
@@ -418,9 +436,10 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
 
     Heteroscedastic: one network per split, all in one stack.  Homoscedastic: one network per (split, tau) on
     the first 80% of the training rows, tau chosen on the rest's LL, one network per split retrained on all.
-    ``options.rate_objective == "validation"``: the rates learn on those held-out 20% (with the chosen tau's
-    network, homoscedastic) and the network per split is retrained on all training rows at those rates; the
-    trace is then that of the learning run.
+    ``options.rate_objective == "validation"``: the rates learn on those held-out rows (with the chosen tau's
+    network, homoscedastic: tau is chosen on the rows the rates were fitted to, as the grid chooses (p, tau)
+    jointly on one validation split) and the network per split is retrained on all training rows at those
+    rates; the trace is then that of the learning run.
     """
     log = log or (lambda _m: None)
     start = time.perf_counter()
@@ -430,7 +449,7 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     epochs = config.epochs(dataset)
     chosen: list[float | None] = [None] * len(splits)
     val_lls: list[dict[str, float]] = [{} for _ in splits]
-    on_val = options.rate_objective == "validation"
+    on_val = options.rate_objective is RateObjective.VALIDATION
     rates: list[tuple[float, float]] | None = None
     trace = torch.empty(0, len(splits), 2)
     fit_rows, val_rows = map(list, zip(*(_held_out_split(train, config) for train, _ in splits), strict=True))
