@@ -5,7 +5,8 @@
 
 Run it again with the same flags to continue where it stopped (:mod:`mcdrop.training.uci_resume`).
 ``--protocol concrete`` takes ``--rate-lr``, ``--floor``, ``--homoscedastic`` (tau grid), ``--trace-every`` and
-``--rate-objective validation`` (the rates learn on held-out rows; ``--val-passes`` relaxed passes a row).
+``--rate-objective validation`` (the rates learn on held-out rows; ``--val-passes`` relaxed passes a row;
+``--keep-best``: the rates of the check with the lowest held-out NLL).
 ``--time-epochs E`` instead trains one chunk's grid stage for ``E`` epochs and prints CPU and wall seconds per
 epoch and the CPU-time estimate for the whole protocol (grid stage + retraining of every chunk; scoring not
 included).
@@ -74,6 +75,8 @@ def main() -> int:
                     help="concrete: what the rates learn from (elbo: the training loss, the published recipe; "
                          "validation: the MC predictive NLL of held-out rows)")
     ap.add_argument("--val-passes", type=int, help="concrete, validation: relaxed passes per held-out row (default 8)")
+    ap.add_argument("--keep-best", action="store_true",
+                    help="concrete, validation: keep the rates of the check with the lowest held-out NLL")
     ap.add_argument("--time-epochs", type=int, help="only time E epochs of one chunk's grid stage per dataset")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench/results/uci26.jsonl"))
     args = ap.parse_args()
@@ -94,7 +97,8 @@ def main() -> int:
     try:
         options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, heteroscedastic=not args.homoscedastic,
                                   trace_every=args.trace_every, rate_objective=args.rate_objective,
-                                  val_passes=8 if args.val_passes is None else args.val_passes
+                                  val_passes=8 if args.val_passes is None else args.val_passes,
+                                  keep_best=args.keep_best
                                   ) if args.protocol == "concrete" else None
     except ValueError as err:
         ap.error(str(err))

@@ -30,7 +30,7 @@ def label(key: dict) -> str:
     if key.get("beta_nll"):
         parts.append(f"β-NLL {key['beta_nll']:g}")
     if o.get("rate_objective") == "validation":
-        parts.append(f"rates on held-out NLL (S = {o['val_passes']})")
+        parts.append(f"rates on held-out NLL (S = {o['val_passes']})" + (", best check" if o.get("keep_best") else ""))
     return ", ".join(parts) + f" ({key['epochs']} epochs)"
 
 

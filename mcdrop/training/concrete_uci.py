@@ -34,7 +34,12 @@ the training loss with the rates held constant, and the rates take the held-out 
     -mean_j log (1/S) sum_s N(y_j; mu_s(x_j), sigma_s^2(x_j))     (S relaxed passes, the weights held constant),
 
 the quantity the grid protocol maximises over its rate grid, here followed by gradient; then the network is
-retrained on all training rows at the learned rates, as the grid retrains at its chosen rate.
+retrained on all training rows at the learned rates, as the grid retrains at its chosen rate.  The weights and
+the rates play different games, and the held-out loss can rise while the rates follow its gradient (as the
+weights overfit, more input noise is the rates' only way to widen the predictive; on yacht the input rate then
+runs away to 0.4–0.9 on 7 of 20 splits): ``keep_best`` takes the rates at the check (every ``epochs / 200``
+epochs) with the lowest full held-out NLL, common random numbers across checks, as early stopping would
+(the training itself draws as without: the same trajectory, another point on it).
 
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
 shape ``(G,)``), as :func:`mcdrop.training.uci._train_stack` does for the grid.
@@ -47,7 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -83,6 +88,7 @@ __all__ = ["ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "RateO
 Log = Callable[[str], None]
 INIT_P = 0.1
 TEMPERATURE = 0.1
+CHECKS = 200  # keep_best: held-out NLL checks a run
 
 
 class RateObjective(StrEnum):
@@ -113,6 +119,9 @@ class ConcreteOptions:
             ``val_passes`` relaxed passes a row), then the weights are retrained on all training rows at those
             rates.
         val_passes: ``S``, the passes per held-out row in each rate step (``"validation"`` only).
+        keep_best: ``"validation"`` only: keep the rates of the check with the lowest held-out NLL (all held-out
+            rows, ``val_passes`` passes a row with the same noise at every check; 200 checks a run) instead of the
+            rates after the last step.
     """
 
     rate_lr: float | None = None
@@ -121,6 +130,7 @@ class ConcreteOptions:
     trace_every: int = 0
     rate_objective: RateObjective = RateObjective.ELBO
     val_passes: int = 8
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_lr is not None and not self.rate_lr > 0:
@@ -135,6 +145,8 @@ class ConcreteOptions:
         object.__setattr__(self, "rate_objective", RateObjective(self.rate_objective))
         if self.val_passes < 2:
             raise ValueError(f"val_passes has to be >= 2 (a mixture over passes), but got {self.val_passes}")
+        if self.keep_best and self.rate_objective is not RateObjective.VALIDATION:
+            raise ValueError("keep_best picks the rates on held-out rows: it needs rate_objective='validation'")
 
     def label(self) -> str:
         """A short name, e.g. ``hetero`` or ``homo-tau, rate lr 1e-4, floor 0.005``."""
@@ -144,7 +156,8 @@ class ConcreteOptions:
         if self.floor:
             parts.append(f"floor {self.floor:g}")
         if self.rate_objective is RateObjective.VALIDATION:
-            parts.append(f"rates on held-out NLL (S = {self.val_passes})")
+            parts.append(f"rates on held-out NLL (S = {self.val_passes})"
+                         + (", best check" if self.keep_best else ""))
         return ", ".join(parts)
 
 
@@ -159,6 +172,7 @@ class ConcreteSplitResult:
     mc_off: bool = False  # learned rates ~0 (< 2^-17, or the engine saw identical passes): scored deterministically
     tau: float | None = None  # the homoscedastic head's chosen tau
     val_ll: dict[str, float] = field(default_factory=dict)  # homoscedastic: "tau=.." -> validation LL
+    rate_epoch: int | None = None  # keep_best: the epoch whose rates were kept
 
 
 @dataclass
@@ -191,6 +205,7 @@ def _train_concrete_stack(
     generator: torch.Generator, init_p: float = INIT_P, temperature: float = TEMPERATURE,
     tau: Tensor | None = None, rate_lr: float | None = None, floor: float = 0.0, trace_every: int = 0,
     val: tuple[Tensor, Tensor] | None = None, val_passes: int = 8, rates: Tensor | None = None, beta: float = 0.0,
+    keep_best: bool = False,
 ) -> dict[str, Tensor]:
     """Train G one-hidden-layer Concrete-dropout networks at once, one per data set.
 
@@ -205,11 +220,14 @@ def _train_concrete_stack(
         rates: fixed rates ``(G, 2)`` (input, hidden), not learned; None: learned from ``init_p``.
         beta: heteroscedastic only: the beta-NLL loss ``mean sg(exp(beta s)) [exp(-s)(y - mu)^2 + s]`` (Seitzer et
             al. 2022; ``sg`` stops the gradient), as :func:`mcdrop.training.uci._train_stack`; 0: the NLL.
+        keep_best: with ``val``: return the rates of the check with the lowest full held-out NLL
+            (:data:`CHECKS` checks, the same relaxation noise at each), not the last ones.
 
     Returns:
         ``w1 (G, D, H)``, ``b1 (G, H)``, ``w2 (G, H, O)``, ``b2 (G, O)`` (``O`` = 2 heteroscedastic, else 1),
         ``p_in (G,)``, ``p_hidden (G,)`` (the last two as logits ``p_logit``) and ``trace (E, G, 2)``, the rates
-        after every ``trace_every``-th epoch (``E = 0`` without).
+        after every ``trace_every``-th epoch (``E = 0`` without), and ``rate_epoch (G,)``, the epoch whose rates
+        are returned (``epochs`` unless ``keep_best``).
     """
     g, n, d = xs.shape
     n_out = 2 if tau is None else 1
@@ -232,6 +250,17 @@ def _train_concrete_stack(
     wr, dr = length_scale**2 / n, 2.0 / n
     net_index = torch.arange(g).view(g, 1)
     trace = []
+    best = keep_best and val is not None and learn
+    every = max(1, epochs // CHECKS)
+    if best:
+        assert val is not None
+        checked = (val[0].repeat(1, val_passes, 1), val[1])
+        own = torch.Generator().manual_seed(generator.initial_seed() + 1)  # the training draws stay as without
+        check_noise = (logistic_noise(torch.rand(checked[0].shape, generator=own)),
+                       logistic_noise(torch.rand(g, checked[0].shape[1], hidden, generator=own)))
+        best_nll = torch.full((g,), math.inf)
+        best_logits = torch.cat([a_in.detach(), a_h.detach()], 1).view(g, 2).clone()
+    rate_epoch = torch.full((g,), epochs, dtype=torch.int64)
     for epoch in range(epochs):
         order = torch.argsort(torch.rand(g, n, generator=generator), dim=1)
         # the logistic noise of every row of the epoch, in two draws (it does not depend on the rates)
@@ -266,11 +295,20 @@ def _train_concrete_stack(
                 with torch.no_grad():
                     a_in.clamp_(min=low)
                     a_h.clamp_(min=low)
+        if best and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            with torch.no_grad():
+                nll = _mixture_nll(*checked, (w1, b1, w2, b2), (a_in, a_h), tau, val_passes, temperature,
+                                   check_noise)
+            better = nll < best_nll
+            best_nll = torch.where(better, nll, best_nll)
+            best_logits[better] = torch.cat([a_in.detach(), a_h.detach()], 1).view(g, 2)[better]
+            rate_epoch[better] = epoch + 1
         if trace_every and (epoch + 1) % trace_every == 0:
             trace.append(torch.sigmoid(torch.stack([a_in.detach().view(g), a_h.detach().view(g)], -1)))
+    logits = best_logits if best else torch.cat([a_in.detach(), a_h.detach()], 1).view(g, 2)
     return {"w1": w1.detach(), "b1": b1.detach().squeeze(1), "w2": w2.detach(), "b2": b2.detach().squeeze(1),
-            "p_in": a_in.detach().view(g), "p_hidden": a_h.detach().view(g),
-            "trace": torch.stack(trace) if trace else torch.empty(0, g, 2)}
+            "p_in": logits[:, 0].contiguous(), "p_hidden": logits[:, 1].contiguous(),
+            "trace": torch.stack(trace) if trace else torch.empty(0, g, 2), "rate_epoch": rate_epoch}
 
 
 def _held_out_nll(val: tuple[Tensor, Tensor], weights: tuple[Tensor, ...], logits: tuple[Tensor, Tensor],
@@ -285,15 +323,24 @@ def _held_out_nll(val: tuple[Tensor, Tensor], weights: tuple[Tensor, ...], logit
     """
     xv, yv = val
     g, v, _ = xv.shape
-    w1, b1, w2, b2 = (w.detach() for w in weights)
-    a_in, a_h = logits
     idx = torch.randint(v, (g, batch_size), generator=generator)
     rows = torch.arange(g).view(g, 1)
     x = xv[rows, idx].repeat(1, passes, 1)  # (G, S b, D): pass s of row j at s b + j
-    y = yv[rows, idx]
-    x = concrete_dropout(x, a_in, temperature, noise=logistic_noise(torch.rand(x.shape, generator=generator)))
+    noise = (logistic_noise(torch.rand(x.shape, generator=generator)),
+             logistic_noise(torch.rand(g, x.shape[1], weights[0].shape[2], generator=generator)))
+    return _mixture_nll(x, yv[rows, idx], weights, logits, tau, passes, temperature, noise)
+
+
+def _mixture_nll(x: Tensor, y: Tensor, weights: tuple[Tensor, ...], logits: tuple[Tensor, Tensor],
+                 tau: Tensor | None, passes: int, temperature: float, noise: tuple[Tensor, Tensor]) -> Tensor:
+    """:func:`_held_out_nll` of the rows ``y (G, b)`` given ``x (G, S b, D)`` (pass ``s`` of row ``j`` at
+    ``s b + j``) and the logistic noise of both layers ``(G, S b, D)``, ``(G, S b, H)`` -> ``(G,)``."""
+    g, batch_size = y.shape
+    w1, b1, w2, b2 = (w.detach() for w in weights)
+    a_in, a_h = logits
+    x = concrete_dropout(x, a_in, temperature, noise=noise[0])
     h = torch.relu(torch.baddbmm(b1, x, w1))
-    h = concrete_dropout(h, a_h, temperature, noise=logistic_noise(torch.rand(h.shape, generator=generator)))
+    h = concrete_dropout(h, a_h, temperature, noise=noise[1])
     out = torch.baddbmm(b2, h, w2).view(g, passes, batch_size, -1)
     if tau is None:
         mu, s = out[..., 0], out[..., 1]
@@ -326,15 +373,21 @@ def _unstack(weights: dict[str, Tensor], i: int, x_stats: tuple[np.ndarray, np.n
     return model.eval()
 
 
+class _Fitted(NamedTuple):
+    models: list[DropoutMLP]
+    trace: Tensor  # (E, G, 2) the rates every trace_every epochs
+    rate_epochs: list[int]  # the epoch whose rates each network took (keep_best), else the last
+
+
 def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCIConfig,
               generator: torch.Generator, options: ConcreteOptions = ConcreteOptions(),
               taus: Sequence[float | None] | None = None, val_sets: Sequence[np.ndarray] | None = None,
-              rates: Sequence[tuple[float, float]] | None = None) -> tuple[list[DropoutMLP], Tensor]:
+              rates: Sequence[tuple[float, float]] | None = None) -> _Fitted:
     """One Concrete network per row set (all at once when the sets have equal sizes); ``taus[k]`` the
     homoscedastic precision of network ``k`` in target units (None, or no ``taus``: heteroscedastic);
     ``val_sets[k]`` held-out rows its rates learn from; ``rates[k]`` fixed (input, hidden) rates instead.
 
-    Returns the networks and the rate trace ``(E, G, 2)``."""
+    Returns the networks, the rate trace ``(E, G, 2)`` and the epochs whose rates they took."""
     if config.lr_schedule != "constant":  # Concrete's own trainer has one rate (and the rate logits' own)
         raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' for Concrete dropout, but got "
                                          f"{config.lr_schedule!r}")
@@ -351,7 +404,8 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
         fits = [_fit_many(dataset, [r], config, generator, options, [t], None if v is None else [v],
                           None if f is None else [f])
                 for r, t, v, f in zip(row_sets, taus, vals, fixed, strict=True)]
-        return [m for ms, _ in fits for m in ms], torch.cat([tr for _, tr in fits], 1)
+        return _Fitted([m for f in fits for m in f.models], torch.cat([f.trace for f in fits], 1),
+                       [e for f in fits for e in f.rate_epochs])
     x_stats = [_standardise(dataset.x[r]) for r in row_sets]
     y_stats = [(float(dataset.y[r].mean()), float(dataset.y[r].std() or 1.0)) for r in row_sets]
 
@@ -371,9 +425,10 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
                                     batch_size=config.batch_size, lr=config.lr, length_scale=config.length_scale,
                                     generator=generator, tau=tau, rate_lr=options.rate_lr, floor=options.floor,
                                     trace_every=options.trace_every, val=val, val_passes=options.val_passes,
-                                    rates=fixed_rates, beta=config.beta_nll if tau is None else 0.0)
+                                    rates=fixed_rates, beta=config.beta_nll if tau is None else 0.0,
+                                    keep_best=options.keep_best)
     models = [_unstack(weights, k, x_stats[k], y_stats[k], taus[k]) for k in range(len(row_sets))]
-    return models, weights["trace"]
+    return _Fitted(models, weights["trace"], weights["rate_epoch"].tolist())
 
 
 def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None = None,
@@ -386,11 +441,12 @@ def fit_concrete(dataset: UCIDataset, config: UCIConfig, rows: np.ndarray | None
     generator = torch.Generator().manual_seed(config.seed)
     rows = np.arange(len(dataset.y)) if rows is None else rows
     if options.rate_objective is not RateObjective.VALIDATION:
-        return _fit_many(dataset, [rows], config, generator, options, [tau])[0][0]
+        return _fit_many(dataset, [rows], config, generator, options, [tau]).models[0]
     fit, held_out = _held_out_split(rows, config)
-    [first], _ = _fit_many(dataset, [fit], config, generator, options, [tau], [held_out])
+    [first] = _fit_many(dataset, [fit], config, generator, options, [tau], [held_out]).models
     rates = learned_rates(first)
-    return _fit_many(dataset, [rows], config, generator, options, [tau], rates=[(rates["net.0"], rates["net.3"])])[0][0]
+    return _fit_many(dataset, [rows], config, generator, options, [tau],
+                     rates=[(rates["net.0"], rates["net.3"])]).models[0]
 
 
 def _held_out_split(rows: np.ndarray, config: UCIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -451,13 +507,14 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     val_lls: list[dict[str, float]] = [{} for _ in splits]
     on_val = options.rate_objective is RateObjective.VALIDATION
     rates: list[tuple[float, float]] | None = None
+    rate_epochs: list[int | None] = [None] * len(splits)
     trace = torch.empty(0, len(splits), 2)
     fit_rows, val_rows = map(list, zip(*(_held_out_split(train, config) for train, _ in splits), strict=True))
     if not options.heteroscedastic:
         taus = list(dataset.tau_values)
         log(f"{dataset.name}: Concrete dropout ({options.label()}), tau grid: {len(splits)} x {len(taus)} networks, "
             f"{epochs} epochs")
-        candidates, cand_trace = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
+        candidates, cand_trace, cand_epochs = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
                                            taus * len(splits), [r for r in val_rows for _ in taus] if on_val else None)
         val_samples = config.val_samples or config.samples
         best = []
@@ -471,14 +528,16 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         if on_val:
             rates = [_rates(candidates[b]) for b in best]
             trace = cand_trace[:, best]
+            rate_epochs = [cand_epochs[b] for b in best]
     elif on_val:
         log(f"{dataset.name}: Concrete dropout ({options.label()}), rates on held-out rows: {len(splits)} networks, "
             f"{epochs} epochs")
-        candidates, trace = _fit_many(dataset, fit_rows, config, generator, options, val_sets=val_rows)
+        candidates, trace, learnt = _fit_many(dataset, fit_rows, config, generator, options, val_sets=val_rows)
         rates = [_rates(m) for m in candidates]
+        rate_epochs = list(learnt)
     log(f"{dataset.name}: Concrete dropout ({options.label()}), {len(splits)} networks, {epochs} epochs"
         + (" at the learned rates" if on_val else ""))
-    models, final_trace = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen,
+    models, final_trace, _ = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen,
                                     rates=rates)
     if not on_val:
         trace = final_trace
@@ -488,7 +547,8 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         p_input, p_hidden = _rates(model)
         s = _score(model, dataset.x[test], dataset.y[test], config.samples, config.seed + 1000 + k)
         results.append(ConcreteSplitResult(k, p_input, p_hidden, s["rmse"], s["rmse_deterministic"],
-                                           s["ll"], s["mc_off"] > 0, chosen[j], val_lls[j]))
+                                           s["ll"], s["mc_off"] > 0, chosen[j], val_lls[j],
+                                           rate_epochs[j] if options.keep_best else None))
     every = options.trace_every
     traced = {k: [[(e + 1) * every, *map(float, trace[e, j])] for e in range(trace.shape[0])]
               for j, k in enumerate(indices)} if every else {}

@@ -59,7 +59,8 @@ def run_key(dataset: UCIDataset, config: UCIConfig, protocol: str, options: Conc
         key["lr_schedule"] = config.lr_schedule
     if protocol == "concrete":
         chosen = asdict(options or ConcreteOptions())
-        quiet = {"trace_every"} | ({"rate_objective", "val_passes"} if chosen["rate_objective"] == "elbo" else set())
+        quiet = ({"trace_every"} | ({"rate_objective", "val_passes"} if chosen["rate_objective"] == "elbo" else set())
+                 | (set() if chosen["keep_best"] else {"keep_best"}))
         key["options"] = {k: v for k, v in chosen.items() if k not in quiet}  # earlier runs' keys still match
     return key
 

@@ -34,7 +34,8 @@ def test_stack_shapes_and_determinism():
     c, _, _ = _stack(1)
     shapes = {k: tuple(v.shape) for k, v in a.items()}
     assert shapes == {"w1": (2, 3, 8), "b1": (2, 8), "w2": (2, 8, 2), "b2": (2, 2), "p_in": (2,), "p_hidden": (2,),
-                      "trace": (0, 2, 2)}
+                      "trace": (0, 2, 2), "rate_epoch": (2,)}
+    assert (a["rate_epoch"] == 3).all()  # no held-out rows: the last rates
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["w1"], c["w1"])
     start = math.log(0.1 / 0.9)
@@ -122,7 +123,7 @@ def test_collapsed_rates_are_scored_by_the_deterministic_pass():
 def test_options_are_checked_and_labelled():
     for bad, match in [({"rate_lr": 0.0}, "rate_lr"), ({"floor": 1.0}, "floor"), ({"trace_every": -1}, "trace_every"),
                        ({"rate_objective": "test"}, "rate_objective has to be one of elbo, validation"),
-                       ({"val_passes": 1}, "val_passes")]:
+                       ({"val_passes": 1}, "val_passes"), ({"keep_best": True}, "keep_best")]:
         with pytest.raises(ValueError, match=match):
             CU.ConcreteOptions(**bad)
     assert CU.ConcreteOptions().label() == "hetero"
@@ -210,6 +211,38 @@ def test_held_out_rows_set_the_rates_and_only_the_rates():
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
 
 
+def test_keep_best_takes_the_rates_of_the_lowest_held_out_check(monkeypatch):
+    """keep_best moves along the same trajectory and stops at the check with the lowest held-out NLL: networks that
+    overfit (pure-noise targets, 24 rows, 32 units) see their held-out NLL rise before the end, so they keep
+    earlier rates; the kept rates are the traced rates of that epoch, and that check's NLL is the least."""
+    g = torch.Generator().manual_seed(3)
+    x, y, xv, yv = torch.randn(2, 24, 4, generator=g), torch.randn(2, 24, generator=g), \
+        torch.randn(2, 24, 4, generator=g), torch.randn(2, 24, generator=g)
+    common = dict(hidden=32, epochs=150, batch_size=8, lr=1e-2, length_scale=1e-2, trace_every=1, val=(xv, yv))
+    last = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), **common)
+    checks: list[torch.Tensor] = []
+    real = CU._mixture_nll
+
+    def recorded(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not torch.is_grad_enabled():  # the checks run without autograd; the rates' steps with it
+            checks.append(out)
+        return out
+
+    monkeypatch.setattr(CU, "_mixture_nll", recorded)
+    best = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), keep_best=True, **common)
+    torch.testing.assert_close(best["trace"], last["trace"], rtol=0, atol=0)  # the same trajectory
+    assert (last["rate_epoch"] == 150).all()
+    assert len(checks) == 150  # epochs <= CHECKS: every epoch
+    nll = torch.stack(checks)  # (checks, G)
+    assert torch.equal(best["rate_epoch"], nll.argmin(0) + 1)
+    assert (best["rate_epoch"] < 150).all(), best["rate_epoch"]
+    for k in range(2):
+        kept = torch.sigmoid(torch.stack([best["p_in"][k], best["p_hidden"][k]]))
+        torch.testing.assert_close(kept, best["trace"][best["rate_epoch"][k] - 1, k])
+        assert nll[best["rate_epoch"][k] - 1, k] < nll[-1, k]
+
+
 def test_fixed_rates_are_kept():
     x, y, _ = _noisy_held_out(0.0)
     rates = torch.tensor([[0.02, 0.3], [0.07, 0.01]])
@@ -294,10 +327,13 @@ def test_validation_objective_retrains_at_the_learned_rates():
     fit, held_out = CU._held_out_split(rows, config)
     assert len(held_out) == round(0.2 * len(rows)) and np.array_equal(np.concatenate([fit, held_out]), rows)
     np.testing.assert_allclose(model.input_shift.numpy(), ds.x[rows].mean(0), rtol=1e-5)
-    [learner], _ = CU._fit_many(ds, [fit], config, torch.Generator().manual_seed(config.seed), options, [None],
-                                [held_out])
+    [learner] = CU._fit_many(ds, [fit], config, torch.Generator().manual_seed(config.seed), options, [None],
+                             [held_out]).models
     assert learned_rates(learner) == pytest.approx(learned_rates(model), rel=1e-6)
     assert not torch.equal(learner.net[1].weight, model.net[1].weight)
+    assert s.rate_epoch is None  # the last rates
+    [kept] = CU.run_concrete(ds, config, options=replace(options, keep_best=True), only=[0]).splits
+    assert kept.rate_epoch is not None and 1 <= kept.rate_epoch <= result.epochs
     homo = CU.ConcreteOptions(heteroscedastic=False, rate_objective="validation", val_passes=4, trace_every=80)
     [h] = (got := CU.run_concrete(ds, replace(config, beta_nll=0.0), options=homo, only=[1])).splits
     assert h.tau in ds.tau_values and (h.p_input, h.p_hidden) == pytest.approx(got.trace[1][-1][1:], rel=1e-6)

@@ -37,6 +37,9 @@ def test_key_names_the_run():
     held_out = R.run_key(ds, beta, "concrete", ConcreteOptions(rate_objective="validation", val_passes=4))
     assert held_out["options"]["rate_objective"] == "validation" and held_out["options"]["val_passes"] == 4
     assert held_out["beta_nll"] == 0.5
+    assert "keep_best" not in held_out["options"]  # the keys of runs from before the option
+    best = ConcreteOptions(rate_objective="validation", keep_best=True)
+    assert R.run_key(ds, config, "concrete", best)["options"]["keep_best"] is True
     with pytest.raises(ValueError, match="protocol has to be one of"):
         R.run_key(ds, config, "bayes")
 
