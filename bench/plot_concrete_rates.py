@@ -4,7 +4,8 @@
         bench/results/uci26-concrete-default.jsonl bench/results/uci26-concrete-floor.jsonl ...
 
 Reads the ``trace`` of each split from resumable-run files (``bench/bench_uci_resumable.py --trace-every``):
-the median over splits as a line, the range over splits as a band; the grid's rates (0.005-0.1) shaded.
+the median over splits as a line, the range over splits as a band; the grid's rates (0.005-0.1) shaded; with
+``--keep-best`` runs, the rates each split kept as dots at the epoch they were taken.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def main() -> int:
         for ax, col in zip(axes, (1, 2), strict=True):
             ax.fill_between(epochs, trace[:, :, col].min(0), trace[:, :, col].max(0), color=colour, alpha=0.2)
             ax.plot(epochs, np.median(trace[:, :, col], 0), color=colour, label=f"{name}, {len(lines)} splits")
+            kept = [(line["result"]["rate_epoch"], line["result"]["p_input" if col == 1 else "p_hidden"])
+                    for line in lines if line["result"].get("rate_epoch")]
+            if kept:  # keep_best: the rates each split kept, at the check they were taken
+                ax.scatter(*zip(*kept, strict=True), color=colour, edgecolor="k", s=22, zorder=3,
+                           label=f"{name}: the rates kept (one dot a split)" if col == 2 else None)
     for ax, title in zip(axes, ("input layer", "hidden layer"), strict=True):
         ax.axhspan(0.005, 0.1, color="0.9", zorder=0, label="the grid's rates (0.005–0.1)")
         ax.set_yscale("log")

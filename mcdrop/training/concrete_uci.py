@@ -37,8 +37,8 @@ the quantity the grid protocol maximises over its rate grid, here followed by gr
 retrained on all training rows at the learned rates, as the grid retrains at its chosen rate.  The weights and
 the rates play different games, and the held-out loss can rise while the rates follow its gradient (as the
 weights overfit, more input noise is the rates' only way to widen the predictive; on yacht the input rate then
-runs away to 0.4–0.9 on 7 of 20 splits): ``keep_best`` takes the rates at the check (every ``epochs / 200``
-epochs) with the lowest full held-out NLL, common random numbers across checks, as early stopping would
+runs away to 0.4–0.9 on 7 of 20 splits): ``keep_best`` takes the rates at the check (every ``ceil(epochs / 200)``
+epochs, and after the last) with the lowest full held-out NLL, common random numbers across checks, as early stopping would
 (the training itself draws as without: the same trajectory, another point on it).
 
 The 20 split networks train together as one stacked network (batched matmuls, per-network ``p_logit`` of
@@ -88,7 +88,7 @@ __all__ = ["ConcreteOptions", "ConcreteSplitResult", "ConcreteUCIResult", "RateO
 Log = Callable[[str], None]
 INIT_P = 0.1
 TEMPERATURE = 0.1
-CHECKS = 200  # keep_best: held-out NLL checks a run
+CHECKS = 200  # keep_best: about this many held-out NLL checks a run
 
 
 class RateObjective(StrEnum):
@@ -120,8 +120,9 @@ class ConcreteOptions:
             rates.
         val_passes: ``S``, the passes per held-out row in each rate step (``"validation"`` only).
         keep_best: ``"validation"`` only: keep the rates of the check with the lowest held-out NLL (all held-out
-            rows, ``val_passes`` passes a row with the same noise at every check; 200 checks a run) instead of the
-            rates after the last step.
+            rows, ``val_passes`` passes a row with the same noise at every check; about 200 checks a run) instead
+            of the rates after the last step.  Only the rates are kept: the weights are the last step's (the
+            network is retrained at the kept rates), so the homoscedastic head's ``tau`` is chosen with those.
     """
 
     rate_lr: float | None = None
@@ -220,8 +221,9 @@ def _train_concrete_stack(
         rates: fixed rates ``(G, 2)`` (input, hidden), not learned; None: learned from ``init_p``.
         beta: heteroscedastic only: the beta-NLL loss ``mean sg(exp(beta s)) [exp(-s)(y - mu)^2 + s]`` (Seitzer et
             al. 2022; ``sg`` stops the gradient), as :func:`mcdrop.training.uci._train_stack`; 0: the NLL.
-        keep_best: with ``val``: return the rates of the check with the lowest full held-out NLL
-            (:data:`CHECKS` checks, the same relaxation noise at each), not the last ones.
+        keep_best: with ``val``: return the rates of the check with the lowest full held-out NLL (every
+            ``ceil(epochs / CHECKS)`` epochs and after the last, the same relaxation noise at each, held for the
+            run: ``G S V (D + H)`` floats), not the last ones; the weights stay the last step's.
 
     Returns:
         ``w1 (G, D, H)``, ``b1 (G, H)``, ``w2 (G, H, O)``, ``b2 (G, O)`` (``O`` = 2 heteroscedastic, else 1),
@@ -251,7 +253,7 @@ def _train_concrete_stack(
     net_index = torch.arange(g).view(g, 1)
     trace = []
     best = keep_best and val is not None and learn
-    every = max(1, epochs // CHECKS)
+    every = max(1, math.ceil(epochs / CHECKS))
     if best:
         assert val is not None
         checked = (val[0].repeat(1, val_passes, 1), val[1])
@@ -260,7 +262,7 @@ def _train_concrete_stack(
                        logistic_noise(torch.rand(g, checked[0].shape[1], hidden, generator=own)))
         best_nll = torch.full((g,), math.inf)
         best_logits = torch.cat([a_in.detach(), a_h.detach()], 1).view(g, 2).clone()
-    rate_epoch = torch.full((g,), epochs, dtype=torch.int64)
+    rate_epoch = torch.full((g,), 0 if best else epochs, dtype=torch.int64)  # 0: no check was finite
     for epoch in range(epochs):
         order = torch.argsort(torch.rand(g, n, generator=generator), dim=1)
         # the logistic noise of every row of the epoch, in two draws (it does not depend on the rates)
@@ -514,8 +516,9 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         taus = list(dataset.tau_values)
         log(f"{dataset.name}: Concrete dropout ({options.label()}), tau grid: {len(splits)} x {len(taus)} networks, "
             f"{epochs} epochs")
-        candidates, cand_trace, cand_epochs = _fit_many(dataset, [r for r in fit_rows for _ in taus], config, generator, options,
-                                           taus * len(splits), [r for r in val_rows for _ in taus] if on_val else None)
+        candidates, cand_trace, cand_epochs = _fit_many(
+            dataset, [r for r in fit_rows for _ in taus], config, generator, options, taus * len(splits),
+            [r for r in val_rows for _ in taus] if on_val else None)
         val_samples = config.val_samples or config.samples
         best = []
         for j, k in enumerate(indices):
@@ -538,7 +541,7 @@ def run_concrete(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     log(f"{dataset.name}: Concrete dropout ({options.label()}), {len(splits)} networks, {epochs} epochs"
         + (" at the learned rates" if on_val else ""))
     models, final_trace, _ = _fit_many(dataset, [train for train, _ in splits], config, generator, options, chosen,
-                                    rates=rates)
+                                       rates=rates)
     if not on_val:
         trace = final_trace
     train_seconds = time.perf_counter() - start

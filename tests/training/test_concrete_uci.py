@@ -221,12 +221,14 @@ def test_keep_best_takes_the_rates_of_the_lowest_held_out_check(monkeypatch):
     common = dict(hidden=32, epochs=150, batch_size=8, lr=1e-2, length_scale=1e-2, trace_every=1, val=(xv, yv))
     last = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), **common)
     checks: list[torch.Tensor] = []
+    inputs: list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
     real = CU._mixture_nll
 
     def recorded(*args, **kwargs):
         out = real(*args, **kwargs)
         if not torch.is_grad_enabled():  # the checks run without autograd; the rates' steps with it
             checks.append(out)
+            inputs.append((args[0], args[1], args[-1]))
         return out
 
     monkeypatch.setattr(CU, "_mixture_nll", recorded)
@@ -240,7 +242,20 @@ def test_keep_best_takes_the_rates_of_the_lowest_held_out_check(monkeypatch):
     for k in range(2):
         kept = torch.sigmoid(torch.stack([best["p_in"][k], best["p_hidden"][k]]))
         torch.testing.assert_close(kept, best["trace"][best["rate_epoch"][k] - 1, k])
-        assert nll[best["rate_epoch"][k] - 1, k] < nll[-1, k]
+    # every check sees all held-out rows, S passes each, with the same noise (common random numbers)
+    passes = 8
+    for xs, ys, noise in inputs:
+        assert xs.shape == (2, passes * 24, 4) and torch.equal(ys, yv)
+        assert noise[0] is inputs[0][2][0] and noise[1] is inputs[0][2][1]
+        assert noise[1].shape == (2, passes * 24, 32)
+
+    # more epochs than checks: every ceil(epochs / CHECKS) epochs and after the last one
+    monkeypatch.setattr(CU, "CHECKS", 7)
+    checks.clear()
+    sparse = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), keep_best=True, **common)
+    at = [e for e in range(1, 151) if e % 22 == 0] + [150]  # ceil(150 / 7) = 22
+    assert len(checks) == len(at) == 7
+    assert torch.equal(sparse["rate_epoch"], torch.tensor(at)[torch.stack(checks).argmin(0)])
 
 
 def test_fixed_rates_are_kept():
@@ -332,8 +347,11 @@ def test_validation_objective_retrains_at_the_learned_rates():
     assert learned_rates(learner) == pytest.approx(learned_rates(model), rel=1e-6)
     assert not torch.equal(learner.net[1].weight, model.net[1].weight)
     assert s.rate_epoch is None  # the last rates
-    [kept] = CU.run_concrete(ds, config, options=replace(options, keep_best=True), only=[0]).splits
+    kept_run = CU.run_concrete(ds, config, options=replace(options, keep_best=True, trace_every=1), only=[0])
+    [kept] = kept_run.splits
     assert kept.rate_epoch is not None and 1 <= kept.rate_epoch <= result.epochs
+    # the network retrained on all rows serves the rates of the kept check
+    assert (kept.p_input, kept.p_hidden) == pytest.approx(kept_run.trace[0][kept.rate_epoch - 1][1:], rel=1e-6)
     homo = CU.ConcreteOptions(heteroscedastic=False, rate_objective="validation", val_passes=4, trace_every=80)
     [h] = (got := CU.run_concrete(ds, replace(config, beta_nll=0.0), options=homo, only=[1])).splits
     assert h.tau in ds.tau_values and (h.p_input, h.p_hidden) == pytest.approx(got.trace[1][-1][1:], rel=1e-6)
