@@ -69,6 +69,7 @@ def main() -> int:
                     help="grid, grid-hetero: the learning rate over the epochs")
     ap.add_argument("--rate-lr", type=float)
     ap.add_argument("--floor", type=float, default=0.0)
+    ap.add_argument("--cap", type=float, default=1.0, help="concrete: an upper bound on the rates (1: none)")
     ap.add_argument("--homoscedastic", action="store_true", help="concrete: the homoscedastic head with a tau grid")
     ap.add_argument("--trace-every", type=int, default=0)
     ap.add_argument("--rate-objective", choices=list(RateObjective), default="elbo",
@@ -95,7 +96,7 @@ def main() -> int:
     if args.val_passes is not None and args.rate_objective != "validation":
         ap.error("--val-passes: only with --rate-objective validation")
     try:
-        options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, heteroscedastic=not args.homoscedastic,
+        options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, cap=args.cap, heteroscedastic=not args.homoscedastic,
                                   trace_every=args.trace_every, rate_objective=args.rate_objective,
                                   val_passes=8 if args.val_passes is None else args.val_passes,
                                   keep_best=args.keep_best

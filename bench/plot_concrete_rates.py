@@ -28,6 +28,8 @@ def label(key: dict) -> str:
     parts.append(f"rate lr {o['rate_lr']:g}" if o["rate_lr"] else "rate lr = lr")
     if o["floor"]:
         parts.append(f"floor {o['floor']:g}")
+    if o.get("cap", 1.0) < 1:
+        parts.append(f"cap {o['cap']:g}")
     if key.get("beta_nll"):
         parts.append(f"β-NLL {key['beta_nll']:g}")
     if o.get("rate_objective") == "validation":

@@ -196,10 +196,12 @@ def _new_variant(o: dict, beta: float) -> str:
         parts.append(f"rate lr {o['rate_lr']:g}")
     if o["floor"]:
         parts.append(f"floor {o['floor']:g}")
+    if o.get("cap", 1.0) < 1:
+        parts.append(f"cap {o['cap']:g}")
     parts.append(f"rates learned on held-out rows (S = {o['val_passes']})"
                  + (", those of the check with the lowest held-out NLL" if o.get("keep_best") else "")
                  + ", retrained at them" if held_out else "rates from the training loss and the regulariser")
-    prefix = ("G. " if o.get("keep_best") else "F. ") if held_out else "A_β. "
+    prefix = ("H. " if o.get("cap", 1.0) < 1 else "G. " if o.get("keep_best") else "F. ") if held_out else "A_β. "
     return prefix + ", ".join(parts)
 
 

@@ -108,6 +108,8 @@ class ConcreteOptions:
         rate_lr: Adam's learning rate for the rate logits ``p_logit`` (None: the weights' ``config.lr``).
         floor: a lower bound on every rate: after each step ``p_logit`` is clamped to ``>= logit(floor)`` (a
             projected gradient step); 0: none.
+        cap: an upper bound on every rate, the same projection (``<= logit(cap)``); 1: none.  The grid searches
+            ``p <= 0.1`` on the UCI sets; learned on held-out rows, the input rate can run away far above it.
         heteroscedastic: the ``(mu, log sigma^2)`` head with no grid; False: the homoscedastic head
             ``tau mean (y - mu)^2`` with the dataset's ``tau`` grid, chosen on the validation LL of the last 20%
             of the training rows and retrained on all of them, as the grid protocol does (``tau`` in target
@@ -127,6 +129,7 @@ class ConcreteOptions:
 
     rate_lr: float | None = None
     floor: float = 0.0
+    cap: float = 1.0
     heteroscedastic: bool = True
     trace_every: int = 0
     rate_objective: RateObjective = RateObjective.ELBO
@@ -138,6 +141,8 @@ class ConcreteOptions:
             raise ValueError(f"rate_lr has to be > 0 (or None for the weights' lr), but got {self.rate_lr}")
         if not 0.0 <= self.floor < 1.0:
             raise ValueError(f"floor has to be in [0, 1), but got {self.floor}")
+        if not self.floor < self.cap <= 1.0:
+            raise ValueError(f"cap has to be in (floor, 1], but got {self.cap} (floor {self.floor})")
         if self.trace_every < 0:
             raise ValueError(f"trace_every has to be >= 0, but got {self.trace_every}")
         if self.rate_objective not in set(RateObjective):
@@ -156,6 +161,8 @@ class ConcreteOptions:
             parts.append(f"rate lr {self.rate_lr:g}")
         if self.floor:
             parts.append(f"floor {self.floor:g}")
+        if self.cap < 1:
+            parts.append(f"cap {self.cap:g}")
         if self.rate_objective is RateObjective.VALIDATION:
             parts.append(f"rates on held-out NLL (S = {self.val_passes})"
                          + (", best check" if self.keep_best else ""))
@@ -204,7 +211,8 @@ def _logit(p: float) -> float:
 def _train_concrete_stack(
     xs: Tensor, ys: Tensor, *, hidden: int, epochs: int, batch_size: int, lr: float, length_scale: float,
     generator: torch.Generator, init_p: float = INIT_P, temperature: float = TEMPERATURE,
-    tau: Tensor | None = None, rate_lr: float | None = None, floor: float = 0.0, trace_every: int = 0,
+    tau: Tensor | None = None, rate_lr: float | None = None, floor: float = 0.0, cap: float = 1.0,
+    trace_every: int = 0,
     val: tuple[Tensor, Tensor] | None = None, val_passes: int = 8, rates: Tensor | None = None, beta: float = 0.0,
     keep_best: bool = False,
 ) -> dict[str, Tensor]:
@@ -214,7 +222,7 @@ def _train_concrete_stack(
         xs, ys: standardised training sets. Shape: ``(G, N, D)``, ``(G, N)``.
         tau: None for the heteroscedastic head; else each network's precision in standardised units, the
             loss ``tau mean (y - mu)^2``. Shape: ``(G,)``.
-        rate_lr, floor, trace_every: as in :class:`ConcreteOptions`.
+        rate_lr, floor, cap, trace_every: as in :class:`ConcreteOptions`.
         val: held-out rows ``(xv (G, V, D), yv (G, V))`` (standardised as ``xs``, ``ys``): the rates learn from
             their MC predictive NLL over ``val_passes`` relaxed passes (a batch of ``batch_size`` rows drawn with
             replacement each step) and not from the training loss, which the weights alone take.
@@ -249,6 +257,7 @@ def _train_concrete_stack(
         groups.append({"params": [a_in, a_h], "lr": rate_lr or lr})
     opt = torch.optim.Adam(groups, lr=lr, foreach=True)
     low = _logit(floor) if floor > 0 and learn else None
+    high = _logit(cap) if cap < 1 and learn else None
     wr, dr = length_scale**2 / n, 2.0 / n
     net_index = torch.arange(g).view(g, 1)
     trace = []
@@ -293,10 +302,10 @@ def _train_concrete_stack(
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             opt.step()
-            if low is not None:
+            if low is not None or high is not None:
                 with torch.no_grad():
-                    a_in.clamp_(min=low)
-                    a_h.clamp_(min=low)
+                    a_in.clamp_(min=low, max=high)
+                    a_h.clamp_(min=low, max=high)
         if best and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             with torch.no_grad():
                 nll = _mixture_nll(*checked, (w1, b1, w2, b2), (a_in, a_h), tau, val_passes, temperature,
@@ -426,6 +435,7 @@ def _fit_many(dataset: UCIDataset, row_sets: Sequence[np.ndarray], config: UCICo
     weights = _train_concrete_stack(xs, ys, hidden=dataset.n_hidden, epochs=config.epochs(dataset),
                                     batch_size=config.batch_size, lr=config.lr, length_scale=config.length_scale,
                                     generator=generator, tau=tau, rate_lr=options.rate_lr, floor=options.floor,
+                                    cap=options.cap,
                                     trace_every=options.trace_every, val=val, val_passes=options.val_passes,
                                     rates=fixed_rates, beta=config.beta_nll if tau is None else 0.0,
                                     keep_best=options.keep_best)

@@ -60,7 +60,7 @@ def run_key(dataset: UCIDataset, config: UCIConfig, protocol: str, options: Conc
     if protocol == "concrete":
         chosen = asdict(options or ConcreteOptions())
         quiet = ({"trace_every"} | ({"rate_objective", "val_passes"} if chosen["rate_objective"] == "elbo" else set())
-                 | (set() if chosen["keep_best"] else {"keep_best"}))
+                 | (set() if chosen["keep_best"] else {"keep_best"}) | (set() if chosen["cap"] < 1 else {"cap"}))
         key["options"] = {k: v for k, v in chosen.items() if k not in quiet}  # earlier runs' keys still match
     return key
 

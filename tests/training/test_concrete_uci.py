@@ -123,7 +123,8 @@ def test_collapsed_rates_are_scored_by_the_deterministic_pass():
 def test_options_are_checked_and_labelled():
     for bad, match in [({"rate_lr": 0.0}, "rate_lr"), ({"floor": 1.0}, "floor"), ({"trace_every": -1}, "trace_every"),
                        ({"rate_objective": "test"}, "rate_objective has to be one of elbo, validation"),
-                       ({"val_passes": 1}, "val_passes"), ({"keep_best": True}, "keep_best")]:
+                       ({"val_passes": 1}, "val_passes"), ({"keep_best": True}, "keep_best"),
+                       ({"cap": 0.01, "floor": 0.05}, "cap has to be in"), ({"cap": 1.5}, "cap")]:
         with pytest.raises(ValueError, match=match):
             CU.ConcreteOptions(**bad)
     assert CU.ConcreteOptions().label() == "hetero"
@@ -193,6 +194,10 @@ def test_held_out_rows_set_the_rates_and_only_the_rates():
     start = math.log(0.1 / 0.9)
     for name in ("p_in", "p_hidden"):
         assert (elbo[name] < start).all() and (held[name] > start).all(), (name, elbo[name], held[name])
+    # a cap is a projection: those rising rates end, and are traced, at or below it
+    capped = CU._train_concrete_stack(x, y, generator=torch.Generator().manual_seed(0), val=val, cap=0.1,
+                                      trace_every=1, **common)
+    assert capped["trace"].max() <= 0.1 + 1e-6 and torch.sigmoid(capped["p_in"]).max() <= 0.1 + 1e-6
 
     # and the rates never see the training loss: with the weights frozen, training rows of other values leave
     # the rates as they were

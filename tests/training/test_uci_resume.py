@@ -40,6 +40,8 @@ def test_key_names_the_run():
     assert "keep_best" not in held_out["options"]  # the keys of runs from before the option
     best = ConcreteOptions(rate_objective="validation", keep_best=True)
     assert R.run_key(ds, config, "concrete", best)["options"]["keep_best"] is True
+    assert "cap" not in held_out["options"]
+    assert R.run_key(ds, config, "concrete", ConcreteOptions(cap=0.1))["options"]["cap"] == 0.1
     with pytest.raises(ValueError, match="protocol has to be one of"):
         R.run_key(ds, config, "bayes")
 
