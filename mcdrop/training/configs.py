@@ -119,8 +119,8 @@ class ClassifierConfig:
 
 CNN_ONLY = ("channels", "channel_dropout", "convs_per_block")
 """The :class:`ClassifierConfig` fields only the CNN uses."""
-LR_SCHEDULES = ("constant", "cosine")
-"""The values of :attr:`UCIConfig.lr_schedule`."""
+LR_SCHEDULES = ("constant", "cosine", "chosen")
+"""The values of :attr:`UCIConfig.lr_schedule` ("chosen": per split, on validation, from the first two)."""
 
 
 def _is_number(value: Any) -> bool:
@@ -159,7 +159,9 @@ class UCIConfig:
     # constant sigma^(2 beta); 0 is the Gaussian NLL, 1 weighs every row's squared error alike
     beta_nll: float = 0.0
     # the learning rate over the epochs: "constant" (the published protocol) or "cosine" (lr x (1 + cos(pi e / E))
-    # / 2 at epoch e of E, ending near 0, so the last epochs do not land on a random point of an oscillation)
+    # / 2 at epoch e of E, ending near 0, so the last epochs do not land on a random point of an oscillation);
+    # "chosen": the grid search runs under both, and each split takes the one whose grid reached the higher
+    # validation LL, so the schedule is chosen as the rate is (twice the training)
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:

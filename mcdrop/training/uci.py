@@ -31,7 +31,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from mcdrop.sampling import functional as F
 from mcdrop.sampling.engine import DropoutConfigError, MCEngine
 from mcdrop.sampling.layers import MCDropoutLayer
 from mcdrop.training import stack_kernel
-from mcdrop.training.configs import UCIConfig
+from mcdrop.training.configs import ConfigError, UCIConfig
 from mcdrop.training.data import UCIDataset
 from mcdrop.uncertainty import metrics as M
 
@@ -64,6 +64,7 @@ class SplitResult:
     ll: float
     val_ll: dict[str, float] = field(default_factory=dict)  # "p=..,tau=.." (or "p=..") -> validation LL
     mc_off: bool = False  # heteroscedastic only: the engine refused MC mode, scored by the deterministic pass
+    lr_schedule: str | None = None  # lr_schedule "chosen": the schedule this split took
 
 
 @dataclass
@@ -232,6 +233,10 @@ def _fit_many(
                       dtype=torch.float32)
     ys = torch.tensor(np.stack([(dataset.y[r] - m) / s for r, (m, s) in zip(row_sets, y_stats, strict=True)]),
                       dtype=torch.float32)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' or 'cosine' to train one network "
+                                         f"('chosen' is a choice between runs: run_protocol), but got "
+                                         f"{config.lr_schedule!r}")
     owner = torch.tensor([k for k, pp in enumerate(pairs) for _ in pp])
     flat = [pair for pp in pairs for pair in pp]
     p = torch.tensor([pair[0] for pair in flat], dtype=torch.float32)
@@ -342,7 +347,13 @@ def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
         heteroscedastic: the heteroscedastic network; its grid is the dataset's dropout rates alone.
         only: run just these split indices (e.g. one chunk of a resumable run: :mod:`mcdrop.training.uci_resume`);
             the seeds of split ``k``'s scoring depend on ``k`` only, its training on ``config.seed`` and the set.
+
+    ``config.lr_schedule == "chosen"``: the protocol runs once per schedule (constant, cosine), each exactly as
+    on its own, and each split keeps the run whose grid reached the higher validation LL (its best pair's;
+    ties: constant), a grid search over (p, tau, schedule) on the same validation rows.
     """
+    if config.lr_schedule == "chosen":
+        return _choose_schedule(dataset, config, log=log, heteroscedastic=heteroscedastic, only=only)
     log = log or (lambda _m: None)
     start = time.perf_counter()
     indices = list(only) if only is not None else list(range(config.splits or len(dataset.splits)))
@@ -380,6 +391,25 @@ def run_protocol(dataset: UCIDataset, config: UCIConfig, *, log: Log | None = No
     head = Task.HETEROSCEDASTIC if heteroscedastic else Task.HOMOSCEDASTIC
     return UCIResult(dataset.name, len(dataset.y), dataset.x.shape[1], config.epochs(dataset), config, results,
                      time.perf_counter() - start, head.value)
+
+
+def _choose_schedule(dataset: UCIDataset, config: UCIConfig, *, log: Log | None, heteroscedastic: bool,
+                     only: Sequence[int] | None) -> UCIResult:
+    """:func:`run_protocol` with the learning-rate schedule chosen per split on validation LL."""
+    runs = [run_protocol(dataset, replace(config, lr_schedule=s), log=log, heteroscedastic=heteroscedastic, only=only)
+            for s in ("constant", "cosine")]
+
+    def best_val(s: SplitResult) -> float:
+        return max((v for v in s.val_ll.values() if math.isfinite(v)), default=-math.inf)
+
+    splits = []
+    for per in zip(*(r.splits for r in runs), strict=True):
+        won = max(range(len(runs)), key=lambda i: best_val(per[i]))  # the first of equals: constant
+        merged = {f"{r.config.lr_schedule} {k}": v for r, s in zip(runs, per, strict=True) for k, v in s.val_ll.items()}
+        splits.append(replace(per[won], val_ll=merged, lr_schedule=runs[won].config.lr_schedule))
+    first = runs[0]
+    return UCIResult(first.dataset, first.n_rows, first.n_features, first.epochs, config, splits,
+                     sum(r.seconds for r in runs), first.head)
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

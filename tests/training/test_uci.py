@@ -251,3 +251,24 @@ def test_cli_uci_flags_are_checked(cli, tmp_path, flags, message):
     run = cli("bench", "uci", "--quick", *flags, "-o", tmp_path / "b.md")
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "b.md").exists()
+
+
+def test_chosen_schedule_takes_each_splits_better_validated_run():
+    """lr_schedule "chosen" is the two single-schedule runs and, per split, the one whose grid reached the higher
+    validation LL: each split's result is that run's own (same seeds), chosen on validation rows alone."""
+    ds = linear_dataset(n=300, noise=0.5)
+    base = dict(epochs_multiplier=1, samples=50, val_samples=50, seed=0, beta_nll=0.5)
+    runs = {s: uci.run_protocol(ds, uci.UCIConfig(lr_schedule=s, **base), heteroscedastic=True)
+            for s in ("constant", "cosine")}
+    chosen = uci.run_protocol(ds, uci.UCIConfig(lr_schedule="chosen", **base), heteroscedastic=True)
+    assert len(chosen.splits) == 2 and chosen.config.lr_schedule == "chosen"
+    for k, got in enumerate(chosen.splits):
+        best = {s: max(r.splits[k].val_ll.values()) for s, r in runs.items()}
+        want = max(best, key=best.__getitem__)
+        assert got.lr_schedule == want
+        mine = runs[want].splits[k]
+        assert (got.dropout, got.rmse, got.ll) == (mine.dropout, mine.rmse, mine.ll)
+        assert got.val_ll == {f"{s} {key}": v for s, r in runs.items() for key, v in r.splits[k].val_ll.items()}
+    assert {s.rmse for s in runs["constant"].splits} != {s.rmse for s in runs["cosine"].splits}  # two real runs
+    with pytest.raises(uci.ConfigError, match="'chosen' is a choice between runs"):
+        uci.fit_regressor(ds, 0.05, None, uci.UCIConfig(lr_schedule="chosen", **base))
