@@ -42,19 +42,28 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--heteroscedastic", action="store_true",
                    help="grid search over p of a network that predicts mean and log-variance (no tau grid)")
     u.add_argument("--beta-nll", type=float, metavar="BETA",
-                   help="with --heteroscedastic: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
+                   help="with --heteroscedastic or --concrete: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
                         "constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
     u.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="grid search: the learning rate over the epochs (constant, the default and the published "
                         "protocol; cosine decays it to 0 by the last epoch; chosen runs both and takes, per split, "
                         "the one with the higher validation LL, at twice the training time)")
+    c = u.add_argument_group("Concrete dropout (with --concrete; the defaults are the published recipe)")
+    c.add_argument("--rate-objective", choices=("elbo", "validation"),
+                   help="what the rates learn from: elbo, the training loss and the Concrete prior (the default); "
+                        "validation, the MC predictive NLL of the last 20%% of the training rows, then a retraining "
+                        "on all of them at the learned rates")
+    c.add_argument("--floor", type=float, metavar="P", help="a lower bound on every rate (default: none)")
+    c.add_argument("--cap", type=float, metavar="P", help="an upper bound on every rate (default: none)")
+    c.add_argument("--keep-best", action="store_true",
+                   help="with --rate-objective validation: the rates of the check with the lowest held-out NLL")
     u.set_defaults(run=run_uci)
 
 
 def run_uci(args: argparse.Namespace) -> int:
     import torch
 
-    from mcdrop.training.concrete_uci import run_concrete, summarize_concrete
+    from mcdrop.training.concrete_uci import ConcreteOptions, run_concrete, summarize_concrete
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import UCI_DATASETS, DataNotFoundError, load_uci
     from mcdrop.training.uci import UCIConfig, run_protocol, summarize
@@ -68,8 +77,20 @@ def run_uci(args: argparse.Namespace) -> int:
         raise CLIError("--heteroscedastic: --concrete always has the heteroscedastic head; give one of the two", 2)
     if args.concrete and args.lr_schedule is not None:
         raise CLIError("--lr-schedule: sets the grid search's training; --concrete trains with its own options", 2)
-    if args.beta_nll is not None and not args.heteroscedastic:
-        raise CLIError("--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic with it", 2)
+    if args.beta_nll is not None and not (args.heteroscedastic or args.concrete):
+        raise CLIError("--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic (or "
+                       "--concrete) with it", 2)
+    concrete_flags = {"rate_objective": args.rate_objective, "floor": args.floor, "cap": args.cap,
+                      "keep_best": args.keep_best or None}
+    for name, value in concrete_flags.items():
+        if value is not None and not args.concrete:
+            raise CLIError(f"--{name.replace('_', '-')}: sets how Concrete dropout learns its rates; give --concrete "
+                           f"with it", 2)
+    try:
+        options = ConcreteOptions(**{k: v for k, v in concrete_flags.items() if v is not None})
+    except ValueError as err:
+        flag = next((k for k in concrete_flags if str(err).startswith(f"{k} ")), "concrete")
+        raise CLIError(f"--{flag.replace('_', '-')}: {err}", 2) from err
     given = {k: v for k, v in vars(args).items() if v is not None}
     settings = {**FULL, **(QUICK if args.quick else {}), **given}
     datasets = settings.get("datasets") or list(UCI_DATASETS)
@@ -88,14 +109,15 @@ def run_uci(args: argparse.Namespace) -> int:
             dataset = load_uci(name, args.data_root)
         except DataNotFoundError as err:
             raise CLIError(str(err)) from err
-        result = run_concrete(dataset, config, log=log) if args.concrete else \
+        result = run_concrete(dataset, config, log=log, options=options) if args.concrete else \
             run_protocol(dataset, config, log=log, heteroscedastic=args.heteroscedastic)
         log(summary([result]).splitlines()[-1])
         results.append(result)
     table = summary(results)
     print(table)
     if args.concrete:
-        header = (f"UCI benchmark, Concrete dropout (learned rates, heteroscedastic head): epochs "
+        beta = f", beta-NLL beta = {config.beta_nll:g}" if config.beta_nll else ""
+        header = (f"UCI benchmark, Concrete dropout (learned rates: {options.label()}{beta}): epochs "
                   f"x{config.epochs_multiplier:g}, T = {config.samples}, seed {config.seed}, "
                   f"{torch.get_num_threads()} threads.\n\n")
     else:

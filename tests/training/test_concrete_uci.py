@@ -101,6 +101,15 @@ def test_cli_concrete_switch(cli, tmp_path, monkeypatch):
     assert bad.returncode == 2 and "--val-samples" in bad.stderr
     both = cli("bench", "uci", "--concrete", "--heteroscedastic", "--datasets", "synthetic", "-o", out)
     assert both.returncode == 2 and "--heteroscedastic" in both.stderr
+    held = cli("bench", "uci", "--concrete", "--rate-objective", "validation", "--floor", "0.005", "--cap", "0.1",
+               "--keep-best", "--beta-nll", "0.5", "--datasets", "synthetic", "--epochs-multiplier", "0.25",
+               "--samples", "50", "--threads", "1", "-o", out)
+    assert held.returncode == 0, held.stderr
+    assert "floor 0.005, cap 0.1, rates on held-out NLL (S = 8), best check, beta-NLL beta = 0.5" in out.read_text()
+    [row] = json.loads(out.with_suffix(".json").read_text())
+    assert row["options"]["keep_best"] and row["config"]["beta_nll"] == 0.5
+    for split in row["splits"]:
+        assert split["rate_epoch"] >= 1 and 0.005 - 1e-6 <= split["p_input"] <= 0.1 + 1e-6
 
 
 def test_collapsed_rates_are_scored_by_the_deterministic_pass():

@@ -246,6 +246,11 @@ def test_cli_heteroscedastic_switch(cli, tmp_path, monkeypatch):
     (["--beta-nll", "0.5"], "--beta-nll: weighs the heteroscedastic network's loss; give --heteroscedastic"),
     (["--heteroscedastic", "--beta-nll", "2"], "--beta-nll: "),
     (["--concrete", "--lr-schedule", "cosine"], "--lr-schedule: sets the grid search's training"),
+    (["--floor", "0.01"], "--floor: sets how Concrete dropout learns its rates; give --concrete"),
+    (["--keep-best"], "--keep-best: sets how Concrete dropout learns its rates"),
+    (["--concrete", "--keep-best"], "--keep-best: keep_best picks the rates on held-out rows"),
+    (["--concrete", "--floor", "0.05", "--cap", "0.01"], "--cap: cap has to be in (floor, 1]"),
+    (["--concrete", "--rate-objective", "test"], "--rate-objective: invalid choice"),
 ])
 def test_cli_uci_flags_are_checked(cli, tmp_path, flags, message):
     run = cli("bench", "uci", "--quick", *flags, "-o", tmp_path / "b.md")
