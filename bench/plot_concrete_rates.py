@@ -25,7 +25,8 @@ from mcdrop.training.uci_resume import load_results
 def label(key: dict) -> str:
     o = key["options"]
     parts = ["heteroscedastic" if o["heteroscedastic"] else "homoscedastic, τ grid"]
-    parts.append(f"rate lr {o['rate_lr']:g}" if o["rate_lr"] else "rate lr = lr")
+    if o["rate_lr"]:
+        parts.append(f"rate lr {o['rate_lr']:g}")
     if o["floor"]:
         parts.append(f"floor {o['floor']:g}")
     if o.get("cap", 1.0) < 1:
@@ -34,7 +35,9 @@ def label(key: dict) -> str:
         parts.append(f"β-NLL {key['beta_nll']:g}")
     if o.get("rate_objective") == "validation":
         parts.append(f"rates on held-out NLL (S = {o['val_passes']})" + (", best check" if o.get("keep_best") else ""))
-    return ", ".join(parts) + f" ({key['epochs']} epochs)"
+    else:
+        parts.append("rates on the training loss (ELBO)")
+    return ", ".join(parts) + f", {key['epochs']} epochs"
 
 
 def main() -> int:
@@ -50,7 +53,9 @@ def main() -> int:
                 runs.setdefault(label(line["key"]), []).append(line)
     if not runs:
         raise SystemExit(f"no traced Concrete runs of {args.dataset} in {', '.join(map(str, args.files))}")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    entries = len(runs) + sum(any(line["result"].get("rate_epoch") for line in lines) for lines in runs.values()) + 1
+    height = 4.6 + 0.2 * entries
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
     for (name, lines), colour in zip(runs.items(), plt.cm.tab10.colors, strict=False):
         trace = np.array([line["trace"] for line in lines])  # (splits, E, 3): epoch, p_input, p_hidden
         epochs = trace[0, :, 0]
@@ -61,7 +66,7 @@ def main() -> int:
                     for line in lines if line["result"].get("rate_epoch")]
             if kept:  # keep_best: the rates each split kept, at the check they were taken
                 ax.scatter(*zip(*kept, strict=True), color=colour, edgecolor="k", s=22, zorder=3,
-                           label=f"{name}: the rates kept (one dot a split)" if col == 2 else None)
+                           label="  the rates kept by each split (keep_best)" if col == 2 else None)
     for ax, title in zip(axes, ("input layer", "hidden layer"), strict=True):
         ax.axhspan(0.005, 0.1, color="0.9", zorder=0, label="the grid's rates (0.005–0.1)")
         ax.set_yscale("log")
@@ -70,8 +75,8 @@ def main() -> int:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("p (median over splits; band: min–max)")
     handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2)
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.legend(handles, labels, fontsize=8, loc="lower left", ncol=1, frameon=False)
+    fig.tight_layout(rect=(0, (0.2 * entries + 0.15) / height, 1, 1))
     fig.savefig(args.output, dpi=110)
     print(f"wrote {args.output}")
     return 0
