@@ -11,6 +11,7 @@ the median over splits as a line, the range over splits as a band; the grid's ra
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib
@@ -19,23 +20,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mcdrop.training.concrete_uci import ConcreteOptions, RateObjective
 from mcdrop.training.uci_resume import load_results
 
 
 def label(key: dict) -> str:
-    o = key["options"]
-    parts = ["heteroscedastic" if o["heteroscedastic"] else "homoscedastic, τ grid"]
-    if o["rate_lr"]:
-        parts.append(f"rate lr {o['rate_lr']:g}")
-    if o["floor"]:
-        parts.append(f"floor {o['floor']:g}")
-    if o.get("cap", 1.0) < 1:
-        parts.append(f"cap {o['cap']:g}")
+    """The run's options as :meth:`ConcreteOptions.label` names them, with beta-NLL and the epochs."""
+    known = {f.name for f in fields(ConcreteOptions)}
+    options = ConcreteOptions(**{k: v for k, v in key["options"].items() if k in known})
+    parts = [options.label()]
     if key.get("beta_nll"):
         parts.append(f"β-NLL {key['beta_nll']:g}")
-    if o.get("rate_objective") == "validation":
-        parts.append(f"rates on held-out NLL (S = {o['val_passes']})" + (", best check" if o.get("keep_best") else ""))
-    else:
+    if options.rate_objective is RateObjective.ELBO:
         parts.append("rates on the training loss (ELBO)")
     return ", ".join(parts) + f", {key['epochs']} epochs"
 
