@@ -96,7 +96,8 @@ def main() -> int:
     if args.val_passes is not None and args.rate_objective != "validation":
         ap.error("--val-passes: only with --rate-objective validation")
     try:
-        options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, cap=args.cap, heteroscedastic=not args.homoscedastic,
+        options = ConcreteOptions(rate_lr=args.rate_lr, floor=args.floor, cap=args.cap,
+                                  heteroscedastic=not args.homoscedastic,
                                   trace_every=args.trace_every, rate_objective=args.rate_objective,
                                   val_passes=8 if args.val_passes is None else args.val_passes,
                                   keep_best=args.keep_best

@@ -42,8 +42,8 @@ def add_parser(sub: Any, name: str) -> None:
     u.add_argument("--heteroscedastic", action="store_true",
                    help="grid search over p of a network that predicts mean and log-variance (no tau grid)")
     u.add_argument("--beta-nll", type=float, metavar="BETA",
-                   help="with --heteroscedastic or --concrete: the beta-NLL loss, each row's NLL weighted by sigma^(2 BETA) held "
-                        "constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
+                   help="with --heteroscedastic or --concrete: the beta-NLL loss, each row's NLL weighted by "
+                        "sigma^(2 BETA) held constant (0, the default: the Gaussian NLL; 0.5 keeps noisy rows pulling the mean)")
     u.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="grid search: the learning rate over the epochs (constant, the default and the published "
                         "protocol; cosine decays it to 0 by the last epoch; chosen runs both and takes, per split, "

@@ -224,6 +224,10 @@ def _fit_many(
     """Train, for every row set ``k``, one network per ``(p, tau)`` in ``pairs[k]`` (all at once).
 
     ``tau`` None: a heteroscedastic network with ``lambda = l^2 (1 - p) / (2 N)`` (all pairs alike)."""
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' or 'cosine' to train one network "
+                                         f"('chosen' is a choice between runs: run_protocol), but got "
+                                         f"{config.lr_schedule!r}")
     sizes = {len(r) for r in row_sets}
     if len(sizes) > 1:  # stacking needs equal sizes; train each row set on its own
         return [_fit_many(dataset, [r], [pp], config, generator)[0] for r, pp in zip(row_sets, pairs, strict=True)]
@@ -233,10 +237,6 @@ def _fit_many(
                       dtype=torch.float32)
     ys = torch.tensor(np.stack([(dataset.y[r] - m) / s for r, (m, s) in zip(row_sets, y_stats, strict=True)]),
                       dtype=torch.float32)
-    if config.lr_schedule not in ("constant", "cosine"):
-        raise ConfigError("lr_schedule", f"lr_schedule has to be 'constant' or 'cosine' to train one network "
-                                         f"('chosen' is a choice between runs: run_protocol), but got "
-                                         f"{config.lr_schedule!r}")
     owner = torch.tensor([k for k, pp in enumerate(pairs) for _ in pp])
     flat = [pair for pp in pairs for pair in pp]
     p = torch.tensor([pair[0] for pair in flat], dtype=torch.float32)
