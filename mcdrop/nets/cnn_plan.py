@@ -30,7 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from mcdrop.nets.mlp_plan import _version
 from mcdrop.nets.models import DropoutCNN
 from mcdrop.sampling import functional as F
-from mcdrop.sampling import rng, runtime
+from mcdrop.sampling import rng, runtime, winograd
 from mcdrop.sampling.engine import dropout_layers, keyed_function, register_fast_path
 from mcdrop.sampling.layers import ChannelDropout, Dropout
 
@@ -39,12 +39,35 @@ __all__ = ["CNNPlan"]
 _PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
 
 
+def _pooled_conv(layers: list[nn.Module], i: int) -> bool:
+    """Whether ``layers[i:i + 4]`` is a 3x3 convolution (stride 1, zero padding 1, undilated, ungrouped), a
+    BatchNorm2d, a ReLU and a 2x2 max pooling (stride 2, unpadded, floor): what the fused kernel computes."""
+    if i + 3 >= len(layers):
+        return False
+    conv, bn, relu, pool = layers[i], layers[i + 1], layers[i + 2], layers[i + 3]
+    return type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and type(relu) is nn.ReLU \
+        and type(pool) is nn.MaxPool2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1) \
+        and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 \
+        and conv.padding_mode == "zeros" and _pairs(pool.kernel_size) == (2, 2) \
+        and _pairs(pool.stride) == (2, 2) and _pairs(pool.padding) == (0, 0) and _pairs(pool.dilation) == (1, 1) \
+        and not pool.ceil_mode and not pool.return_indices
+
+
+def _pairs(v: object) -> object:
+    return tuple(v) if isinstance(v, tuple | list) else (v, v)
+
+
 class _Folded:
-    """The numbers one pass reads: each Conv2d with the BatchNorm after it folded in (by the conv's id), and the
-    mixing basis' weights ``(C, k*k, O)`` and bias ``(O,)`` for the convolution after the first dropout."""
+    """The numbers one pass reads: each Conv2d with the BatchNorm after it folded in (by the conv's id), those
+    followed by ReLU and 2x2 max pooling also packed for the fused kernel (when it is built), and the mixing
+    basis' weights ``(C, k*k, O)`` and bias ``(O,)`` for the convolution after the first dropout; and the weight
+    of the Linear after the Flatten with its columns in channels-last order, ``W.view(F, C, HW).transpose(1, 2)``
+    (by the Linear's id), so a channels-last map is flattened without a copy."""
 
     def __init__(self, layers: list[nn.Module], first: int) -> None:
         self.convs: dict[int, tuple[Tensor, Tensor]] = {}
+        self.pooled: dict[int, winograd.PackedConv] = {}
+        self.kernel = kernel = winograd.load()
         with torch.no_grad():
             for i, m in enumerate(layers):
                 if type(m) is nn.Conv2d and i + 1 < len(layers) and type(layers[i + 1]) is nn.BatchNorm2d:
@@ -53,6 +76,17 @@ class _Folded:
                     fw, fb = fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps,
                                                   bn.weight, bn.bias)
                     self.convs[id(m)] = (fw.detach().contiguous(memory_format=torch.channels_last), fb.detach())
+                    if kernel is not None and _pooled_conv(layers, i):
+                        self.pooled[id(m)] = winograd.pack_weights(fw, fb, kernel.nr)
+            self.hwc_linear: dict[int, Tensor] = {}
+            channels = [m.out_channels for m in layers if type(m) is nn.Conv2d]
+            for i, m in enumerate(layers[:-1]):
+                lin = layers[i + 1]
+                if type(m) is nn.Flatten and isinstance(lin, nn.Linear) and channels \
+                        and lin.in_features % channels[-1] == 0:
+                    f = lin.out_features
+                    self.hwc_linear[id(lin)] = lin.weight.detach().view(f, channels[-1], -1).transpose(1, 2) \
+                        .reshape(f, -1)
         conv = layers[first + 1]
         w, self.bias = self.convs[id(conv)]
         o, c = w.shape[:2]
@@ -145,8 +179,10 @@ class CNNPlan:
                 """Module ``m``'s keys in (row, sample) order ``(B, S)``, the order the pairs run in."""
                 return rng.stream_keys(row_key, (self._streams[id(m)], 0), rows[r0:r1], samples).t().contiguous()
 
-            y = self._mix(h[r0:r1], folded, keys(self._layers[self._first]))
-            y = self._run(self._layers[self._first + 3:], y, folded, keys) / model.temperature
+            rest = self._layers[self._first + 3:]
+            deferred = _fused_at(rest, 0, self._out_size(h), folded) is not None  # the kernel adds the bias
+            y = self._mix(h[r0:r1], folded, keys(self._layers[self._first]), bias=not deferred)
+            y = self._run(rest, y, folded, keys, folded.bias if deferred else None) / model.temperature
             if out is None:
                 out = torch.empty((s, b, *y.shape[1:]), dtype=y.dtype)
             out[:, r0:r1] = y.view(r1 - r0, s, *y.shape[1:]).transpose(0, 1)
@@ -157,27 +193,50 @@ class CNNPlan:
         """``(H', W')`` of the convolution after the first dropout on ``h`` ``(B, C, H, W)``."""
         return (h.shape[2] + 2 * self._pad[0] - self._kernel[0] + 1, h.shape[3] + 2 * self._pad[1] - self._kernel[1] + 1)
 
-    def _mix(self, h: Tensor, folded: _Folded, keys: Tensor) -> Tensor:
-        """The first dropout, its convolution and BatchNorm, for every (row, sample) pair: ``(B, C, H, W)`` and
-        keys ``(B, S)`` -> ``(B * S, O, H', W')`` (channels-last memory)."""
+    def _mix(self, h: Tensor, folded: _Folded, keys: Tensor, bias: bool = True) -> Tensor:
+        """The first dropout, its convolution and BatchNorm (less the bias unless ``bias``), for every (row, sample)
+        pair: ``(B, C, H, W)`` and keys ``(B, S)`` -> ``(B * S, O, H', W')`` (channels-last memory)."""
         drop = self._layers[self._first]
         assert isinstance(drop, ChannelDropout)
         b, c = h.shape[:2]
         (ho, wo), (kh, kw) = self._out_size(h), self._kernel
         cols = tF.unfold(h, self._kernel, padding=self._pad).view(b, c, kh * kw, ho * wo)
         basis = torch.matmul(cols.transpose(2, 3), folded.basis_weight)  # (B, C, H'W', O): conv_c(h_c) per c
-        _, _, p_used = F.quantized_rate(drop.p)
-        mask = F.keep_mask(keys, c, drop.p).mul_(1.0 / (1.0 - p_used))  # (B, S, C)
         o = folded.basis_weight.shape[2]
-        mixed = torch.baddbmm(folded.bias.repeat(ho * wo), mask, basis.view(b, c, -1))  # (B, S, H'W'O)
+        mask = _scale(drop, keys, c)
+        mixed = torch.baddbmm(folded.bias.repeat(ho * wo), mask, basis.view(b, c, -1)) if bias \
+            else torch.bmm(mask, basis.view(b, c, -1))  # (B, S, H'W'O)
         return mixed.view(-1, ho, wo, o).permute(0, 3, 1, 2)
 
     def _run(self, layers: list[nn.Module], y: Tensor, folded: _Folded,
-             keys: Callable[[nn.Module], Tensor] | None) -> Tensor:
-        """``layers`` in eval mode, BatchNorms folded, ReLU after pooling; dropout keyed by ``keys(module)``."""
+             keys: Callable[[nn.Module], Tensor] | None, input_bias: Tensor | None = None) -> Tensor:
+        """``layers`` in eval mode on ``y + input_bias`` (per channel), BatchNorms folded, ReLU after pooling, each
+        3x3 convolution followed by ReLU and 2x2 pooling (with the ReLU before it and a channel dropout after it)
+        one call of the fused kernel; dropout keyed by ``keys(module)``."""
+        if input_bias is not None and _fused_at(layers, 0, tuple(y.shape[2:]), folded) is None:
+            y, input_bias = y + input_bias.view(1, -1, 1, 1), None
         i = 0
         while i < len(layers):
             m = layers[i]
+            fused = _fused_at(layers, i, tuple(y.shape[2:]), folded)
+            if fused is not None:
+                assert folded.kernel is not None
+                packed, relu = fused
+                i += 5 if relu else 4  # (ReLU,) conv, BatchNorm, ReLU, pooling
+                drop = layers[i] if i < len(layers) else None
+                scale = None
+                if keys is not None and type(drop) is ChannelDropout:  # fused: its mask scales the kernel's output
+                    scale, i = _scale(drop, keys(drop), packed.out_channels).view(-1, packed.out_channels), i + 1
+                y = folded.kernel.conv3x3_pool(y, packed, input_bias=input_bias, relu_input=relu, scale=scale)
+                input_bias = None
+                continue
+            if type(m) is nn.Flatten and i + 1 < len(layers) and id(layers[i + 1]) in folded.hwc_linear \
+                    and y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+                lin = layers[i + 1]
+                assert isinstance(lin, nn.Linear)
+                y = tF.linear(y.permute(0, 2, 3, 1).reshape(y.shape[0], -1), folded.hwc_linear[id(lin)], lin.bias)
+                i += 2
+                continue
             if type(m) is nn.Conv2d and id(m) in folded.convs:
                 w, bias = folded.convs[id(m)]
                 y = tF.conv2d(y, w, bias, m.stride, m.padding, m.dilation, m.groups)
@@ -198,6 +257,25 @@ class CNNPlan:
                 y = m(y)
             i += 1
         return y
+
+
+def _fused_at(layers: list[nn.Module], i: int, size: tuple[int, ...], folded: _Folded) \
+        -> tuple[winograd.PackedConv, bool] | None:
+    """The packed convolution and whether a ReLU comes before it, when the fused kernel runs ``layers`` from ``i``
+    on maps of ``size`` ``(H, W)``: ``(ReLU,) Conv2d, BatchNorm2d, ReLU, MaxPool2d``, the convolution packed, the
+    maps at least 2x2."""
+    if folded.kernel is None or i >= len(layers) or len(size) != 2 or min(size) < 2:
+        return None
+    relu = type(layers[i]) is nn.ReLU and i + 1 < len(layers)
+    packed = folded.pooled.get(id(layers[i + 1] if relu else layers[i]))
+    return None if packed is None else (packed, relu)
+
+
+def _scale(drop: ChannelDropout, keys: Tensor, channels: int) -> Tensor:
+    """The channel dropout's keep mask over its scale, ``m / (1 - p)``: keys ``(B, S)`` -> ``(B, S, channels)``,
+    as :func:`~mcdrop.sampling.functional.mc_channel_dropout` draws it."""
+    _, _, p_used = F.quantized_rate(drop.p)
+    return F.keep_mask(keys, channels, drop.p).mul_(1.0 / (1.0 - p_used))
 
 
 register_fast_path(DropoutCNN, CNNPlan.for_model)

@@ -12,6 +12,7 @@ from mcdrop import MCEngine
 from mcdrop.nets import cnn_plan
 from mcdrop.nets.cnn_plan import CNNPlan
 from mcdrop.nets.models import DropoutCNN
+from mcdrop.sampling import kernels, winograd
 from tests.conftest import ALPHA
 from tests.tolerances import assert_outputs_close
 
@@ -52,6 +53,8 @@ def both(m: nn.Module, x: torch.Tensor, n: int, **kwargs) -> tuple[torch.Tensor,
     {"convs_per_block": 1, "channels": (3, 5, 7), "channel_dropout": (0.5, 0.1, 0.2), "hidden": (9, 8)},
     {"convs_per_block": 1, "channels": (3, 4, 5), "channel_dropout": (0.0, 0.75, 0.2)},  # first dropout: block 2
     {"image_shape": (7, 9), "channels": (2, 3), "channel_dropout": (5 / 256, 0.5)},  # odd sizes, 8- and 1-bit lanes
+    {"image_shape": (16, 22), "channels": (3, 5, 17), "channel_dropout": (0.2, 0.3, 0.1)},  # fused kernel thrice
+    {"image_shape": (9, 13), "channels": (4, 6, 5), "channel_dropout": (0.0, 0.25, 0.5)},   # first dropout: block 2
 ])
 def test_equals_generic_path(kwargs):
     m = model(**kwargs)
@@ -88,6 +91,24 @@ def test_the_shipped_classifier_equals_the_generic_path():
     x = torch.rand(3, m.in_features)
     got, want = both(m, x, 9, seed=11)
     assert_outputs_close(got, want)
+    if winograd.load() is not None:  # both blocks' second convolution, their pooling and ReLU in the fused kernel
+        folded = MCEngine(m)._fast_path()._current()
+        assert [id(m.net[i]) for i in (3, 11)] == list(folded.pooled)
+
+
+def test_without_the_fused_convolution_the_plan_runs_torch_convolutions(monkeypatch):
+    """No compiler, a failed build or MCDROP_KERNELS=0: the plan folds and mixes as before, and convolves with
+    torch."""
+    m = model(image_shape=(16, 22), channels=(3, 5, 17), channel_dropout=(0.2, 0.3, 0.1))
+    x = torch.rand(6, m.in_features)
+    with_kernel, want = both(m, x, 13, seed=2)
+    monkeypatch.setenv("MCDROP_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    assert winograd.load() is None
+    got, _ = both(m, x, 13, seed=2)
+    assert not MCEngine(m)._fast_path()._current().pooled
+    assert_outputs_close(got, want)
+    assert_outputs_close(with_kernel, want)
 
 
 def test_row_seeds_positions_first_sample_and_consistent_mode_follow_the_keys():
