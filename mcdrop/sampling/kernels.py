@@ -87,11 +87,10 @@ class Kernels:
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one ends
-                old, self._pool_size = self._pool, threads
+            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one is not
+                # shut down: another call may still be submitting to it (its idle threads end with the process)
+                self._pool_size = threads
                 self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mcdrop-kernel")
-                if old is not None:
-                    old.shutdown(wait=False)
             return self._pool
 
     def describe(self) -> str:

@@ -5,6 +5,11 @@ kernel is (:func:`mcdrop.sampling.kernels.compile_library`); without it callers 
 2016): each pooling window is one 2x2 output tile, and ``U = G W G^T`` turns its 36 products per input channel and
 output into 16.  The transformed weights are made once per weight version (:func:`pack_weights`, in float64, then
 rounded), so a call costs the input transform, ``16 (H/2)(W/2) C O`` multiply-adds and the output transform.
+
+Finite inputs give torch's answer within float32 rounding. The transforms add and subtract neighbouring inputs,
+so an infinite input, or finite ones within a factor of a few of float32's largest, can give NaN where a direct
+convolution gives an infinity or a large finite number (non-finite either way for an infinite input; mcdrop's
+doors refuse non-finite inputs).
 """
 
 from __future__ import annotations
@@ -68,16 +73,24 @@ class Winograd:
         ``x`` ``(N, C, H, W)``: ``ib`` ``input_bias`` ``(C,)`` (broadcast over the pixels; None: zeros), ``r`` ReLU
         when ``relu_input`` (else the identity), ``scale`` ``(N, O)`` (None: ones). Returned
         ``(N, O, H // 2, W // 2)`` in channels-last memory (``x`` is read channels-last, copied if it is not)."""
+        if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or min(x.shape[2:]) < 2:
+            raise ValueError(f"the fused convolution takes float32 CPU maps (N, C, H, W) of at least 2x2, but got "
+                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
         n, c, h, w = x.shape
         o = packed.out_channels
+        if packed.u.shape[1:3] != (16, c) or packed.u.dtype != torch.float32 or packed.bias.dtype != torch.float32:
+            raise ValueError(f"weights packed for {packed.u.shape[2]} input channels, but the maps have {c}")
         nhwc = x.permute(0, 2, 3, 1).contiguous()
         y = torch.empty((n, h // 2, w // 2, o), dtype=torch.float32)
         if scale is not None:
             scale = scale.contiguous()
-            assert scale.shape == (n, o) and scale.dtype == torch.float32
+            if scale.shape != (n, o) or scale.dtype != torch.float32:
+                raise ValueError(f"scale must be float32 {(n, o)}, but got {scale.dtype} {tuple(scale.shape)}")
         if input_bias is not None:
             input_bias = input_bias.contiguous()
-            assert input_bias.shape == (c,) and input_bias.dtype == torch.float32
+            if input_bias.shape != (c,) or input_bias.dtype != torch.float32:
+                raise ValueError(f"input_bias must be float32 {(c,)}, but got {input_bias.dtype} "
+                                 f"{tuple(input_bias.shape)}")
         args = (n, h, w, c, o, int(relu_input), None if input_bias is None else input_bias.data_ptr(),
                 nhwc.data_ptr(), packed.u.data_ptr(), packed.bias.data_ptr(),
                 None if scale is None else scale.data_ptr(), y.data_ptr())
@@ -93,10 +106,9 @@ class Winograd:
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one ends
-                old, self._pool, self._pool_size = self._pool, ThreadPoolExecutor(threads, "mcdrop-winograd"), threads
-                if old is not None:
-                    old.shutdown(wait=False)
+            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one is not
+                # shut down: another call may still be submitting to it (its idle threads end with the process)
+                self._pool, self._pool_size = ThreadPoolExecutor(threads, "mcdrop-winograd"), threads
             return self._pool
 
 
