@@ -76,7 +76,7 @@ class _Folded:
                     fw, fb = fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps,
                                                   bn.weight, bn.bias)
                     self.convs[id(m)] = (fw.detach().contiguous(memory_format=torch.channels_last), fb.detach())
-                    if kernel is not None and _pooled_conv(layers, i):
+                    if kernel is not None and i != first + 1 and _pooled_conv(layers, i):  # not the mixed one
                         self.pooled[id(m)] = winograd.pack_weights(fw, fb, kernel.nr)
             self.hwc_linear: dict[int, Tensor] = {}
             channels = [m.out_channels for m in layers if type(m) is nn.Conv2d]

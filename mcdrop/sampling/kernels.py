@@ -32,13 +32,36 @@ import torch
 
 from mcdrop.errors import ModelError
 
-__all__ = ["KernelBuildError", "Kernels", "compile_library", "describe", "load", "load_once"]
+__all__ = ["GrowingPool", "KernelBuildError", "Kernels", "compile_library", "describe", "load", "load_once",
+           "threads_for"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_PAIRS_PER_THREAD = 16
 """Pairs a thread must have before the work is split (below it, waking a thread costs more than it saves)."""
+
+
+def threads_for(items: int) -> int:
+    """Threads for ``items`` independent pieces of work: torch's count, fewer when each would get under
+    :data:`MIN_PAIRS_PER_THREAD`."""
+    return max(1, min(torch.get_num_threads(), items // MIN_PAIRS_PER_THREAD))
+
+
+class GrowingPool:
+    """A thread pool for a kernel built without OpenMP: made at first use and grown (never rebuilt per call) when a
+    call needs more threads. An outgrown pool is not shut down: another call may still be submitting to it (its
+    idle threads end with the process)."""
+
+    def __init__(self, name: str) -> None:
+        self._name, self._size, self._lock = name, 0, threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def get(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._size < threads:
+                self._pool, self._size = ThreadPoolExecutor(threads, self._name), threads
+            return self._pool
 
 
 class KernelBuildError(ModelError, RuntimeError):
@@ -59,14 +82,12 @@ class Kernels:
         self.mlp_sample_part.argtypes = [i32, i32, *common]
         self.mlp_sample_part.restype = None
         self.openmp = bool(library.mcdrop_openmp())
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
-        self._pool_lock = threading.Lock()
+        self._pool = GrowingPool("mcdrop-kernel")
 
     def threads(self, pairs: int) -> int:
         """Threads for ``pairs`` passes: torch's count (with OpenMP, the same pool torch uses), fewer for small
         calls."""
-        return max(1, min(torch.get_num_threads(), pairs // MIN_PAIRS_PER_THREAD))
+        return threads_for(pairs)
 
     def sample(self, threads: int, *args: Any) -> None:
         """``mlp_sample(threads, *args)``: on OpenMP threads, or, in a build without OpenMP, as ``threads`` parts on
@@ -77,21 +98,13 @@ class Kernels:
             return
         nnz = args[-1]
         counts = [type(nnz)() for _ in range(threads)]
-        pool = self._executor(threads)
+        pool = self._pool.get(threads)
         futures = [pool.submit(self.mlp_sample_part, t, threads, *args[:-1], counts[t]) for t in range(threads)]
         for future in futures:
             future.result()
         for part in counts:
             for layer, value in enumerate(part):
                 nnz[layer] += value
-
-    def _executor(self, threads: int) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one is not
-                # shut down: another call may still be submitting to it (its idle threads end with the process)
-                self._pool_size = threads
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mcdrop-kernel")
-            return self._pool
 
     def describe(self) -> str:
         """One line for diagnostics: how the kernel runs on this machine."""

@@ -15,15 +15,13 @@ doors refuse non-finite inputs).
 from __future__ import annotations
 
 import ctypes
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from mcdrop.sampling.kernels import MIN_PAIRS_PER_THREAD, compile_library, load_once
+from mcdrop.sampling.kernels import GrowingPool, compile_library, load_once, threads_for
 
 __all__ = ["PackedConv", "Winograd", "load", "pack_weights"]
 
@@ -63,9 +61,7 @@ class Winograd:
         library.mcdrop_winograd_nr.restype = ctypes.c_int
         self.nr = int(library.mcdrop_winograd_nr())
         self.openmp = bool(library.mcdrop_openmp())
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
-        self._pool_lock = threading.Lock()
+        self._pool = GrowingPool("mcdrop-winograd")
 
     def conv3x3_pool(self, x: Tensor, packed: PackedConv, *, input_bias: Tensor | None = None,
                      relu_input: bool = False, scale: Tensor | None = None) -> Tensor:
@@ -94,22 +90,15 @@ class Winograd:
         args = (n, h, w, c, o, int(relu_input), None if input_bias is None else input_bias.data_ptr(),
                 nhwc.data_ptr(), packed.u.data_ptr(), packed.bias.data_ptr(),
                 None if scale is None else scale.data_ptr(), y.data_ptr())
-        threads = max(1, min(torch.get_num_threads(), n // MIN_PAIRS_PER_THREAD))
+        threads = threads_for(n)
         if self.openmp or threads == 1:
             failed = self._run(threads, *args)
         else:
-            pool = self._executor(threads)
+            pool = self._pool.get(threads)
             failed = max(f.result() for f in [pool.submit(self._part, t, threads, *args) for t in range(threads)])
         if failed:
             raise MemoryError("the fused convolution could not allocate its scratch memory")
         return y.permute(0, 3, 1, 2)
-
-    def _executor(self, threads: int) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool_size < threads:  # grown, not rebuilt per call; the old one is not
-                # shut down: another call may still be submitting to it (its idle threads end with the process)
-                self._pool, self._pool_size = ThreadPoolExecutor(threads, "mcdrop-winograd"), threads
-            return self._pool
 
 
 def _build() -> Winograd:
