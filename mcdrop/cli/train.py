@@ -193,7 +193,7 @@ def run_uci(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from mcdrop.nets.artifacts import save_model
     from mcdrop.sampling.engine import MCEngine
-    from mcdrop.training.classifier import ClassifierConfig, split_indices, train_classifier
+    from mcdrop.training.classifier import ClassifierConfig, calibrate_and_measure, split_indices, train_classifier
     from mcdrop.training.configs import ConfigError
     from mcdrop.training.data import FASHION_MNIST_CLASSES, DataNotFoundError, fashion_mnist_features, load_fashion_mnist
     from mcdrop.training.evaluation import evaluate_classifier
@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"{mode}: accuracy {row['accuracy']:.4f} nll {row['nll']:.4f} ece {row['ece']:.4f} brier {row['brier']:.4f}")
     calibrated = None
     if config.calibrate:
-        calibrated, extra = _calibrate(model, config, features, train_y, x_test, test_y, test_x, args.eval_samples)
+        calibrated, extra = calibrate_and_measure(model, config, features, train_y, x_test, test_y, test_x,
+                                                  args.eval_samples, log=log)
         metrics.update(extra)
     name = args.model_name or args.output.name
     parts = split_indices(len(train_y), config)
@@ -251,32 +252,3 @@ def run(args: argparse.Namespace) -> int:
     }, calibration=calibrated)
     log(f"saved {args.output} (sha256 {card.weights_sha256[:12]}...)")
     return 0
-
-
-def _calibrate(model: Any, config: Any, x: Any, y: Any, x_test: Any, y_test: Any, test_images: Any,
-               n_samples: int) -> tuple[Any, dict[str, Any]]:
-    """The calibration on the held-out parts, then its measurement on the test images and the OOD proxies."""
-    import torch
-
-    from mcdrop.sampling.engine import MCEngine
-    from mcdrop.training.calibrate import calibrate_classifier, coverage_report, ood_report
-    from mcdrop.training.classifier import split_indices
-    from mcdrop.training.data import FASHION_MNIST_CLASSES
-    from mcdrop.training.proxies import PROXIES, make_proxy
-
-    parts = split_indices(len(y), config)
-    log(f"calibrating: density on {len(parts['train'])} training images, standardised on "
-        f"{len(parts['temperature'])}, thresholds and conformal scores on {len(parts['calibration'])}")
-    calibrated = calibrate_classifier(
-        model, train=(x[parts["train"]], y[parts["train"]]),
-        temperature=(x[parts["temperature"]], y[parts["temperature"]]),
-        calibration=(x[parts["calibration"]], y[parts["calibration"]]), n_classes=10,
-        class_names=FASHION_MNIST_CLASSES, n_samples=n_samples, seed=config.seed)
-    coverage = coverage_report(calibrated, model, (x_test, y_test), n_samples=n_samples, seed=0)
-    images = (test_images.numpy() / 255.0).astype("float32")
-    proxies = {name: torch.from_numpy(make_proxy(name, images)).reshape(-1, 784) for name in PROXIES}
-    ood = ood_report(MCEngine(model), calibrated, x_test, proxies, n_samples=n_samples)
-    for proxy, row in ood.items():
-        log(f"OOD {proxy}: ood_score AUROC {row['ood_score']['auroc']:.3f} FPR95 {row['ood_score']['fpr95']:.3f}; "
-            f"MI AUROC {row['mc_mutual_information']['auroc']:.3f}")
-    return calibrated, {"test_conformal": coverage, "ood_proxies": ood}

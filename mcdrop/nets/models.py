@@ -122,8 +122,10 @@ class DropoutMLP(nn.Module):
         return torch.stack([mean, log_var], dim=-1)
 
     def feature_layers(self) -> list[str]:
-        """Names of the modules whose outputs are the hidden features (each hidden layer's ReLU)."""
-        return [f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU)]
+        """Names of the modules whose outputs are the hidden features for an OOD density: each hidden layer's
+        pre-activation (its Linear) and output (its ReLU)."""
+        relus = [i for i, m in enumerate(self.net) if isinstance(m, nn.ReLU)]
+        return [f"net.{j}" for i in relus for j in (i - 1, i)]
 
 
 class DropoutCNN(nn.Module):
@@ -224,10 +226,13 @@ class DropoutCNN(nn.Module):
         return self.net((x - self.input_shift) / self.input_scale) / self.temperature
 
     def feature_layers(self) -> list[str]:
-        """Names of the modules whose outputs are the hidden features: the flattened last conv block (it sees far
-        shift such as noise) and the dense head's ReLUs (near shift)."""
+        """Names of the modules whose outputs are the hidden features for an OOD density: each conv block's pooled
+        maps (the last block's flattened) and each dense hidden layer's pre-activation (its Linear) and output
+        (its ReLU)."""
         flatten = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Flatten))
-        return [f"net.{flatten}", *(f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten)]
+        pools = [i for i, m in enumerate(self.net) if isinstance(m, nn.MaxPool2d)][:-1]
+        dense = [j for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten for j in (i - 1, i)]
+        return [f"net.{i}" for i in (*pools, flatten, *dense)]
 
 
 def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list[float]:

@@ -62,13 +62,13 @@ def conformal_tensors(probs: Tensor, labels: Tensor, mode: Mode, seed: int) -> d
 
 def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temperature: tuple[Tensor, Tensor],
                          calibration: tuple[Tensor, Tensor], n_classes: int, class_names: Sequence[str] | None = None,
-                         n_samples: int = 50, seed: int = 0, dim: int = 128, ood_tpr: float = 0.95,
-                         default_risk: float = 0.02, delta: float = 0.05) -> Calibration:
+                         n_samples: int = 50, seed: int = 0, dim: int = 128, combine: str = "mean",
+                         ood_tpr: float = 0.95, default_risk: float = 0.02, delta: float = 0.05) -> Calibration:
     """Fit everything :class:`Calibration` needs (see the module docs); the rows are ``(inputs, labels)``."""
     engine = MCEngine(model)
     layers = list(model.feature_layers())  # type: ignore[operator]
     density = fit_feature_density(features(engine, train[0], layers), train[1],
-                                  features(engine, temperature[0], layers), n_classes, dim)
+                                  features(engine, temperature[0], layers), n_classes, dim, combine)
     x_cal, y_cal = calibration
     ood = density.score(features(engine, x_cal, layers)).double().numpy()
     threshold = ood_threshold(ood, ood_tpr)
@@ -81,7 +81,8 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
     meta: dict[str, Any] = {
-        "feature_layers": layers, "density_dim": dim, "ood_threshold": threshold, "ood_tpr": ood_tpr,
+        "feature_layers": layers, "density_dim": dim, "density_combine": combine, "ood_threshold": threshold,
+        "ood_tpr": ood_tpr,
         "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
         "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,
         "rows": {"density": len(train[1]), "standardisation": len(temperature[1]), "calibration": len(y_cal)},

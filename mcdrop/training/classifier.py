@@ -22,7 +22,8 @@ from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.shift_augment import shift_augment
 
-__all__ = ["ClassifierConfig", "augment", "build_classifier", "fit_temperature", "split_indices", "train_classifier"]
+__all__ = ["ClassifierConfig", "augment", "build_classifier", "calibrate_and_measure", "fit_temperature", "split_indices",
+           "train_classifier"]
 
 Log = Callable[[str], None]
 
@@ -180,6 +181,35 @@ def fit_temperature(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, *, s
 
     res = optimize.minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return float(np.exp(res.x))
+
+
+def calibrate_and_measure(model: nn.Module, config: ClassifierConfig, x: Tensor, y: Tensor, x_test: Tensor,
+                          y_test: Tensor, test_images: Tensor, n_samples: int,
+                          log: Callable[[str], None] = lambda _: None) -> tuple[Any, dict[str, Any]]:
+    """A Fashion-MNIST classifier's calibration on the held-out parts of the training images ``x`` (model inputs)
+    of :func:`split_indices`, then its card figures: ``test_conformal`` on ``(x_test, y_test)`` and
+    ``ood_proxies`` against the proxy sets made from ``test_images`` (uint8, ``(N, 28, 28)``); MC with
+    ``n_samples`` passes.  ``mcdrop train`` and ``python -m mcdrop.training.refresh --recalibrate`` both call it."""
+    from mcdrop.training.calibrate import calibrate_classifier, coverage_report, ood_report
+    from mcdrop.training.data import FASHION_MNIST_CLASSES
+    from mcdrop.training.proxies import PROXIES, make_proxy
+
+    parts = split_indices(len(y), config)
+    log(f"calibrating: density on {len(parts['train'])} training images, standardised on "
+        f"{len(parts['temperature'])}, thresholds and conformal scores on {len(parts['calibration'])}")
+    calibrated = calibrate_classifier(
+        model, train=(x[parts["train"]], y[parts["train"]]),
+        temperature=(x[parts["temperature"]], y[parts["temperature"]]),
+        calibration=(x[parts["calibration"]], y[parts["calibration"]]), n_classes=10,
+        class_names=FASHION_MNIST_CLASSES, n_samples=n_samples, seed=config.seed)
+    coverage = coverage_report(calibrated, model, (x_test, y_test), n_samples=n_samples, seed=0)
+    images = (test_images.numpy() / 255.0).astype("float32")
+    proxies = {name: torch.from_numpy(make_proxy(name, images)).reshape(-1, 784) for name in PROXIES}
+    ood = ood_report(MCEngine(model), calibrated, x_test, proxies, n_samples=n_samples)
+    for proxy, row in ood.items():
+        log(f"OOD {proxy}: ood_score AUROC {row['ood_score']['auroc']:.3f} FPR95 {row['ood_score']['fpr95']:.3f}; "
+            f"MI AUROC {row['mc_mutual_information']['auroc']:.3f}")
+    return calibrated, {"test_conformal": coverage, "ood_proxies": ood}
 
 
 def _progress(total: int) -> tuple[Any, Any]:

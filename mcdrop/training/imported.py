@@ -216,7 +216,7 @@ def _calibrate_regression(net: Any, engine: MCEngine, density_rows: tuple[Tensor
         density = fit_feature_density(features(engine, xa, layers), torch.zeros(len(xa), dtype=torch.int64),
                                       features(engine, xb, layers), 1, dim)
         ood = density.score(features(engine, x_cal, layers)).double().numpy()
-        meta.update({"feature_layers": layers, "density_dim": dim, "ood_tpr": ood_tpr,
+        meta.update({"feature_layers": layers, "density_dim": dim, "density_combine": density.combine, "ood_tpr": ood_tpr,
                      "ood_threshold": ood_threshold(ood, ood_tpr)})
         tensors.update(density.tensors())
     return Calibration(task, meta, tensors)

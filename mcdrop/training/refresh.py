@@ -8,7 +8,14 @@ card's ``test_conformal`` (Fashion-MNIST classifiers, on the 10,000 test images)
 the card's ``evaluation_seed``, as ``mcdrop train`` and ``mcdrop evaluate`` do.  The weights, the OOD density and
 threshold and the abstention data are kept; the card's sha256s are those of the files written.
 
-Run ``python -m mcdrop.training.refresh models/fashion-mnist [--data-root DIR]``.
+With ``--recalibrate`` (Fashion-MNIST classifiers) the whole calibration is fitted again, as ``mcdrop train``
+fits it (:func:`~mcdrop.training.classifier.calibrate_and_measure`: the OOD density over the model's current
+``feature_layers()``, combined as :func:`~mcdrop.uncertainty.ood.fit_feature_density` combines them by default,
+its threshold, the conformal and abstention data), and the card's ``test_conformal`` and ``ood_proxies`` are
+measured again; the weights and temperature are kept.  The card's ``covariate_shift`` table is dropped, since
+its decisions used the old OOD score: write it again with ``python -m mcdrop.training.shifts``.
+
+Run ``python -m mcdrop.training.refresh models/fashion-mnist [--recalibrate] [--data-root DIR]``.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ def _card_samples(metrics: dict[str, Any], prefix: str, default: int) -> int:
 
 
 def refresh_conformal(directory: str | Path, data_root: str | None = None,
-                      log: Callable[[str], None] = lambda _: None) -> ModelCard:
-    """Rewrite ``directory``'s conformal scores and its card's conformal test figures (see the module docs)."""
+                      log: Callable[[str], None] = lambda _: None, *, recalibrate: bool = False) -> ModelCard:
+    """Rewrite ``directory``'s conformal scores and its card's conformal test figures, or with ``recalibrate``
+    its whole calibration (see the module docs)."""
     from mcdrop.training.classifier import split_indices
     from mcdrop.training.configs import ClassifierConfig
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist, load_uci
@@ -53,6 +61,11 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
         raise ValueError(f"{artifact.directory} has no calibration: nothing conformal to refresh")
     metrics = dict(card.metrics)
     seed = int(metrics.get("evaluation_seed", 0))
+    if recalibrate:
+        if card.task != "classification":
+            raise ValueError(f"{artifact.directory}: --recalibrate refits Fashion-MNIST classifiers, not a "
+                             f"{card.task} model")
+        return _recalibrate(artifact, metrics, data_root, log)
     if card.task == "classification":
         config = ClassifierConfig.from_card(card.training)
         train_x, train_y = load_fashion_mnist(data_root, train=True)
@@ -92,14 +105,38 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
     return save_model(model, artifact.directory, fields, calibration=calibration, calibration_meta=card.calibration)
 
 
+def _recalibrate(artifact: Any, metrics: dict[str, Any], data_root: str | None,
+                 log: Callable[[str], None]) -> ModelCard:
+    from mcdrop.training.classifier import calibrate_and_measure
+    from mcdrop.training.configs import ClassifierConfig
+    from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
+
+    card, model = artifact.card, artifact.model
+    config = ClassifierConfig.from_card(card.training)
+    train_x, train_y = load_fashion_mnist(data_root, train=True)
+    test_x, test_y = load_fashion_mnist(data_root, train=False)
+    n = _card_samples(metrics, "test_mc_", 50)
+    calibrated, measured = calibrate_and_measure(model, config, fashion_mnist_features(train_x), train_y,
+                                                 fashion_mnist_features(test_x), test_y, test_x, n, log=log)
+    metrics.update(measured)
+    if metrics.pop("covariate_shift", None) is not None:
+        log(f"{card.name}: its covariate_shift table is dropped (old OOD score); python -m mcdrop.training.shifts "
+            f"{artifact.directory} writes it again")
+    fields = card.model_dump(mode="json")
+    fields["metrics"] = metrics
+    return save_model(model, artifact.directory, fields, calibration=calibrated)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mcdrop.training.refresh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", type=Path, help="model folders to rewrite")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="fit the whole calibration again (OOD density and threshold included), as mcdrop train does")
     p.add_argument("--data-root", help="data root (default $MCDROP_DATA or ../shared/data)")
     args = p.parse_args(argv)
     for directory in args.models:
-        card = refresh_conformal(directory, args.data_root, log=print)
+        card = refresh_conformal(directory, args.data_root, log=print, recalibrate=args.recalibrate)
         print(f"{directory}: calibration sha256 {card.calibration_sha256}")
     return 0
 

@@ -36,7 +36,8 @@ class Calibration:
                  class_names: Sequence[str] | None = None) -> None:
         self.task, self.meta, self.class_names = Task(task), meta, list(class_names or [])
         layers = meta.get("feature_layers") or []
-        self.density = FeatureDensity.from_tensors(tensors, layers) if layers else None
+        self.density = FeatureDensity.from_tensors(tensors, layers, str(meta.get("density_combine", "max"))) \
+            if layers else None
         self.ood_threshold = float(meta["ood_threshold"]) if "ood_threshold" in meta else None
         reference = tensors.get("ood.calibration_scores")  # the calibration inputs' OOD scores (drift monitoring)
         self.ood_reference = reference.double().numpy() if reference is not None else None

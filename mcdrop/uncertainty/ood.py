@@ -6,10 +6,15 @@ principal directions, ``r = (h - c) P``, and modelled by class-conditional Gauss
 
     nll_l(h) = -log sum_c pi_c N(r; m_c, S_c) - (k / 2) log 2 pi
 
-A near-shift input (another kind of image) lands away from every class in the last hidden layer, while a
-far-shift input (noise, an inverted image) can collapse into a dense region there but not in the first:
-so the served ``ood_score`` takes the most unusual layer, each standardised on held-out in-distribution
-data: ``ood_score = max_l (nll_l - mu_l) / sigma_l`` (higher is more unusual; about 0 for typical inputs).
+Each layer's ``nll_l`` is standardised on held-out in-distribution data, ``z_l = (nll_l - mu_l) / sigma_l``, and
+the served ``ood_score`` combines them (higher is more unusual; about 0 for typical inputs):
+
+* ``mean`` (the default; the card's ``calibration.density_combine``): ``ood_score = (1 / L) sum_l z_l`` over
+  every hidden layer's pre-activation and output.  Different shifts show in different layers (a far-shift input
+  can collapse into a dense region of the last layer but not of the first), and the mean also averages out each
+  layer's own in-distribution fluctuation (measured against ``max``: BENCHMARKS §6, "Which layers, combined how");
+* ``max`` (calibrations without ``density_combine``): ``ood_score = max_l z_l``, as first shipped, over fewer
+  layers.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureDensity", "LayerDensity", "fit_feature_density", "fit_layer_density"]
+__all__ = ["COMBINES", "FeatureDensity", "LayerDensity", "fit_feature_density", "fit_layer_density"]
+
+COMBINES = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -67,12 +74,18 @@ class FeatureDensity:
         layers: the feature layers' module names (as in ``model.named_modules()``).
         densities: one :class:`LayerDensity` per layer.
         shift, scale: mean and standard deviation of each layer's ``nll`` on held-out in-distribution data.
+        combine: how :meth:`score` combines the layers' standardised scores, ``"mean"`` or ``"max"``.
     """
 
     layers: tuple[str, ...]
     densities: tuple[LayerDensity, ...]
     shift: Tensor
     scale: Tensor
+    combine: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINES:
+            raise ValueError(f"density combine must be one of {', '.join(COMBINES)}, but got {self.combine!r}")
 
     def layer_scores(self, features: dict[str, Tensor]) -> Tensor:
         """Standardised negative log densities. Shape: features ``{layer: (B, F_l)}`` -> ``(B, L)``."""
@@ -80,8 +93,9 @@ class FeatureDensity:
         return (nll - self.shift) / self.scale
 
     def score(self, features: dict[str, Tensor]) -> Tensor:
-        """The OOD score ``max_l (nll_l - mu_l) / sigma_l``. Shape: ``(B,)``."""
-        return self.layer_scores(features).amax(1)
+        """The OOD score, ``mean_l`` or ``max_l`` of ``(nll_l - mu_l) / sigma_l``. Shape: ``(B,)``."""
+        z = self.layer_scores(features)
+        return z.mean(1) if self.combine == "mean" else z.amax(1)
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"density.shift": self.shift, "density.scale": self.scale}
@@ -90,9 +104,9 @@ class FeatureDensity:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str]) -> FeatureDensity:
+    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str], combine: str = "max") -> FeatureDensity:
         densities = tuple(LayerDensity.from_tensors(tensors, f"density.{i}") for i in range(len(layers)))
-        return cls(tuple(layers), densities, tensors["density.shift"], tensors["density.scale"])
+        return cls(tuple(layers), densities, tensors["density.shift"], tensors["density.scale"], combine)
 
 
 def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128) -> LayerDensity:
@@ -130,10 +144,11 @@ def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128)
 
 
 def fit_feature_density(train: dict[str, Tensor], labels: Tensor, held_out: dict[str, Tensor], n_classes: int,
-                        dim: int = 128) -> FeatureDensity:
+                        dim: int = 128, combine: str = "mean") -> FeatureDensity:
     """Fit a density per layer on ``train`` features and standardise each on ``held_out`` (in-distribution
-    rows the density was not fitted on). Shapes: ``{layer: (N, F_l)}``, labels ``(N,)``."""
+    rows the density was not fitted on); ``combine`` as in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``,
+    labels ``(N,)``."""
     layers = tuple(train)
     densities = tuple(fit_layer_density(train[name], labels, n_classes, dim) for name in layers)
     nll = torch.stack([d.nll(held_out[name].flatten(1)) for name, d in zip(layers, densities, strict=True)], 1)
-    return FeatureDensity(layers, densities, nll.mean(0), nll.std(0).clamp_min(1e-6))
+    return FeatureDensity(layers, densities, nll.mean(0), nll.std(0).clamp_min(1e-6), combine)

@@ -63,7 +63,8 @@ def test_cnn_shapes_config_round_trip_and_cost():
     assert torch.equal(rebuilt.eval()(x), model(x))
     # 3x3 convs: 28*28*4*1*9 + 14*14*8*4*9, then 8*7*7 -> 16 -> 10
     assert multiply_adds(model, x[:1]) == 28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 392 * 16 + 16 * 10
-    assert model.feature_layers() == ["net.10", "net.12"]  # the flattened conv features, the dense head's ReLU
+    # the first block's pooled maps, the flattened last block, the dense layer's pre-activation and ReLU
+    assert model.feature_layers() == ["net.3", "net.10", "net.11", "net.12"]
 
 
 def test_cnn_convolves_channels_last_and_saves_the_same_files(tmp_path):

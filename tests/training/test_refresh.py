@@ -58,3 +58,36 @@ def test_refresh_turns_an_old_calibration_into_the_current_one(tmp_path, cli, mo
                 assert stored[mode][f"{method}@{level}"] == expected[mode][f"{method}@{level}"], (mode, method, level)
                 if method not in conformal.RANDOMIZED:
                     assert stored[mode][f"{method}@{level}"]["empty"] == 0.0
+
+
+def test_recalibrate_fits_what_training_fits(tmp_path, cli, monkeypatch):
+    """``--recalibrate`` on a card whose OOD score was the old maximum over layers gives back the calibration
+    and card figures ``mcdrop train`` wrote (the mean over the current feature layers), keeps the weights and
+    drops the covariate-shift table that was measured with the old score."""
+    monkeypatch.setenv("MCDROP_CACHE", str(tmp_path / "cache"))
+    root = write_fashion_mnist(tmp_path / "data")
+    model = tmp_path / "m"
+    run = cli("train", "fashion-mnist", "-o", model, "--data-root", root, "--hidden", "32", "32", "--epochs", "2",
+              "--eval-samples", "10", "--calibrate")
+    assert run.returncode == 0, run.stderr
+    trained = json.loads((model / "card.json").read_text())
+    tensors = load_file(str(model / "calibration.safetensors"))
+    card = json.loads(json.dumps(trained))
+    del card["calibration"]["density_combine"]  # as cards were written before the mean
+    card["metrics"]["covariate_shift"] = {"images": 1, "n_samples": 1, "seed": 0, "sets": {}}
+    (model / "card.json").write_text(json.dumps(card))
+    assert load_artifact(model).calibration.density.combine == "max"
+
+    refreshed = refresh_conformal(model, str(root), recalibrate=True)
+    artifact = load_artifact(model)
+    assert artifact.calibration.density.combine == "mean" and refreshed.weights_sha256 == trained["weights_sha256"]
+    assert "covariate_shift" not in refreshed.metrics
+    after = load_file(str(model / "calibration.safetensors"))
+    assert after.keys() == tensors.keys()
+    for key, value in tensors.items():
+        np.testing.assert_allclose(after[key].numpy(), value.numpy(), atol=PROBABILITY_ATOL, rtol=1e-5, err_msg=key)
+    assert json.loads((model / "card.json").read_text())["calibration"] == trained["calibration"]
+    for proxy, row in trained["metrics"]["ood_proxies"].items():
+        for score, figures in row.items():
+            for name, value in figures.items():
+                assert abs(refreshed.metrics["ood_proxies"][proxy][score][name] - value) < 1e-3, (proxy, score, name)

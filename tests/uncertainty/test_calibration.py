@@ -30,7 +30,9 @@ def test_calibration_is_stored_checked_and_described(path, tmp_path):
     artifact = load_artifact(path)
     card = artifact.card
     assert card.calibration_file == "calibration.safetensors" and len(card.calibration_sha256) == 64
-    assert card.calibration["rows"]["calibration"] > 0 and card.calibration["feature_layers"] == ["net.1", "net.4"]
+    assert card.calibration["rows"]["calibration"] > 0
+    assert card.calibration["feature_layers"] == ["net.0", "net.1", "net.3", "net.4"]  # Linear and ReLU of each layer
+    assert card.calibration["density_combine"] == "mean" and artifact.calibration.density.combine == "mean"
     assert artifact.calibration.supports("coverage", "mc") and artifact.calibration.supports("selective_risk", "deterministic")
     import shutil
 
@@ -42,7 +44,7 @@ def test_calibration_is_stored_checked_and_described(path, tmp_path):
     with pytest.raises(ArtifactError, match=r"calibration\.safetensors does not match its card"):
         load_artifact(broken)
     card_json = json.loads((path / "card.json").read_text())
-    card_json["calibration"]["feature_layers"] = ["net.1", "net.4", "net.9"]
+    card_json["calibration"]["feature_layers"] = [*card.calibration["feature_layers"], "net.9"]
     (broken / "card.json").write_text(json.dumps(card_json))
     (broken / "calibration.safetensors").write_bytes((path / "calibration.safetensors").read_bytes())
     with pytest.raises(ArtifactError, match="does not fit the calibration"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 
@@ -43,11 +44,30 @@ def test_standardised_scores_are_typical_inside_and_high_outside():
     assert (far > inside.quantile(0.99)).all()
 
 
-def test_max_over_layers_and_round_trip():
-    a, y = blobs(2000, 4)
+def test_layers_combine_by_mean_or_max_and_round_trip():
+    """Either combination is about 0 on fresh in-distribution rows and flags a row that is far in one layer only
+    (the case the first, max-only score was built for); a card without ``density_combine`` reads as max."""
+    from mcdrop.request import Task
+    from mcdrop.uncertainty.calibration import Calibration
+
+    a, y = blobs(4000, 4)
     b = a * 2 + 1
-    density = fit_feature_density({"l1": a, "l2": b}, y, {"l1": a[:500], "l2": b[:500]}, 3, dim=3)
-    x = {"l1": a[:10], "l2": b[:10]}
-    assert torch.equal(density.score(x), density.layer_scores(x).amax(1))
-    again = FeatureDensity.from_tensors(density.tensors(), list(density.layers))
-    assert torch.equal(again.score(x), density.score(x))
+    fresh, _ = blobs(2000, 5)
+    inside = {"l1": fresh, "l2": fresh * 2 + 1}
+    one_far = {"l1": fresh[:100], "l2": torch.zeros(100, 6)}  # typical in l1, between the blobs in l2
+    for combine in ("mean", "max"):
+        density = fit_feature_density({"l1": a, "l2": b}, y, {"l1": a[:1000], "l2": b[:1000]}, 3, dim=3,
+                                      combine=combine)
+        typical = density.score(inside).double()
+        if combine == "mean":  # the mean of two standardised scores with mean 0
+            assert abs(float(typical.mean())) < z_bound() * float(typical.std()) / math.sqrt(len(typical)) + 0.05
+        assert (density.score(one_far) > typical.quantile(0.99)).all()
+        again = FeatureDensity.from_tensors(density.tensors(), list(density.layers), combine)
+        assert torch.equal(again.score(inside), density.score(inside))
+    layers = list(density.layers)
+    old = Calibration(Task.CLASSIFICATION, {"feature_layers": layers}, density.tensors())
+    new = Calibration(Task.CLASSIFICATION, {"feature_layers": layers, "density_combine": "mean"}, density.tensors())
+    assert old.density is not None and old.density.combine == "max"
+    assert new.density is not None and new.density.combine == "mean"
+    with pytest.raises(ValueError, match="density combine must be one of mean, max, but got 'sum'"):
+        FeatureDensity.from_tensors(density.tensors(), layers, "sum")
