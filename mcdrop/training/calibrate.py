@@ -28,7 +28,7 @@ from mcdrop.sampling.engine import MCEngine
 from mcdrop.uncertainty import conformal, selective
 from mcdrop.uncertainty.calibration import Calibration
 from mcdrop.uncertainty.metrics import aupr, auroc, fpr_at_95_tpr
-from mcdrop.uncertainty.ood import fit_feature_density
+from mcdrop.uncertainty.ood import Combine, fit_feature_density
 from mcdrop.uncertainty.prediction import predict
 from mcdrop.uncertainty.summaries import classification, regression
 
@@ -62,7 +62,7 @@ def conformal_tensors(probs: Tensor, labels: Tensor, mode: Mode, seed: int) -> d
 
 def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temperature: tuple[Tensor, Tensor],
                          calibration: tuple[Tensor, Tensor], n_classes: int, class_names: Sequence[str] | None = None,
-                         n_samples: int = 50, seed: int = 0, dim: int = 128, combine: str = "mean",
+                         n_samples: int = 50, seed: int = 0, dim: int = 128, combine: Combine = "mean",
                          ood_tpr: float = 0.95, default_risk: float = 0.02, delta: float = 0.05) -> Calibration:
     """Fit everything :class:`Calibration` needs (see the module docs); the rows are ``(inputs, labels)``."""
     engine = MCEngine(model)

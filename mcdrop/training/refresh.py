@@ -107,15 +107,25 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
 
 def _recalibrate(artifact: Any, metrics: dict[str, Any], data_root: str | None,
                  log: Callable[[str], None]) -> ModelCard:
-    from mcdrop.training.classifier import calibrate_and_measure
+    from mcdrop.training.classifier import calibrate_and_measure, split_indices
     from mcdrop.training.configs import ClassifierConfig
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 
     card, model = artifact.card, artifact.model
+    if card.calibration.get("source") == "mcdrop calibrate" or not card.training:
+        raise ValueError(f"{artifact.directory} was not calibrated by mcdrop train on Fashion-MNIST: --recalibrate "
+                         "would refit it on other rows; use mcdrop calibrate with its own data")
     config = ClassifierConfig.from_card(card.training)
     train_x, train_y = load_fashion_mnist(data_root, train=True)
     test_x, test_y = load_fashion_mnist(data_root, train=False)
+    rows = split_indices(len(train_y), config)["calibration"]
+    if len(rows) != card.calibration["rows"]["calibration"]:
+        raise ValueError(f"the card's training config gives {len(rows)} calibration rows, but its calibration "
+                         f"says {card.calibration['rows']['calibration']}")
     n = _card_samples(metrics, "test_mc_", 50)
+    if int(card.calibration.get("mc_samples", n)) != n:
+        raise ValueError(f"{artifact.directory}: the calibration used {card.calibration['mc_samples']} MC passes and "
+                         f"the card's test figures {n}; mcdrop train uses one number for both")
     calibrated, measured = calibrate_and_measure(model, config, fashion_mnist_features(train_x), train_y,
                                                  fashion_mnist_features(test_x), test_y, test_x, n, log=log)
     metrics.update(measured)

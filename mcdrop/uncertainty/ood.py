@@ -9,10 +9,11 @@ principal directions, ``r = (h - c) P``, and modelled by class-conditional Gauss
 Each layer's ``nll_l`` is standardised on held-out in-distribution data, ``z_l = (nll_l - mu_l) / sigma_l``, and
 the served ``ood_score`` combines them (higher is more unusual; about 0 for typical inputs):
 
-* ``mean`` (the default; the card's ``calibration.density_combine``): ``ood_score = (1 / L) sum_l z_l`` over
-  every hidden layer's pre-activation and output.  Different shifts show in different layers (a far-shift input
-  can collapse into a dense region of the last layer but not of the first), and the mean also averages out each
-  layer's own in-distribution fluctuation (measured against ``max``: BENCHMARKS §6, "Which layers, combined how");
+* ``mean`` (the default; the card's ``calibration.density_combine``): ``ood_score = (1 / L) sum_l z_l`` over the
+  model's feature layers (mcdrop's MLP and CNN: every hidden layer's pre-activation and output, and each conv
+  block's pooled maps).  Different shifts show in different layers (a far-shift input can collapse into a dense
+  region of the last layer but not of the first), and the mean also averages out each layer's own
+  in-distribution fluctuation (measured against ``max``: BENCHMARKS §6, "Which layers, combined how");
 * ``max`` (calibrations without ``density_combine``): ``ood_score = max_l z_l``, as first shipped, over fewer
   layers.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from torch import Tensor
 
 __all__ = ["COMBINES", "FeatureDensity", "LayerDensity", "fit_feature_density", "fit_layer_density"]
 
-COMBINES = ("mean", "max")
+Combine = Literal["mean", "max"]
+COMBINES: tuple[Combine, ...] = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class FeatureDensity:
     densities: tuple[LayerDensity, ...]
     shift: Tensor
     scale: Tensor
-    combine: str = "max"
+    combine: Combine
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINES:
@@ -104,9 +107,11 @@ class FeatureDensity:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str], combine: str = "max") -> FeatureDensity:
+    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str], combine: str) -> FeatureDensity:
+        """The density stored by :meth:`tensors`; ``combine`` is the card's (``calibration.density_combine``)."""
         densities = tuple(LayerDensity.from_tensors(tensors, f"density.{i}") for i in range(len(layers)))
-        return cls(tuple(layers), densities, tensors["density.shift"], tensors["density.scale"], combine)
+        return cls(tuple(layers), densities, tensors["density.shift"], tensors["density.scale"],
+                   cast(Combine, combine))
 
 
 def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128) -> LayerDensity:
@@ -144,7 +149,7 @@ def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128)
 
 
 def fit_feature_density(train: dict[str, Tensor], labels: Tensor, held_out: dict[str, Tensor], n_classes: int,
-                        dim: int = 128, combine: str = "mean") -> FeatureDensity:
+                        dim: int = 128, combine: Combine = "mean") -> FeatureDensity:
     """Fit a density per layer on ``train`` features and standardise each on ``held_out`` (in-distribution
     rows the density was not fitted on); ``combine`` as in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``,
     labels ``(N,)``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file, save_file
 
 from mcdrop.nets.artifacts import load_artifact, sha256
@@ -91,3 +92,14 @@ def test_recalibrate_fits_what_training_fits(tmp_path, cli, monkeypatch):
         for score, figures in row.items():
             for name, value in figures.items():
                 assert abs(refreshed.metrics["ood_proxies"][proxy][score][name] - value) < 1e-3, (proxy, score, name)
+
+
+def test_recalibrate_refuses_a_model_not_calibrated_on_fashion_mnist(tmp_path):
+    """A model calibrated on its own rows (no Fashion-MNIST training block) is not refitted on other data."""
+    from tests.tiny_models import write_calibrated_model
+
+    path = write_calibrated_model(tmp_path)
+    before = (path / "calibration.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="was not calibrated by mcdrop train on Fashion-MNIST"):
+        refresh_conformal(path, str(tmp_path / "no-data"), recalibrate=True)
+    assert (path / "calibration.safetensors").read_bytes() == before

@@ -59,6 +59,8 @@ def test_layers_combine_by_mean_or_max_and_round_trip():
         density = fit_feature_density({"l1": a, "l2": b}, y, {"l1": a[:1000], "l2": b[:1000]}, 3, dim=3,
                                       combine=combine)
         typical = density.score(inside).double()
+        z = density.layer_scores(inside)
+        assert torch.equal(density.score(inside), z.mean(1) if combine == "mean" else z.amax(1))
         if combine == "mean":  # the mean of two standardised scores with mean 0
             assert abs(float(typical.mean())) < z_bound() * float(typical.std()) / math.sqrt(len(typical)) + 0.05
         assert (density.score(one_far) > typical.quantile(0.99)).all()
