@@ -66,7 +66,7 @@ def test_features_come_from_the_deterministic_pass_in_both_modes():
     engine = MCEngine(model)
     det = predict(engine, x, mode="deterministic", features=model.feature_layers())
     mc = predict(engine, x, n_samples=5, seed=0, features=model.feature_layers())
-    assert list(det.features) == ["net.1", "net.4"]
+    assert list(det.features) == ["net.0", "net.1", "net.3", "net.4"]  # each Linear and its ReLU
     for name in det.features:
         assert torch.equal(det.features[name], mc.features[name])
 
