@@ -2,12 +2,13 @@
 
     python bench/bench_ood_pixels.py [--model fashion-mnist] [--threads 1]
 
-The served ``ood_score`` is ``max_l z_l`` over the model's hidden layers (:mod:`mcdrop.uncertainty.ood`).  This
-fits the same class-conditional Gaussian density to the training images' pixels projected on their top ``k``
-principal directions (``k`` in 32, 64, 128), standardises its negative log density on the temperature split as
-the layers are, and reports, for each proxy set of :mod:`mcdrop.training.proxies` against the 10,000 test images:
-AUROC / the share of proxy images passing the 95%-of-clean threshold, for the served score (``base``), the pixel
-density alone (``px<k>``) and the maximum of the two (``max+px<k>``).  Nothing here changes a shipped model.
+The served ``ood_score`` combines the model's hidden layers as its card says (:mod:`mcdrop.uncertainty.ood`;
+``max_l z_l`` when this was run).  This fits the same class-conditional Gaussian density to the training
+images' pixels projected on their top ``k`` principal directions (``k`` in 32, 64, 128), standardises its
+negative log density on the temperature split as the layers are, and reports, for each proxy set of
+:mod:`mcdrop.training.proxies` against the 10,000 test images: AUROC / the share of proxy images passing the
+95%-of-clean threshold, for the served score (``base``), the pixel density alone (``px<k>``) and the maximum of
+the two (``max+px<k>``).  Nothing here changes a shipped model.
 """
 
 from __future__ import annotations
