@@ -63,7 +63,7 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
     seed = int(metrics.get("evaluation_seed", 0))
     if recalibrate:
         if card.task != "classification":
-            raise ValueError(f"{artifact.directory}: --recalibrate refits Fashion-MNIST classifiers, not a "
+            raise ValueError(f"{artifact.directory}: recalibrate refits Fashion-MNIST classifiers, not a "
                              f"{card.task} model")
         return _recalibrate(artifact, metrics, data_root, log)
     if card.task == "classification":
@@ -113,7 +113,7 @@ def _recalibrate(artifact: Any, metrics: dict[str, Any], data_root: str | None,
 
     card, model = artifact.card, artifact.model
     if card.calibration.get("source") == "mcdrop calibrate" or not card.training:
-        raise ValueError(f"{artifact.directory} was not calibrated by mcdrop train on Fashion-MNIST: --recalibrate "
+        raise ValueError(f"{artifact.directory} was not calibrated by mcdrop train on Fashion-MNIST: recalibrating "
                          "would refit it on other rows; use mcdrop calibrate with its own data")
     config = ClassifierConfig.from_card(card.training)
     train_x, train_y = load_fashion_mnist(data_root, train=True)
