@@ -3,11 +3,11 @@
     python bench/bench_ood_layers.py --model fashion-cnn-robust --layers pixels net.6 net.16 net.17 net.18
 
 For each named layer (a module name of ``model.named_modules()``, or ``pixels`` for the model's standardised
-inputs) this fits the served density (:func:`mcdrop.uncertainty.ood.fit_layer_density`, class-conditional
-Gaussians in the top ``k`` principal directions) on the training split, standardises its negative log density
-on the temperature split, and writes every layer's standardised score on the 10,000 test images and on each
-proxy set of :mod:`mcdrop.training.proxies` to ``--out`` (an ``.npz``).  It prints AUROC / FPR at 95% TPR for
-each layer alone and for the combinations ``max`` and ``mean`` over the subsets listed in ``--combos``.
+inputs) this fits the served density (:func:`mcdrop.uncertainty.ood.fit_feature_density`, class-conditional
+Gaussians in the top ``k`` principal directions) on the training split, standardised on the temperature split,
+and writes every layer's standardised score on the 10,000 test images and on each proxy set of
+:mod:`mcdrop.training.proxies` to ``--out`` (an ``.npz``).  It prints AUROC / FPR at 95% TPR for each layer
+alone and for the ``max`` and the ``mean`` over every subset of two or more layers.
 Nothing here changes a shipped model.
 """
 
@@ -28,7 +28,7 @@ from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 from mcdrop.training.proxies import PROXIES, make_proxy
 from mcdrop.uncertainty.metrics import auroc, fpr_at_95_tpr
-from mcdrop.uncertainty.ood import fit_layer_density
+from mcdrop.uncertainty.ood import fit_feature_density
 
 
 def main() -> None:
@@ -58,20 +58,14 @@ def main() -> None:
 
     t0 = time.perf_counter()
     train = feats(xf[parts["train"]])
-    held = feats(xf[parts["temperature"]])
-    z: dict[str, dict[str, np.ndarray]] = {}
-    densities = {}
-    for name in args.layers:
-        densities[name] = fit_layer_density(train[name].flatten(1), train_y[parts["train"]], 10, args.dim)
-        nll = densities[name].nll(held[name].flatten(1)).double().numpy()
-        densities[name] = (densities[name], nll.mean(), nll.std())
-        print(f"fitted {name} ({train[name].flatten(1).shape[1]} features) at {time.perf_counter() - t0:.0f} s",
-              flush=True)
+    density = fit_feature_density(train, train_y[parts["train"]], feats(xf[parts["temperature"]]), 10, args.dim)
     del train
+    print(f"fitted {', '.join(args.layers)} in {time.perf_counter() - t0:.0f} s", flush=True)
+    z: dict[str, dict[str, np.ndarray]] = {}
 
     def scores(x: torch.Tensor) -> dict[str, np.ndarray]:
-        f = feats(x)
-        return {name: (d.nll(f[name].flatten(1)).double().numpy() - mu) / sd for name, (d, mu, sd) in densities.items()}
+        layer = density.layer_scores(feats(x)).double().numpy()  # (B, L), standardised on the temperature split
+        return {name: layer[:, i] for i, name in enumerate(density.layers)}
 
     z["clean"] = scores(fashion_mnist_features(test_x))
     for proxy in PROXIES:

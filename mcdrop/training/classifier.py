@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from mcdrop.nets.models import DropoutCNN, DropoutMLP
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.configs import ClassifierConfig
 from mcdrop.training.shift_augment import shift_augment
+
+if TYPE_CHECKING:
+    from mcdrop.uncertainty.calibration import Calibration
 
 __all__ = ["ClassifierConfig", "augment", "build_classifier", "calibrate_and_measure", "fit_temperature", "split_indices",
            "train_classifier"]
@@ -185,7 +188,7 @@ def fit_temperature(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, *, s
 
 def calibrate_and_measure(model: nn.Module, config: ClassifierConfig, x: Tensor, y: Tensor, x_test: Tensor,
                           y_test: Tensor, test_images: Tensor, n_samples: int,
-                          log: Callable[[str], None] = lambda _: None) -> tuple[Any, dict[str, Any]]:
+                          log: Log = lambda _: None) -> tuple[Calibration, dict[str, Any]]:
     """A Fashion-MNIST classifier's calibration on the held-out parts of the training images ``x`` (model inputs)
     of :func:`split_indices`, then its card figures: ``test_conformal`` on ``(x_test, y_test)`` and
     ``ood_proxies`` against the proxy sets made from ``test_images`` (uint8, ``(N, 28, 28)``); MC with

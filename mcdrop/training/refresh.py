@@ -47,11 +47,21 @@ def _card_samples(metrics: dict[str, Any], prefix: str, default: int) -> int:
     return default
 
 
+def _calibration_rows(card: ModelCard, config: Any, n_train: int) -> torch.Tensor:
+    """The calibration rows the card's training config gives, checked against the count its calibration records."""
+    from mcdrop.training.classifier import split_indices
+
+    rows = split_indices(n_train, config)["calibration"]
+    if len(rows) != card.calibration["rows"]["calibration"]:
+        raise ValueError(f"the card's training config gives {len(rows)} calibration rows, but its calibration "
+                         f"says {card.calibration['rows']['calibration']}")
+    return rows
+
+
 def refresh_conformal(directory: str | Path, data_root: str | None = None,
                       log: Callable[[str], None] = lambda _: None, *, recalibrate: bool = False) -> ModelCard:
     """Rewrite ``directory``'s conformal scores and its card's conformal test figures, or with ``recalibrate``
     its whole calibration (see the module docs)."""
-    from mcdrop.training.classifier import split_indices
     from mcdrop.training.configs import ClassifierConfig
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist, load_uci
 
@@ -69,10 +79,7 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
     if card.task == "classification":
         config = ClassifierConfig.from_card(card.training)
         train_x, train_y = load_fashion_mnist(data_root, train=True)
-        rows = split_indices(len(train_y), config)["calibration"]
-        if len(rows) != card.calibration["rows"]["calibration"]:
-            raise ValueError(f"the card's training config gives {len(rows)} calibration rows, but its calibration "
-                             f"says {card.calibration['rows']['calibration']}")
+        rows = _calibration_rows(card, config, len(train_y))
         x_cal, y_cal = fashion_mnist_features(train_x)[rows], train_y[rows]
         engine, n_cal, cal_seed = MCEngine(model), int(calibration.meta["mc_samples"]), int(calibration.meta["seed"])
         tensors = {k: v for k, v in calibration.tensors().items() if not k.startswith("conformal.")}
@@ -107,7 +114,7 @@ def refresh_conformal(directory: str | Path, data_root: str | None = None,
 
 def _recalibrate(artifact: Any, metrics: dict[str, Any], data_root: str | None,
                  log: Callable[[str], None]) -> ModelCard:
-    from mcdrop.training.classifier import calibrate_and_measure, split_indices
+    from mcdrop.training.classifier import calibrate_and_measure
     from mcdrop.training.configs import ClassifierConfig
     from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 
@@ -118,10 +125,7 @@ def _recalibrate(artifact: Any, metrics: dict[str, Any], data_root: str | None,
     config = ClassifierConfig.from_card(card.training)
     train_x, train_y = load_fashion_mnist(data_root, train=True)
     test_x, test_y = load_fashion_mnist(data_root, train=False)
-    rows = split_indices(len(train_y), config)["calibration"]
-    if len(rows) != card.calibration["rows"]["calibration"]:
-        raise ValueError(f"the card's training config gives {len(rows)} calibration rows, but its calibration "
-                         f"says {card.calibration['rows']['calibration']}")
+    _calibration_rows(card, config, len(train_y))
     n = _card_samples(metrics, "test_mc_", 50)
     if int(card.calibration.get("mc_samples", n)) != n:
         raise ValueError(f"{artifact.directory}: the calibration used {card.calibration['mc_samples']} MC passes and "

@@ -12,8 +12,8 @@ the served ``ood_score`` combines them (higher is more unusual; about 0 for typi
 * ``mean`` (the default; the card's ``calibration.density_combine``): ``ood_score = (1 / L) sum_l z_l`` over the
   model's feature layers (mcdrop's MLP and CNN: every hidden layer's pre-activation and output, and each conv
   block's pooled maps).  Different shifts show in different layers (a far-shift input can collapse into a dense
-  region of the last layer but not of the first), and the mean also averages out each layer's own
-  in-distribution fluctuation (measured against ``max``: BENCHMARKS §6, "Which layers, combined how");
+  region of the last layer but not of the first); against ``max`` it is better on most proxy sets (BENCHMARKS §6,
+  "Which layers, combined how");
 * ``max`` (calibrations without ``density_combine``): ``ood_score = max_l z_l``, as first shipped, over fewer
   layers.
 """
