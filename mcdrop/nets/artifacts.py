@@ -277,6 +277,11 @@ def load_artifact(name_or_path: str | os.PathLike[str] | None = None) -> Artifac
         except (KeyError, ValueError) as err:
             raise ArtifactError(f"{directory / card.calibration_file} does not fit the calibration in {card_path}: "
                                 f"{err}") from err
+        modules = dict(model.named_modules())
+        unknown = [name for name in calibration.feature_layers if name not in modules]
+        if unknown:
+            raise ArtifactError(f"{card_path}: the calibration reads the outputs of {unknown}, which are not modules "
+                                f"of the architecture")
     return Artifact(model.eval(), card, directory, calibration)
 
 
@@ -289,7 +294,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None) -> tuple[nn.M
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if value != value else f"{value:.4f}"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple before the card's JSON round trip
         if len(value) <= 4 and all(isinstance(v, (int, float)) for v in value):
             return "[" + ", ".join(_cell(float(v)) for v in value) + "]"
         return f"({len(value)} points in card.json)"

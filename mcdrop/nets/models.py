@@ -127,6 +127,11 @@ class DropoutMLP(nn.Module):
         relus = [i for i, m in enumerate(self.net) if isinstance(m, nn.ReLU)]
         return [f"net.{j}" for i in relus for j in (i - 1, i)]
 
+    def logit_layer(self) -> str | None:
+        """The module whose outputs are the logits (before the temperature), for the OOD score's energy term;
+        None for a regression head."""
+        return f"net.{len(self.net) - 1}" if self.head is Task.CLASSIFICATION else None
+
 
 class DropoutCNN(nn.Module):
     """A convolutional classifier with channel dropout (the ``dropout2d`` semantics) and a dropout dense head.
@@ -233,6 +238,10 @@ class DropoutCNN(nn.Module):
         pools = [i for i, m in enumerate(self.net) if isinstance(m, nn.MaxPool2d)][:-1]
         dense = [j for i, m in enumerate(self.net) if isinstance(m, nn.ReLU) and i > flatten for j in (i - 1, i)]
         return [f"net.{i}" for i in (*pools, flatten, *dense)]
+
+    def logit_layer(self) -> str:
+        """The module whose outputs are the logits (before the temperature), for the OOD score's energy term."""
+        return f"net.{len(self.net) - 1}"
 
 
 def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list[float]:

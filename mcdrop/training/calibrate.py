@@ -63,14 +63,20 @@ def conformal_tensors(probs: Tensor, labels: Tensor, mode: Mode, seed: int) -> d
 def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temperature: tuple[Tensor, Tensor],
                          calibration: tuple[Tensor, Tensor], n_classes: int, class_names: Sequence[str] | None = None,
                          n_samples: int = 50, seed: int = 0, dim: int = 128, combine: Combine = "mean",
-                         ood_tpr: float = 0.95, default_risk: float = 0.02, delta: float = 0.05) -> Calibration:
-    """Fit everything :class:`Calibration` needs (see the module docs); the rows are ``(inputs, labels)``."""
+                         energy: bool = True, ood_tpr: float = 0.95, default_risk: float = 0.02,
+                         delta: float = 0.05) -> Calibration:
+    """Fit everything :class:`Calibration` needs (see the module docs); the rows are ``(inputs, labels)``.
+    ``energy``: the OOD score also standardises the logits' energy, where the model names its logits' module
+    (``logit_layer()``)."""
     engine = MCEngine(model)
     layers = list(model.feature_layers())  # type: ignore[operator]
+    logit_layer = getattr(model, "logit_layer", None)
+    energy_layer = logit_layer() if energy and callable(logit_layer) else None
+    captured = [*layers, *([energy_layer] if energy_layer else [])]
     density = fit_feature_density(features(engine, train[0], layers), train[1],
-                                  features(engine, temperature[0], layers), n_classes, dim, combine)
+                                  features(engine, temperature[0], captured), n_classes, dim, combine, energy_layer)
     x_cal, y_cal = calibration
-    ood = density.score(features(engine, x_cal, layers)).double().numpy()
+    ood = density.score(features(engine, x_cal, captured)).double().numpy()
     threshold = ood_threshold(ood, ood_tpr)
     tensors = density.tensors()
     tensors["ood.calibration_scores"] = torch.from_numpy(np.sort(ood))
@@ -81,7 +87,8 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
     meta: dict[str, Any] = {
-        "feature_layers": layers, "density_dim": dim, "density_combine": combine, "ood_threshold": threshold,
+        "feature_layers": layers, "density_dim": dim, "density_combine": combine,
+        **({"density_energy_layer": energy_layer} if energy_layer else {}), "ood_threshold": threshold,
         "ood_tpr": ood_tpr,
         "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
         "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,

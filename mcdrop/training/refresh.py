@@ -10,8 +10,9 @@ threshold and the abstention data are kept; the card's sha256s are those of the 
 
 With ``--recalibrate`` (Fashion-MNIST classifiers) the whole calibration is fitted again, as ``mcdrop train``
 fits it (:func:`~mcdrop.training.classifier.calibrate_and_measure`: the OOD density over the model's current
-``feature_layers()``, combined as :func:`~mcdrop.uncertainty.ood.fit_feature_density` combines them by default,
-its threshold, the conformal and abstention data), and the card's ``test_conformal`` and ``ood_proxies`` are
+``feature_layers()`` and the energy of its logits, combined as
+:func:`~mcdrop.uncertainty.ood.fit_feature_density` combines them by default, its threshold, the conformal and
+abstention data), and the card's ``test_conformal`` and ``ood_proxies`` are
 measured again; the weights and temperature are kept.  The card's ``covariate_shift`` table is dropped, since
 its decisions used the old OOD score: write it again with ``python -m mcdrop.training.shifts``.
 

@@ -36,8 +36,8 @@ class Calibration:
                  class_names: Sequence[str] | None = None) -> None:
         self.task, self.meta, self.class_names = Task(task), meta, list(class_names or [])
         layers = meta.get("feature_layers") or []
-        self.density = FeatureDensity.from_tensors(tensors, layers, str(meta.get("density_combine", "max"))) \
-            if layers else None
+        self.density = FeatureDensity.from_tensors(tensors, layers, str(meta.get("density_combine", "max")),
+                                                   meta.get("density_energy_layer")) if layers else None
         self.ood_threshold = float(meta["ood_threshold"]) if "ood_threshold" in meta else None
         reference = tensors.get("ood.calibration_scores")  # the calibration inputs' OOD scores (drift monitoring)
         self.ood_reference = reference.double().numpy() if reference is not None else None
@@ -57,7 +57,8 @@ class Calibration:
 
     @property
     def feature_layers(self) -> list[str]:
-        return list(self.density.layers) if self.density is not None else []
+        """The modules whose deterministic outputs the OOD score reads (the logits' module last, if it is one)."""
+        return self.density.captured if self.density is not None else []
 
     def supports(self, what: str, mode: Mode | str, set_method: str | None = None) -> bool:
         """Whether ``coverage`` (with ``set_method``, for classifiers), ``selective_risk`` or ``selective_coverage``

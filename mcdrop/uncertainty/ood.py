@@ -16,6 +16,12 @@ the served ``ood_score`` combines them (higher is more unusual; about 0 for typi
   "Which layers, combined how");
 * ``max`` (calibrations without ``density_combine``): ``ood_score = max_l z_l``, as first shipped, over fewer
   layers.
+
+A classifier's calibration may add its logits as one more standardised score (the card's
+``calibration.density_energy_layer`` names the module whose outputs are the logits ``f``): the energy
+``E(x) = -log sum_c exp f_c(x)`` (Liu et al. 2020), standardised on the same held-out rows and combined with the
+layers' ``z_l`` as one of them.  A density over hidden features cannot see how much evidence the head finds
+for any class; the energy can (BENCHMARKS §6, "The logits' energy as one more layer").
 """
 
 from __future__ import annotations
@@ -76,8 +82,10 @@ class FeatureDensity:
     Attributes:
         layers: the feature layers' module names (as in ``model.named_modules()``).
         densities: one :class:`LayerDensity` per layer.
-        shift, scale: mean and standard deviation of each layer's ``nll`` on held-out in-distribution data.
+        shift, scale: mean and standard deviation of each layer's ``nll`` (then of the energy, with
+            ``energy_layer``) on held-out in-distribution data.
         combine: how :meth:`score` combines the layers' standardised scores, ``"mean"`` or ``"max"``.
+        energy_layer: the module whose outputs are the logits, whose energy is one more score; None for none.
     """
 
     layers: tuple[str, ...]
@@ -85,15 +93,31 @@ class FeatureDensity:
     shift: Tensor
     scale: Tensor
     combine: Combine
+    energy_layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINES:
             raise ValueError(f"density combine must be one of {', '.join(COMBINES)}, but got {self.combine!r}")
+        expected = len(self.layers) + (self.energy_layer is not None)
+        if self.shift.shape != (expected,) or self.scale.shape != (expected,):
+            raise ValueError(f"a density over {expected} scores needs {expected} shifts and scales, but got "
+                             f"{tuple(self.shift.shape)} and {tuple(self.scale.shape)}")
+
+    @property
+    def captured(self) -> list[str]:
+        """The modules whose outputs :meth:`score` reads: the feature layers, then the logits' module if any."""
+        return [*self.layers, *([self.energy_layer] if self.energy_layer is not None else [])]
+
+    def raw_scores(self, features: dict[str, Tensor]) -> Tensor:
+        """Each layer's ``nll``, then the energy ``-logsumexp(f)`` with ``energy_layer``. Shape: ``(B, L[+1])``."""
+        cols = [d.nll(features[name].flatten(1)) for name, d in zip(self.layers, self.densities, strict=True)]
+        if self.energy_layer is not None:
+            cols.append(-torch.logsumexp(features[self.energy_layer].flatten(1).to(self.shift.dtype), 1))
+        return torch.stack(cols, 1)
 
     def layer_scores(self, features: dict[str, Tensor]) -> Tensor:
-        """Standardised negative log densities. Shape: features ``{layer: (B, F_l)}`` -> ``(B, L)``."""
-        nll = torch.stack([d.nll(features[name].flatten(1)) for name, d in zip(self.layers, self.densities, strict=True)], 1)
-        return (nll - self.shift) / self.scale
+        """Standardised scores, ``(raw - mu) / sigma``. Shape: features ``{layer: (B, F_l)}`` -> ``(B, L[+1])``."""
+        return (self.raw_scores(features) - self.shift) / self.scale
 
     def score(self, features: dict[str, Tensor]) -> Tensor:
         """The OOD score, ``mean_l`` or ``max_l`` of ``(nll_l - mu_l) / sigma_l``. Shape: ``(B,)``."""
@@ -107,11 +131,13 @@ class FeatureDensity:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str], combine: str) -> FeatureDensity:
-        """The density stored by :meth:`tensors`; ``combine`` is the card's (``calibration.density_combine``)."""
+    def from_tensors(cls, tensors: dict[str, Tensor], layers: list[str], combine: str,
+                     energy_layer: str | None = None) -> FeatureDensity:
+        """The density stored by :meth:`tensors`; ``combine`` and ``energy_layer`` are the card's
+        (``calibration.density_combine``, ``calibration.density_energy_layer``)."""
         densities = tuple(LayerDensity.from_tensors(tensors, f"density.{i}") for i in range(len(layers)))
         return cls(tuple(layers), densities, tensors["density.shift"], tensors["density.scale"],
-                   cast(Combine, combine))
+                   cast(Combine, combine), energy_layer)
 
 
 def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128) -> LayerDensity:
@@ -149,11 +175,12 @@ def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128)
 
 
 def fit_feature_density(train: dict[str, Tensor], labels: Tensor, held_out: dict[str, Tensor], n_classes: int,
-                        dim: int = 128, combine: Combine = "mean") -> FeatureDensity:
-    """Fit a density per layer on ``train`` features and standardise each on ``held_out`` (in-distribution
-    rows the density was not fitted on); ``combine`` as in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``,
-    labels ``(N,)``."""
-    layers = tuple(train)
+                        dim: int = 128, combine: Combine = "mean", energy_layer: str | None = None) -> FeatureDensity:
+    """Fit a density per layer of ``train`` (but ``energy_layer``) and standardise each, and the energy of
+    ``energy_layer``'s logits, on ``held_out`` (in-distribution rows the density was not fitted on); ``combine`` as
+    in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``, labels ``(N,)``."""
+    layers = tuple(name for name in train if name != energy_layer)
     densities = tuple(fit_layer_density(train[name], labels, n_classes, dim) for name in layers)
-    nll = torch.stack([d.nll(held_out[name].flatten(1)) for name, d in zip(layers, densities, strict=True)], 1)
-    return FeatureDensity(layers, densities, nll.mean(0), nll.std(0).clamp_min(1e-6), combine)
+    placeholder = torch.zeros(len(layers) + (energy_layer is not None))
+    raw = FeatureDensity(layers, densities, placeholder, placeholder + 1, combine, energy_layer).raw_scores(held_out)
+    return FeatureDensity(layers, densities, raw.mean(0), raw.std(0).clamp_min(1e-6), combine, energy_layer)

@@ -134,3 +134,6 @@ def test_card_markdown_renders_nested_metrics_as_tables():
     assert f"{noise['ood_score']['fpr95']:.4f}" in text and f"{noise['deterministic_entropy']['auroc']:.4f}" in text
     assert "(21 points in card.json)" in text
     assert text.index("### test_conformal") > text.index("- test_mc_50:")  # the one-line sections first
+    fresh = card.model_copy(deep=True)  # as a writer holds it before the JSON round trip: bounds are tuples
+    fresh.metrics["test_conformal"]["bounds"] = {k: tuple(v) for k, v in card.metrics["test_conformal"]["bounds"].items()}
+    assert render_card(fresh) == text

@@ -33,6 +33,8 @@ def test_calibration_is_stored_checked_and_described(path, tmp_path):
     assert card.calibration["rows"]["calibration"] > 0
     assert card.calibration["feature_layers"] == ["net.0", "net.1", "net.3", "net.4"]  # Linear and ReLU of each layer
     assert card.calibration["density_combine"] == "mean" and artifact.calibration.density.combine == "mean"
+    assert card.calibration["density_energy_layer"] == "net.6"  # the last Linear: the logits
+    assert artifact.calibration.feature_layers == ["net.0", "net.1", "net.3", "net.4", "net.6"]
     assert artifact.calibration.supports("coverage", "mc") and artifact.calibration.supports("selective_risk", "deterministic")
     import shutil
 
@@ -48,6 +50,11 @@ def test_calibration_is_stored_checked_and_described(path, tmp_path):
     (broken / "card.json").write_text(json.dumps(card_json))
     (broken / "calibration.safetensors").write_bytes((path / "calibration.safetensors").read_bytes())
     with pytest.raises(ArtifactError, match="does not fit the calibration"):
+        load_artifact(broken)
+    card_json["calibration"]["feature_layers"] = card.calibration["feature_layers"]
+    card_json["calibration"]["density_energy_layer"] = "net.9"
+    (broken / "card.json").write_text(json.dumps(card_json))
+    with pytest.raises(ArtifactError, match=r"the calibration reads the outputs of \['net.9'\], which are not modules"):
         load_artifact(broken)
 
 

@@ -73,3 +73,30 @@ def test_layers_combine_by_mean_or_max_and_round_trip():
     assert new.density is not None and new.density.combine == "mean"
     with pytest.raises(ValueError, match="density combine must be one of mean, max, but got 'sum'"):
         FeatureDensity.from_tensors(density.tensors(), layers, "sum")
+
+
+def test_logit_energy_is_one_more_standardised_score():
+    """With ``energy_layer`` the logits' energy ``-logsumexp(f)`` is standardised on the held-out rows like a layer:
+    about 0 with unit spread on fresh in-distribution rows, high where the logits find little evidence for any
+    class; it takes part in the mean, is stored with the density, and a mismatched shift/scale is refused."""
+    h, y = blobs(4000, 6)
+    held, y_held = blobs(2000, 7)
+    fresh, y_fresh = blobs(2000, 8)
+    rng = np.random.default_rng(9)
+
+    def logits(labels: torch.Tensor, evidence: float) -> torch.Tensor:  # a confident head: the right logit high
+        return torch.tensor(rng.normal(size=(len(labels), 3))) + evidence * torch.nn.functional.one_hot(labels, 3)
+
+    density = fit_feature_density({"h": h}, y, {"h": held, "out": logits(y_held, 6.0)}, 3, dim=4, energy_layer="out")
+    assert density.captured == ["h", "out"] and density.shift.shape == (2,)
+    inside = {"h": fresh, "out": logits(y_fresh, 6.0)}
+    z = density.layer_scores(inside).double()
+    se = z_bound() / math.sqrt(len(fresh))  # z ~ (0, 1): its mean's standard error is 1 / sqrt(n)
+    assert abs(float(z[:, 1].mean())) < se + 0.05 and abs(float(z[:, 1].std()) - 1) < 0.1
+    assert torch.allclose(density.score(inside), z.mean(1).to(density.score(inside).dtype))
+    flat = density.layer_scores({"h": fresh[:200], "out": logits(y_fresh[:200], 0.0)})[:, 1]  # no evidence
+    assert float((flat > z[:, 1].quantile(0.99)).double().mean()) > 0.9
+    again = FeatureDensity.from_tensors(density.tensors(), list(density.layers), "mean", "out")
+    assert torch.equal(again.score(inside), density.score(inside))
+    with pytest.raises(ValueError, match="a density over 1 scores needs 1 shifts and scales, but got"):
+        FeatureDensity.from_tensors(density.tensors(), list(density.layers), "mean")
