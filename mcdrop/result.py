@@ -75,7 +75,9 @@ class Column:
 
 _N_SAMPLES = Column("n_samples", "int", always=True)
 _OOD = Column("ood_score", "float", default=True, source="decision",
-              description="negative log feature density: higher is more unusual (null when the model has no density)")
+              description="the hidden layers' standardised negative log densities (and the logits' energy) combined as the "
+                          "card says: about 0 for typical inputs, higher is more unusual (null when the model has "
+                          "no density)")
 _ABSTAIN = Column("abstain", "flag", default=True, source="decision",
                   description="whether to withhold this answer (null when uncalibrated)")
 _REASONS = Column("abstain_reasons", "reasons", default=True, source="decision")

@@ -277,12 +277,29 @@ def load_artifact(name_or_path: str | os.PathLike[str] | None = None) -> Artifac
         except (KeyError, ValueError) as err:
             raise ArtifactError(f"{directory / card.calibration_file} does not fit the calibration in {card_path}: "
                                 f"{err}") from err
-        modules = dict(model.named_modules())
-        unknown = [name for name in calibration.feature_layers if name not in modules]
-        if unknown:
-            raise ArtifactError(f"{card_path}: the calibration reads the outputs of {unknown}, which are not modules "
-                                f"of the architecture")
+        _check_feature_modules(model, calibration, card_path)
     return Artifact(model.eval(), card, directory, calibration)
+
+
+def _check_feature_modules(model: nn.Module, calibration: Calibration, card_path: Path) -> None:
+    """The calibration's feature layers are modules of ``model``, and its energy layer is the model's logits."""
+    density = calibration.density
+    if density is None:
+        return
+    names = calibration.feature_layers
+    if not all(isinstance(name, str) and name for name in names):
+        raise ArtifactError(f"{card_path}: calibration.feature_layers and density_energy_layer must be module names "
+                            f"(non-empty strings), but got {names[:8]}")
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ArtifactError(f"{card_path}: the calibration reads the outputs of {unknown}, which are not modules "
+                            f"of the architecture")
+    logit_layer = getattr(model, "logit_layer", None)
+    logits = logit_layer() if callable(logit_layer) else None
+    if density.energy_layer is not None and density.energy_layer != logits:
+        raise ArtifactError(f"{card_path}: calibration.density_energy_layer is {density.energy_layer!r}, but the "
+                            f"architecture's logits are the outputs of {logits!r}")
 
 
 def load_model(name_or_path: str | os.PathLike[str] | None = None) -> tuple[nn.Module, ModelCard]:

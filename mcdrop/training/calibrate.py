@@ -3,8 +3,8 @@
 Three disjoint parts of the data, none of them the test set:
 
 * the **training** rows: the feature density is fitted on their hidden features;
-* the **temperature** rows (held out of training; the temperature was fitted on them): each layer's density is
-  standardised on them;
+* the **temperature** rows (held out of training; the temperature was fitted on them): each layer's density, and
+  the logits' energy, is standardised on them;
 * the **calibration** rows (held out of training and of the temperature): the OOD threshold (the
   ``ood_tpr`` quantile of their OOD scores, which are stored too, for drift monitoring), the conformal scores of
   every method in both modes, and the (uncertainty, error) pairs abstention thresholds are chosen from.
@@ -71,8 +71,8 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     engine = MCEngine(model)
     layers = list(model.feature_layers())  # type: ignore[operator]
     logit_layer = getattr(model, "logit_layer", None)
-    energy_layer = logit_layer() if energy and callable(logit_layer) else None
-    captured = [*layers, *([energy_layer] if energy_layer else [])]
+    energy_layer = logit_layer() if energy and layers and callable(logit_layer) else None  # a term of a density
+    captured = [*layers, *([energy_layer] if energy_layer is not None else [])]
     density = fit_feature_density(features(engine, train[0], layers), train[1],
                                   features(engine, temperature[0], captured), n_classes, dim, combine, energy_layer)
     x_cal, y_cal = calibration
@@ -87,8 +87,8 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
     meta: dict[str, Any] = {
-        "feature_layers": layers, "density_dim": dim, "density_combine": combine,
-        **({"density_energy_layer": energy_layer} if energy_layer else {}), "ood_threshold": threshold,
+        "feature_layers": list(density.layers), "density_dim": dim, "density_combine": combine,
+        **({"density_energy_layer": energy_layer} if energy_layer is not None else {}), "ood_threshold": threshold,
         "ood_tpr": ood_tpr,
         "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
         "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,

@@ -1,4 +1,4 @@
-"""Out-of-distribution scores from a density over a model's deterministic hidden features.
+"""Out-of-distribution scores from a density over a model's deterministic hidden features (and its logits).
 
 For each chosen hidden layer ``l``, the features ``h`` of the training set are projected on their top ``k``
 principal directions, ``r = (h - c) P``, and modelled by class-conditional Gaussians with their own
@@ -100,8 +100,10 @@ class FeatureDensity:
             raise ValueError(f"density combine must be one of {', '.join(COMBINES)}, but got {self.combine!r}")
         expected = len(self.layers) + (self.energy_layer is not None)
         if self.shift.shape != (expected,) or self.scale.shape != (expected,):
-            raise ValueError(f"a density over {expected} scores needs {expected} shifts and scales, but got "
-                             f"{tuple(self.shift.shape)} and {tuple(self.scale.shape)}")
+            raise ValueError(f"a density over {len(self.layers)} layers"
+                             f"{' and the energy of ' + repr(self.energy_layer) if self.energy_layer is not None else ''} needs "
+                             f"{expected} shifts and scales, but got {tuple(self.shift.shape)} and "
+                             f"{tuple(self.scale.shape)}")
 
     @property
     def captured(self) -> list[str]:
@@ -120,7 +122,8 @@ class FeatureDensity:
         return (self.raw_scores(features) - self.shift) / self.scale
 
     def score(self, features: dict[str, Tensor]) -> Tensor:
-        """The OOD score, ``mean_l`` or ``max_l`` of ``(nll_l - mu_l) / sigma_l``. Shape: ``(B,)``."""
+        """The OOD score, ``mean_l`` or ``max_l`` of ``(nll_l - mu_l) / sigma_l`` (the energy one of the ``l``
+        with ``energy_layer``). Shape: ``(B,)``."""
         z = self.layer_scores(features)
         return z.mean(1) if self.combine == "mean" else z.amax(1)
 
@@ -176,10 +179,13 @@ def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128)
 
 def fit_feature_density(train: dict[str, Tensor], labels: Tensor, held_out: dict[str, Tensor], n_classes: int,
                         dim: int = 128, combine: Combine = "mean", energy_layer: str | None = None) -> FeatureDensity:
-    """Fit a density per layer of ``train`` (but ``energy_layer``) and standardise each, and the energy of
+    """Fit a density per layer of ``train`` (except ``energy_layer``) and standardise each, and the energy of
     ``energy_layer``'s logits, on ``held_out`` (in-distribution rows the density was not fitted on); ``combine`` as
     in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``, labels ``(N,)``."""
     layers = tuple(name for name in train if name != energy_layer)
+    missing = [name for name in (*layers, *([energy_layer] if energy_layer is not None else [])) if name not in held_out]
+    if missing:
+        raise ValueError(f"the held-out features lack the outputs of {missing}")
     densities = tuple(fit_layer_density(train[name], labels, n_classes, dim) for name in layers)
     placeholder = torch.zeros(len(layers) + (energy_layer is not None))
     raw = FeatureDensity(layers, densities, placeholder, placeholder + 1, combine, energy_layer).raw_scores(held_out)

@@ -105,3 +105,21 @@ def test_cnn_invalid_configs(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         DropoutCNN(**{"image_shape": (28, 28), "channels": (4, 8), **kwargs})
+
+
+def test_logit_layer_is_the_last_linear_before_the_temperature():
+    """``logit_layer()`` names the module whose outputs, divided by the temperature, are the model's outputs (the
+    OOD score's energy reads them); a regression head has none."""
+    from mcdrop.nets.models import DropoutCNN
+    from mcdrop.sampling.engine import MCEngine
+
+    torch.manual_seed(1)
+    mlp = DropoutMLP(12, [8, 8], 3, dropout=0.2).eval()
+    cnn = DropoutCNN((8, 8), 3, channels=(2,), hidden=(6,), channel_dropout=0.1, dropout=0.5).eval()
+    for model, x in ((mlp, torch.randn(4, 12)), (cnn, torch.rand(4, 64))):
+        model.temperature.fill_(0.5)
+        name = model.logit_layer()
+        assert isinstance(dict(model.named_modules())[name], torch.nn.Linear)
+        out, captured = MCEngine(model).deterministic_features(x, [name])
+        torch.testing.assert_close(captured[name] / 0.5, out)
+    assert DropoutMLP(4, [8], 1, head="homoscedastic", tau=1.0).logit_layer() is None

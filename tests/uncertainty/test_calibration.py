@@ -56,6 +56,12 @@ def test_calibration_is_stored_checked_and_described(path, tmp_path):
     (broken / "card.json").write_text(json.dumps(card_json))
     with pytest.raises(ArtifactError, match=r"the calibration reads the outputs of \['net.9'\], which are not modules"):
         load_artifact(broken)
+    for wrong, message in (("net.4", r"density_energy_layer is 'net.4', but the architecture's logits are the "
+                                      r"outputs of 'net.6'"), (["net.6"], "must be module names")):
+        card_json["calibration"]["density_energy_layer"] = wrong
+        (broken / "card.json").write_text(json.dumps(card_json))
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(broken)
 
 
 def request(**fields) -> PredictRequest:
@@ -155,3 +161,19 @@ def test_a_calibration_from_before_non_randomised_sets_serves_only_the_randomise
         served.check(request(coverage=0.9))
     assert err.value.field == "set_method"
     assert served.predict(request(coverage=0.9, set_method="aps_randomized")).columns["prediction_set"].shape == (200, 4)
+
+
+def test_calibration_without_the_energy_scores_the_layers_alone(path):
+    """``energy=False`` fits what calibrations before the energy term fitted: no ``density_energy_layer``, the
+    layers' scores alone, and the same layer densities as with it."""
+    from mcdrop.training.calibrate import calibrate_classifier
+
+    model = load_artifact(path).model
+    x, y = blobs(900, seed=11, shift=0.1)
+    parts = {"train": (x[:500], y[:500]), "temperature": (x[500:700], y[500:700]), "calibration": (x[700:], y[700:])}
+    fits = {energy: calibrate_classifier(model, **parts, n_classes=4, n_samples=5, dim=8, energy=energy)
+            for energy in (False, True)}
+    assert "density_energy_layer" not in fits[False].meta and fits[False].density.energy_layer is None
+    assert fits[True].meta["density_energy_layer"] == "net.6"
+    assert fits[False].feature_layers == fits[True].feature_layers[:-1] == list(fits[True].density.layers)
+    assert torch.equal(fits[False].density.shift, fits[True].density.shift[:-1])

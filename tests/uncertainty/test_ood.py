@@ -93,10 +93,16 @@ def test_logit_energy_is_one_more_standardised_score():
     z = density.layer_scores(inside).double()
     se = z_bound() / math.sqrt(len(fresh))  # z ~ (0, 1): its mean's standard error is 1 / sqrt(n)
     assert abs(float(z[:, 1].mean())) < se + 0.05 and abs(float(z[:, 1].std()) - 1) < 0.1
-    assert torch.allclose(density.score(inside), z.mean(1).to(density.score(inside).dtype))
-    flat = density.layer_scores({"h": fresh[:200], "out": logits(y_fresh[:200], 0.0)})[:, 1]  # no evidence
-    assert float((flat > z[:, 1].quantile(0.99)).double().mean()) > 0.9
+    no_evidence = {"h": fresh[:200], "out": logits(y_fresh[:200], 0.0)}  # typical features, a flat head
+    assert float((density.layer_scores(no_evidence)[:, 1] > z[:, 1].quantile(0.99)).double().mean()) > 0.9
+    typical = density.score(inside).double()
+    assert float((density.score(no_evidence).double() > typical.quantile(0.95)).double().mean()) > 0.9
+    equal = {"h": fresh[:2], "out": torch.full((2, 3), 1.5)}  # C equal logits a: E = -(a + log C)
+    torch.testing.assert_close(density.raw_scores(equal)[:, 1].double(), torch.full((2,), -(1.5 + math.log(3))),
+                               check_dtype=False)
     again = FeatureDensity.from_tensors(density.tensors(), list(density.layers), "mean", "out")
     assert torch.equal(again.score(inside), density.score(inside))
-    with pytest.raises(ValueError, match="a density over 1 scores needs 1 shifts and scales, but got"):
+    with pytest.raises(ValueError, match="a density over 1 layers needs 1 shifts and scales, but got"):
         FeatureDensity.from_tensors(density.tensors(), list(density.layers), "mean")
+    with pytest.raises(ValueError, match=r"the held-out features lack the outputs of \['out'\]"):
+        fit_feature_density({"h": h}, y, {"h": held}, 3, dim=4, energy_layer="out")
