@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mcdrop.nets.artifacts import load_artifact
+from mcdrop.nets.models import logit_layer
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.training.calibrate import features
 from mcdrop.training.classifier import split_indices
@@ -33,7 +34,7 @@ from mcdrop.training.data import fashion_mnist_features, load_fashion_mnist
 from mcdrop.training.proxies import PROXIES, make_proxy
 from mcdrop.training.shifts import KINDS, shifted
 from mcdrop.uncertainty.metrics import auroc, fpr_at_95_tpr
-from mcdrop.uncertainty.ood import FeatureDensity, fit_feature_density
+from mcdrop.uncertainty.ood import fit_feature_density, standardise_density
 
 
 def main() -> None:
@@ -52,26 +53,22 @@ def main() -> None:
     train_x, train_y = load_fashion_mnist(None, train=True)
     parts = split_indices(len(train_y), config)
     xf = fashion_mnist_features(train_x)
-    logits = model.logit_layer()  # type: ignore[operator]
-    density = cal.density
+    logits = logit_layer(model)
+    assert logits is not None, "a classifier that names its logits' module is needed"
+    layers, densities = cal.density.layers, cal.density.densities
     if args.refit:
-        layers = list(model.feature_layers())  # type: ignore[operator]
-        density = fit_feature_density(features(engine, xf[parts["train"]], layers), train_y[parts["train"]],
-                                      features(engine, xf[parts["temperature"]], layers), 10)
-    n_layers = len(density.layers)  # the layers alone, whether or not the card's density has the energy already
-    layers_only = FeatureDensity(density.layers, density.densities, density.shift[:n_layers],
-                                 density.scale[:n_layers], density.combine)
-    captured = [*density.layers, logits]
-    temp = features(engine, xf[parts["temperature"]], captured)
-    e_temp = -torch.logsumexp(temp[logits], 1).double()
-    mu, sigma = float(e_temp.mean()), float(e_temp.std())
+        layers = tuple(model.feature_layers())  # type: ignore[operator]
+    temp = features(engine, xf[parts["temperature"]], [*layers, logits])
+    if args.refit:
+        densities = fit_feature_density(features(engine, xf[parts["train"]], list(layers)), train_y[parts["train"]],
+                                        temp, 10).densities
+    with_energy = standardise_density(layers, densities, temp, energy_layer=logits)  # as a calibration fits it
 
     def scores(x: torch.Tensor) -> dict[str, np.ndarray]:
-        f = features(engine, x, [*dict.fromkeys([*captured, *cal.feature_layers])])
-        z = layers_only.layer_scores(f).double()
-        e = ((-torch.logsumexp(f[logits], 1).double() - mu) / sigma).unsqueeze(1)
-        ze = torch.cat([z, e], 1)
-        out = {"served": cal.density.score(f).double(), "mean": z.mean(1), "max": z.amax(1), "energy": e[:, 0],
+        f = features(engine, x, [*dict.fromkeys([*with_energy.captured, *cal.feature_layers])])
+        ze = with_energy.layer_scores(f).double()  # the layers' z, then the energy's
+        z = ze[:, :-1]
+        out = {"served": cal.density.score(f).double(), "mean": z.mean(1), "max": z.amax(1), "energy": ze[:, -1],
                "mean+energy": ze.mean(1), "max+energy": ze.amax(1)}
         return {k: v.numpy() for k, v in out.items()}
 
@@ -81,7 +78,7 @@ def main() -> None:
     sets = {name: torch.as_tensor(make_proxy(name, images.numpy())).reshape(-1, 784).float() for name in PROXIES}
     sets.update({f"{kind} 2": shifted(images[:args.n], kind, 2).reshape(-1, 784) for kind in KINDS})
     results = {name: scores(x) for name, x in sets.items()}
-    print(f"{args.model} ({'refitted to ' + ', '.join(density.layers) if args.refit else 'its card'}'s density; "
+    print(f"{args.model} ({'refitted to ' + ', '.join(layers) if args.refit else 'its card'}'s density; "
           f"energy of {logits}), AUROC / FPR95 against the 10,000 test images; {time.perf_counter() - t0:.0f} s, "
           f"{args.threads} threads\n")
     print("| score | " + " | ".join(sets) + " |")

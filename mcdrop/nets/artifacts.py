@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mcdrop.errors import ModelError
 from mcdrop.io.atomic import new_mode
-from mcdrop.nets.models import build_model, describe_architecture, multiply_adds
+from mcdrop.nets.models import build_model, describe_architecture, logit_layer, multiply_adds
 from mcdrop.schemas import ModelCard
 from mcdrop.uncertainty.calibration import Calibration
 
@@ -295,8 +295,7 @@ def _check_feature_modules(model: nn.Module, calibration: Calibration, card_path
     if unknown:
         raise ArtifactError(f"{card_path}: the calibration reads the outputs of {unknown}, which are not modules "
                             f"of the architecture")
-    logit_layer = getattr(model, "logit_layer", None)
-    logits = logit_layer() if callable(logit_layer) else None
+    logits = logit_layer(model)
     if density.energy_layer is not None and density.energy_layer != logits:
         raise ArtifactError(f"{card_path}: calibration.density_energy_layer is {density.energy_layer!r}, but the "
                             f"architecture's logits are the outputs of {logits!r}")

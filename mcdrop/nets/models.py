@@ -26,7 +26,8 @@ from mcdrop.request import Task
 from mcdrop.sampling.functional import check_probability
 from mcdrop.sampling.layers import ChannelDropout, Dropout
 
-__all__ = ["ARCHITECTURES", "DropoutCNN", "DropoutMLP", "build_model", "describe_architecture", "multiply_adds"]
+__all__ = ["ARCHITECTURES", "DropoutCNN", "DropoutMLP", "build_model", "describe_architecture", "logit_layer",
+           "multiply_adds"]
 
 
 class DropoutMLP(nn.Module):
@@ -242,6 +243,13 @@ class DropoutCNN(nn.Module):
     def logit_layer(self) -> str:
         """The module whose outputs are the logits (before the temperature), for the OOD score's energy term."""
         return f"net.{len(self.net) - 1}"
+
+
+def logit_layer(model: nn.Module) -> str | None:
+    """The module whose outputs are ``model``'s logits, where the model names one (``model.logit_layer()``; mcdrop's
+    classifiers), else None."""
+    named = getattr(model, "logit_layer", None)
+    return named() if callable(named) else None
 
 
 def _rates(value: float | Sequence[float], n: int, name: str, what: str) -> list[float]:

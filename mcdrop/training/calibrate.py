@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mcdrop.nets.models import logit_layer
 from mcdrop.request import Mode, Task
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.uncertainty import conformal, selective
@@ -70,8 +71,7 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     (``logit_layer()``)."""
     engine = MCEngine(model)
     layers = list(model.feature_layers())  # type: ignore[operator]
-    logit_layer = getattr(model, "logit_layer", None)
-    energy_layer = logit_layer() if energy and layers and callable(logit_layer) else None  # a term of a density
+    energy_layer = logit_layer(model) if energy and layers else None  # a term of a density over layers
     captured = [*layers, *([energy_layer] if energy_layer is not None else [])]
     density = fit_feature_density(features(engine, train[0], layers), train[1],
                                   features(engine, temperature[0], captured), n_classes, dim, combine, energy_layer)

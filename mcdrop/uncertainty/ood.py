@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["COMBINES", "FeatureDensity", "LayerDensity", "fit_feature_density", "fit_layer_density"]
+__all__ = ["COMBINES", "FeatureDensity", "LayerDensity", "fit_feature_density", "fit_layer_density",
+           "standardise_density"]
 
 Combine = Literal["mean", "max"]
 COMBINES: tuple[Combine, ...] = ("mean", "max")
@@ -180,13 +181,22 @@ def fit_layer_density(h: Tensor, labels: Tensor, n_classes: int, dim: int = 128)
 def fit_feature_density(train: dict[str, Tensor], labels: Tensor, held_out: dict[str, Tensor], n_classes: int,
                         dim: int = 128, combine: Combine = "mean", energy_layer: str | None = None) -> FeatureDensity:
     """Fit a density per layer of ``train`` (except ``energy_layer``) and standardise each, and the energy of
-    ``energy_layer``'s logits, on ``held_out`` (in-distribution rows the density was not fitted on); ``combine`` as
-    in :class:`FeatureDensity`. Shapes: ``{layer: (N, F_l)}``, labels ``(N,)``."""
+    ``energy_layer``'s logits, on ``held_out`` (:func:`standardise_density`). Shapes: ``{layer: (N, F_l)}``,
+    labels ``(N,)``."""
     layers = tuple(name for name in train if name != energy_layer)
-    missing = [name for name in (*layers, *([energy_layer] if energy_layer is not None else [])) if name not in held_out]
+    densities = tuple(fit_layer_density(train[name], labels, n_classes, dim) for name in layers)
+    return standardise_density(layers, densities, held_out, combine, energy_layer)
+
+
+def standardise_density(layers: tuple[str, ...], densities: tuple[LayerDensity, ...], held_out: dict[str, Tensor],
+                        combine: Combine = "mean", energy_layer: str | None = None) -> FeatureDensity:
+    """The :class:`FeatureDensity` of fitted layer ``densities`` (and the energy of ``energy_layer``'s logits),
+    each score standardised by its mean and standard deviation on ``held_out`` (in-distribution rows the densities
+    were not fitted on)."""
+    unit = torch.ones(len(layers) + (energy_layer is not None))
+    raw_density = FeatureDensity(layers, densities, unit - 1, unit, combine, energy_layer)
+    missing = [name for name in raw_density.captured if name not in held_out]
     if missing:
         raise ValueError(f"the held-out features lack the outputs of {missing}")
-    densities = tuple(fit_layer_density(train[name], labels, n_classes, dim) for name in layers)
-    placeholder = torch.zeros(len(layers) + (energy_layer is not None))
-    raw = FeatureDensity(layers, densities, placeholder, placeholder + 1, combine, energy_layer).raw_scores(held_out)
+    raw = raw_density.raw_scores(held_out)
     return FeatureDensity(layers, densities, raw.mean(0), raw.std(0).clamp_min(1e-6), combine, energy_layer)
