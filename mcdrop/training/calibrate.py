@@ -70,30 +70,32 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     ``energy``: the OOD score also standardises the logits' energy, where the model names its logits' module
     (``logit_layer()``)."""
     engine = MCEngine(model)
-    layers = list(model.feature_layers())  # type: ignore[operator]
-    energy_layer = logit_layer(model) if energy and layers else None  # a term of a density over layers
-    captured = [*layers, *([energy_layer] if energy_layer is not None else [])]
-    density = fit_feature_density(features(engine, train[0], layers), train[1],
-                                  features(engine, temperature[0], captured), n_classes, dim, combine, energy_layer)
+    layers = list(model.feature_layers()) if hasattr(model, "feature_layers") else []
     x_cal, y_cal = calibration
-    ood = density.score(features(engine, x_cal, captured)).double().numpy()
-    threshold = ood_threshold(ood, ood_tpr)
-    tensors = density.tensors()
-    tensors["ood.calibration_scores"] = torch.from_numpy(np.sort(ood))
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {}
+    if layers:  # a model that names no feature layer (a graph without a last Linear) gets no OOD score
+        energy_layer = logit_layer(model) if energy else None
+        captured = [*layers, *([energy_layer] if energy_layer is not None else [])]
+        density = fit_feature_density(features(engine, train[0], layers), train[1],
+                                      features(engine, temperature[0], captured), n_classes, dim, combine, energy_layer)
+        ood = density.score(features(engine, x_cal, captured)).double().numpy()
+        tensors.update(density.tensors())
+        tensors["ood.calibration_scores"] = torch.from_numpy(np.sort(ood))
+        meta.update({"feature_layers": list(density.layers), "density_dim": dim, "density_combine": combine,
+                     **({"density_energy_layer": energy_layer} if energy_layer is not None else {}),
+                     "ood_threshold": ood_threshold(ood, ood_tpr), "ood_tpr": ood_tpr})
     for mode in Mode:
         probs = _probabilities(engine, x_cal, mode, n_samples, seed)
         tensors.update(conformal_tensors(probs, y_cal, mode, seed))
         confidence, predicted = probs.max(1)
         tensors[f"selective.{mode.value}.uncertainty"] = (1.0 - confidence).contiguous()
         tensors[f"selective.{mode.value}.errors"] = (predicted != y_cal).double()
-    meta: dict[str, Any] = {
-        "feature_layers": list(density.layers), "density_dim": dim, "density_combine": combine,
-        **({"density_energy_layer": energy_layer} if energy_layer is not None else {}), "ood_threshold": threshold,
-        "ood_tpr": ood_tpr,
+    meta.update({
         "default_risk": default_risk, "delta": delta, "raps_lambda": conformal.RAPS_LAMBDA,
         "raps_k_reg": conformal.RAPS_K_REG, "mc_samples": n_samples, "seed": seed,
         "rows": {"density": len(train[1]), "standardisation": len(temperature[1]), "calibration": len(y_cal)},
-    }
+    })
     calibrated = Calibration(Task.CLASSIFICATION, meta, tensors, class_names)
     for mode in Mode:
         t = calibrated.uncertainty_threshold(mode)

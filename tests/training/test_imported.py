@@ -60,3 +60,19 @@ def test_prediction_sets_of_an_imported_cnn_cover_fresh_rows(tmp_path):
     assert lo <= covered.mean() <= hi
     with pytest.raises(CalibrationDataError, match="expects 72 per row"):
         mcdrop.calibrate_model(tmp_path / "m", x[:, :10], y)
+
+
+def test_a_classifier_without_a_last_linear_calibrates_without_an_ood_score(tmp_path):
+    """A graph whose logits come from a convolution names no feature layer: it gets sets and abstention, no density."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Conv1d(4, 3, 1), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten())
+    mcdrop.export_model(model, tmp_path / "m", example_input=torch.randn(2, 1, 8), task="classification")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 8, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    report = mcdrop.calibrate_model(tmp_path / "m", x.numpy(), y.numpy(), n_samples=5)
+    assert report.ood_threshold is None
+    answer = Predictor([str(tmp_path / "m")]).predict_array(x[:4].numpy(), seed=1, n_samples=5, coverage=0.9)
+    assert "ood_score" not in answer.columns and answer.columns["prediction_set"].shape == (4, 3)
+    assert answer.columns["abstain"].shape == (4,)
