@@ -18,7 +18,10 @@ about ``slice_cost``:
   chunk.  No work is done for a request after its 504.  A started request whose remaining work would need
   longer than its time left (at the measured rate) gets its 504 at once rather than at the deadline.
 * **Overload.**  Work is admitted only if the backlog (queued work / the rate of large work) leaves it time to
-  finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.
+  finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.  On an idle
+  queue every request within the limits is admitted, whatever its price: the price is an estimate, refusing would
+  not make a retry succeed, and the first large slice measures the rate (a request that then cannot finish gets
+  its 504 early, below).
 * **Pricing.**  A request's seconds are its multiply-adds over the rate of *large* work: the larger of the
   predictor's start-up measurement on a large slice and a moving average over engine calls of at least half a
   slice.  Never below the start-up rate: a pessimistic average (large slices that ran while the machine was
@@ -174,8 +177,14 @@ class Scheduler:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         cost = self.predictor.work(plan)
         need = cost / self.rate
+        with self._cond:
+            idle = not self._jobs
         backlog = self.backlog_seconds()
-        if backlog + need > timeout:
+        if not idle and backlog + need > timeout:
+            if need > timeout:
+                raise Overloaded(f"this request needs about {need:.1f} s at the server's measured rate, beyond the "
+                                 f"{timeout:g} s limit (MCDROP_REQUEST_TIMEOUT), and {backlog:.1f} s of work is queued "
+                                 "before it; send fewer rows or passes, or retry when the server is idle")
             raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
                              f"{need:.1f} s more, beyond the {timeout:g} s limit; retry later")
         loop = asyncio.get_running_loop()

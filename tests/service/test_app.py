@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from mcdrop.schemas import Limits, PredictRequest, PredictResponse
 from mcdrop.service.app import create_app
 from mcdrop.serving.config import ServiceConfig
+from mcdrop.serving.errors import Overloaded
 from mcdrop.serving.predictor import Predictor
 from mcdrop.serving.scheduler import Scheduler
 from mcdrop.wire import META_HEADER, NPY, decode_result, encode_npy
@@ -189,9 +190,17 @@ def test_work_beyond_the_budget_is_413(models):
 
 
 def test_overload_is_503_with_retry_after(models):
-    busy = make_state(models, rate=1.0)  # a server that believes it does one multiply-add a second
+    """The door's mapping of the scheduler's refusal (when it refuses is tests/serving/test_scheduler.py's: only
+    behind queued work, which a tiny model cannot keep queued here)."""
+    busy = make_state(models)
+
+    async def refuse(request, **options):
+        raise Overloaded("the server is busy: 40.0 s of queued work, and this request needs about 1.0 s more")
+
+    busy.scheduler.submit = refuse
     r = post(TestClient(create_app(lambda: busy)), {"inputs": [ROW], "n_samples": 50})
-    assert r.status_code == 503 and r.headers["retry-after"] == "5" and "busy" in r.json()["error"]
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json()["error"].startswith("the server is busy: 40.0 s of queued work")
 
 
 def test_deadline_is_504(models):

@@ -178,13 +178,36 @@ def test_a_cancelled_task_cancels_its_work(predictor):
 
 
 def test_overload_is_refused_at_once(predictor):
+    """Behind queued work, a request that would miss its deadline is refused at once (503), and the message says
+    whether the queue or the request itself is too long."""
     scheduler = Scheduler(predictor, timeout_s=1.0, rate=1e6)  # pretend the machine is very slow
 
     async def main():
-        with pytest.raises(Overloaded, match="busy"):
+        first = asyncio.create_task(scheduler.submit(req(4096, n=20_000)))  # admitted: the queue is idle
+        await asyncio.sleep(0)  # ... and now queued
+        with pytest.raises(Overloaded, match=r"busy: \d+\.\d s of queued work"):
+            await scheduler.submit(req(1, n=20))
+        with pytest.raises(Overloaded, match=r"this request needs about 11\.\d s .* beyond the 1 s limit"):
             await scheduler.submit(req(100, n=1000))
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
 
     asyncio.run(main())
+
+
+def test_an_idle_queue_admits_a_request_its_price_says_is_too_long(predictor):
+    """The price is an estimate: on an idle queue a refusal would not make a retry succeed, so the request runs,
+    and its first slices measure the rate (here the machine is far faster than the price assumed)."""
+    scheduler = Scheduler(predictor, timeout_s=5.0, rate=1e6, slice_cost=10 * 1000 * PASS_COST)
+    big = req(100, n=1000)
+    assert scheduler.seconds(big) > 2 * scheduler.timeout_s
+
+    async def main():
+        return await scheduler.submit(big)
+
+    assert len(asyncio.run(main())) == 100
+    assert scheduler.slice_rate > 1e6
 
 
 def test_checks_happen_before_queueing(predictor):
