@@ -11,6 +11,8 @@ split as the layers are.  It prints AUROC / FPR at 95% TPR against the 10,000 te
 * ``mean``, ``max``: of the layers' scores alone;
 * ``energy``: the energy alone;
 * ``mean+energy``, ``max+energy``: the energy taken as one more layer;
+* ``clipped mean+energy``: the mean of ``max(z, 0)``, so a layer that finds the input more typical than usual
+  cannot cancel one that finds it atypical;
 
 on every proxy set of :mod:`mcdrop.training.proxies` and on the strong (strength 2) copy of every kind of
 :mod:`mcdrop.training.shifts`, made from the first ``--n`` test images.  Nothing here changes a model.
@@ -69,7 +71,8 @@ def main() -> None:
         ze = with_energy.layer_scores(f).double()  # the layers' z, then the energy's
         z = ze[:, :-1]
         out = {"served": cal.density.score(f).double(), "mean": z.mean(1), "max": z.amax(1), "energy": ze[:, -1],
-               "mean+energy": ze.mean(1), "max+energy": ze.amax(1)}
+               "mean+energy": ze.mean(1), "max+energy": ze.amax(1),
+               "clipped mean+energy": ze.clamp(min=0).mean(1)}
         return {k: v.numpy() for k, v in out.items()}
 
     test_x, _ = load_fashion_mnist(None, train=False)
@@ -78,6 +81,7 @@ def main() -> None:
     sets = {name: torch.as_tensor(make_proxy(name, images.numpy())).reshape(-1, 784).float() for name in PROXIES}
     sets.update({f"{kind} 2": shifted(images[:args.n], kind, 2).reshape(-1, 784) for kind in KINDS})
     results = {name: scores(x) for name, x in sets.items()}
+    black = scores(torch.zeros(1, 784))
     print(f"{args.model} ({'refitted to ' + ', '.join(layers) if args.refit else 'its card'}'s density; "
           f"energy of {logits}), AUROC / FPR95 against the 10,000 test images; {time.perf_counter() - t0:.0f} s, "
           f"{args.threads} threads\n")
@@ -87,6 +91,8 @@ def main() -> None:
         cells = [f"{auroc(clean[label], r[label]):.3f} / {fpr_at_95_tpr(clean[label], r[label]):.3f}"
                  for r in results.values()]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+    print("\nAn all-black image, as a quantile of the clean test images' scores: " + ", ".join(
+        f"{label} {np.mean(clean[label] < black[label][0]):.3f}" for label in clean))
 
 
 if __name__ == "__main__":
