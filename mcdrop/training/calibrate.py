@@ -70,7 +70,7 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     ``energy``: the OOD score also standardises the logits' energy, where the model names its logits' module
     (``logit_layer()``)."""
     engine = MCEngine(model)
-    layers = list(model.feature_layers()) if hasattr(model, "feature_layers") else []
+    layers = list(model.feature_layers()) if hasattr(model, "feature_layers") else []  # type: ignore[operator]
     x_cal, y_cal = calibration
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
