@@ -11,12 +11,18 @@ Per model, every served input's ``ood_score`` ``s`` feeds three running statisti
   al. 2005, Thm. 8.1 / smoothed p-values).  Drift towards unusual inputs makes them small.  Their uniformity over
   the window is reported as the Kolmogorov-Smirnov distance ``D = sup_t |F_window(t) - t|`` (without drift,
   ``D`` exceeds ``1.36 / sqrt(window)`` with probability about 5% at any one time);
-* a **conformal test martingale** on the p-values, Vovk's *simple jumper* (Vovk et al. 2021, "Retrain or not
-  retrain: conformal test martingales for change-point detection"): betting functions ``f_e(p) = 1 + e (p - 1/2)``,
-  ``e`` in {-1, 0, 1}, whose capital is redistributed evenly at rate ``jump`` each step.  Each ``f_e`` integrates
-  to 1 over [0, 1], so the capital ``S_n`` is a nonnegative martingale with ``S_0 = 1`` under exchangeability and
-  Ville's inequality gives ``P(sup_n S_n >= 1 / alpha) <= alpha``: the alarm (``S_n >= 1 / alpha``, latched) is
-  raised falsely with probability at most ``alpha`` over the whole stream, however long it is watched.
+* a **conformal test martingale** on the p-values: Vovk's *simple jumper* (Vovk et al. 2021, "Retrain or not
+  retrain: conformal test martingales for change-point detection") over four betting functions, the linear
+  ``f_e(p) = 1 + e (p - 1/2)``, ``e`` in {-1, 0, 1}, and a plug-in bet (Fedorova et al. 2012, "Plug-in
+  martingales for testing exchangeability on-line"): the density of the last ``memory`` p-values, a histogram
+  of ``bins`` equal bins with one pseudo-count each, ``f(p) = bins (c_b + 1) / (m + bins)`` for ``p`` in bin
+  ``b``.  The capital is redistributed evenly over the bets at rate ``jump`` each step.  Each bet is a density on
+  [0, 1] fixed before its p-value is seen, so the capital ``S_n`` is a nonnegative martingale with ``S_0 = 1``
+  under exchangeability and Ville's inequality gives ``P(sup_n S_n >= 1 / alpha) <= alpha``: the alarm
+  (``S_n >= 1 / alpha``, latched) is raised falsely with probability at most ``alpha`` over the whole stream,
+  however long it is watched.  The linear bets catch p-values that lean one way (inputs more or less typical
+  than the calibration's); the plug-in bet catches any other shape, e.g. inputs that score *closer to the
+  typical* than calibration inputs do (p-values piled in the middle), which the linear bets cannot.
 
 The reference grows with the stream (exactness needs every earlier input); after ``segment`` inputs the monitor
 starts a new segment (reference back to the calibration scores, ``S = 1``, alarm cleared), so memory stays
@@ -36,13 +42,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["DriftMetrics", "DriftMonitor", "DriftState", "ServedModels", "SimpleJumper", "conformal_p_values",
+__all__ = ["DriftMetrics", "DriftMonitor", "DriftState", "Jumper", "ServedModels", "conformal_p_values",
            "drift_metrics", "ks_uniform", "monitors_for"]
 
 DEFAULT_WINDOW = 500
 DEFAULT_ALPHA = 0.01
 DEFAULT_JUMP = 0.01
 DEFAULT_SEGMENT = 100_000
+DEFAULT_BINS = 10
+DEFAULT_MEMORY = 200
 
 
 def conformal_p_values(reference: np.ndarray, scores: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -68,24 +76,31 @@ def ks_uniform(p: np.ndarray) -> float:
     return float(max((i / len(x) - x).max(), (x - (i - 1) / len(x)).max()))
 
 
-class SimpleJumper:
-    """Vovk's simple jumper test martingale over p-values (see the module docs).
+class Jumper:
+    """The simple jumper test martingale over p-values, with linear and plug-in bets (see the module docs).
 
     Args:
-        jump: the share of the capital redistributed evenly over the three bets before each step, in (0, 1].
+        jump: the share of the capital redistributed evenly over the bets before each step, in (0, 1].
+        bins: bins of the plug-in bet's histogram; 0 leaves the plug-in bet out (Vovk's three linear bets).
+        memory: the plug-in bet's histogram counts the last ``memory`` p-values.
     """
 
-    BETS = (-1.0, 0.0, 1.0)
+    LINEAR = (-1.0, 0.0, 1.0)
 
-    def __init__(self, jump: float = DEFAULT_JUMP) -> None:
+    def __init__(self, jump: float = DEFAULT_JUMP, bins: int = DEFAULT_BINS, memory: int = DEFAULT_MEMORY) -> None:
         if not 0.0 < jump <= 1.0:
             raise ValueError(f"jump has to be in (0, 1], but got {jump}")
-        self.jump = jump
+        if bins < 0 or bins == 1 or memory < 1:
+            raise ValueError(f"bins has to be 0 or >= 2 and memory >= 1, but got bins={bins}, memory={memory}")
+        self.jump, self.bins, self.memory = jump, bins, memory
         self.reset()
 
     def reset(self) -> None:
-        self._capital = [1.0 / 3.0] * 3
+        n = len(self.LINEAR) + (self.bins > 0)
+        self._capital = [1.0 / n] * n
         self._log_scale = 0.0  # the capital is kept as exp(log_scale) * capital, so it never overflows
+        self._counts = [0] * self.bins
+        self._recent: deque[int] = deque()
 
     @property
     def log10_value(self) -> float:
@@ -100,14 +115,23 @@ class SimpleJumper:
     def update(self, p: Iterable[float]) -> np.ndarray:
         """Bet on each p-value in turn; returns ``log10 S`` after each. Shape: ``(B,)`` -> ``(B,)``."""
         out = []
-        c, jump, scale = self._capital, self.jump, self._log_scale
+        c, jump, scale, bins, counts, recent = self._capital, self.jump, self._log_scale, self.bins, self._counts, self._recent
         for value in p:
-            share = jump * (c[0] + c[1] + c[2]) / 3.0
-            c = [((1.0 - jump) * c[i] + share) * (1.0 + bet * (float(value) - 0.5)) for i, bet in enumerate(self.BETS)]
-            total = c[0] + c[1] + c[2]
+            v = float(value)
+            share = jump * sum(c) / len(c)
+            bets = [1.0 + e * (v - 0.5) for e in self.LINEAR]
+            if bins:
+                b = min(int(v * bins), bins - 1)
+                bets.append(bins * (counts[b] + 1) / (len(recent) + bins))  # the density before p is seen
+                counts[b] += 1
+                recent.append(b)
+                if len(recent) > self.memory:
+                    counts[recent.popleft()] -= 1
+            c = [((1.0 - jump) * ci + share) * f for ci, f in zip(c, bets, strict=True)]
+            total = sum(c)
             if total > 1e100 or total < 1e-100:
                 scale += math.log(total)
-                c = [v / total for v in c]
+                c = [ci / total for ci in c]
                 total = 1.0
             out.append((scale + math.log(total)) / math.log(10.0))
         self._capital, self._log_scale = c, scale
@@ -140,14 +164,15 @@ class DriftMonitor:
         threshold: the model's OOD threshold.
         window: inputs in the sliding window.
         alpha: false-alarm probability of the martingale's alarm (threshold ``1 / alpha``).
-        jump: the simple jumper's jumping rate.
+        jump: the martingale's jumping rate (:class:`Jumper`).
+        bins: bins of the martingale's plug-in bet (0: the linear bets alone).
         segment: inputs after which the reference and the martingale start over.
         seed: seed of the p-values' tie-breaking uniforms.
     """
 
     def __init__(self, reference: np.ndarray, threshold: float, *, window: int = DEFAULT_WINDOW,
-                 alpha: float = DEFAULT_ALPHA, jump: float = DEFAULT_JUMP, segment: int = DEFAULT_SEGMENT,
-                 seed: int = 0) -> None:
+                 alpha: float = DEFAULT_ALPHA, jump: float = DEFAULT_JUMP, bins: int = DEFAULT_BINS,
+                 segment: int = DEFAULT_SEGMENT, seed: int = 0) -> None:
         reference = np.sort(np.asarray(reference, dtype=np.float64).ravel())
         if len(reference) == 0 or not np.isfinite(reference).all():
             raise ValueError(f"reference has to hold finite calibration scores, but got {len(reference)} values "
@@ -161,7 +186,7 @@ class DriftMonitor:
         self._rng = np.random.default_rng(seed)
         self._flags: deque[bool] = deque(maxlen=window)
         self._p: deque[float] = deque(maxlen=window)
-        self._martingale = SimpleJumper(jump)
+        self._martingale = Jumper(jump, bins)
         self._lock = threading.Lock()
         self._restart()
 

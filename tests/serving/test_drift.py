@@ -28,12 +28,26 @@ def test_online_p_values_are_uniform_under_exchangeability():
 
 
 def test_the_martingale_stays_at_one_on_neutral_p_values_and_grows_on_small_ones():
-    jumper = drift.SimpleJumper(jump=0.01)
-    assert jumper.update([0.5] * 100)[-1] == pytest.approx(0.0)  # log10 S: f_e(1/2) = 1 for every bet
-    path = drift.SimpleJumper(jump=0.01).update([0.01] * 400)
+    jumper = drift.Jumper(jump=0.01, bins=0)
+    assert jumper.update([0.5] * 100)[-1] == pytest.approx(0.0)  # log10 S: f_e(1/2) = 1 for every linear bet
+    path = drift.Jumper(jump=0.01).update([0.01] * 400)
     assert (np.diff(path) > 0).all() and path[-1] > 50  # about 1.49x a step for the e = -1 bet: no overflow
+    assert drift.Jumper().update([0.5] * 100)[-1] > 2  # p-values all alike are not uniform: the plug-in bet wins
     with pytest.raises(ValueError, match="jump has to be in"):
-        drift.SimpleJumper(jump=0.0)
+        drift.Jumper(jump=0.0)
+    with pytest.raises(ValueError, match="bins has to be 0 or >= 2"):
+        drift.Jumper(bins=1)
+
+
+def test_the_plug_in_bet_catches_p_values_piled_in_the_middle():
+    """Inputs that score closer to the typical than calibration inputs do give p-values with mean 1/2 but not
+    uniform (here Beta(2, 2), KL 0.125 nats from uniform): every linear bet loses on them, so the three linear bets
+    alone alarm with probability <= 1% per stream (Ville); the plug-in bet learns their density and alarms."""
+    streams = [np.random.default_rng(run).beta(2, 2, size=1000) for run in range(20)]
+    linear = sum(bool((drift.Jumper(bins=0).update(p) >= 2).any()) for p in streams)
+    assert stats.binom(20, 0.01).sf(linear - 1) > ALPHA, linear  # P(at least this many) under the bound
+    paths = [drift.Jumper().update(p) for p in streams]
+    assert all(path.max() >= 2 for path in paths), [path.max() for path in paths]  # log10 S reached 2: S >= 100
 
 
 def test_false_alarms_under_exchangeable_input_stay_within_the_bound():
