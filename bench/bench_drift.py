@@ -65,7 +65,7 @@ def summary(found: list[int | None]) -> tuple[str, str]:
     runs are left out of both)."""
     hit, early = [d for d in found if d], found.count(0)
     runs = f"{len(hit)} / {len(found) - early}" + (f" ({early} alarmed during the warm-up)" if early else "")
-    return runs, f"{int(np.median(hit))} ({min(hit)}-{max(hit)})" if hit else "-"
+    return runs, f"{np.median(hit):g} ({min(hit)}-{max(hit)})" if hit else "-"
 
 
 def synthetic(args: argparse.Namespace) -> None:

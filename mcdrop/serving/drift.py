@@ -21,8 +21,9 @@ Per model, every served input's ``ood_score`` ``s`` feeds three running statisti
   under exchangeability and Ville's inequality gives ``P(sup_n S_n >= 1 / alpha) <= alpha``: the alarm
   (``S_n >= 1 / alpha``, latched) is raised falsely with probability at most ``alpha`` over the whole stream,
   however long it is watched.  The linear bets catch p-values that lean one way (inputs more or less typical
-  than the calibration's); the plug-in bet catches any other shape, e.g. inputs that score *closer to the
-  typical* than calibration inputs do (p-values piled in the middle), which the linear bets cannot.
+  than the calibration's); the plug-in bet catches other shapes that a histogram of the recent p-values shows,
+  e.g. inputs that score *closer to the typical* than calibration inputs do (p-values piled in the middle),
+  which the linear bets cannot.
 
 The reference grows with the stream (exactness needs every earlier input); after ``segment`` inputs the monitor
 starts a new segment (reference back to the calibration scores, ``S = 1``, alarm cleared), so memory stays

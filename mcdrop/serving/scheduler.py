@@ -19,9 +19,10 @@ about ``slice_cost``:
   longer than its time left (at the measured rate) gets its 504 at once rather than at the deadline.
 * **Overload.**  Work is admitted only if the backlog (queued work / the rate of large work) leaves it time to
   finish before its deadline; otherwise :class:`~mcdrop.serving.errors.Overloaded` (503) at once.  On an idle
-  queue every request within the limits is admitted, whatever its price: the price is an estimate, refusing would
-  not make a retry succeed, and the first large slice measures the rate (a request that then cannot finish gets
-  its 504 early, below).
+  queue a request of more than one slice is admitted whatever its price: the price is an estimate, a refusal
+  would not make a retry succeed, and its first slice measures the rate (a request that then cannot finish gets
+  its 504 early, below).  Work in one slice (a single row) cannot be measured or cut short before it ends, so it
+  is refused on its price alone.
 * **Pricing.**  A request's seconds are its multiply-adds over the rate of *large* work: the larger of the
   predictor's start-up measurement on a large slice and a moving average over engine calls of at least half a
   slice.  Never below the start-up rate: a pessimistic average (large slices that ran while the machine was
@@ -177,19 +178,14 @@ class Scheduler:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         cost = self.predictor.work(plan)
         need = cost / self.rate
-        with self._cond:
-            idle = not self._jobs
-        backlog = self.backlog_seconds()
-        if not idle and backlog + need > timeout:
-            if need > timeout:
-                raise Overloaded(f"this request needs about {need:.1f} s at the server's measured rate, beyond the "
-                                 f"{timeout:g} s limit (MCDROP_REQUEST_TIMEOUT), and {backlog:.1f} s of work is queued "
-                                 "before it; send fewer rows or passes, or retry when the server is idle")
-            raise Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
-                             f"{need:.1f} s more, beyond the {timeout:g} s limit; retry later")
         loop = asyncio.get_running_loop()
         job = _Job(plan, cost, self._slices(plan, cost), loop.create_future(), loop, time.monotonic() + timeout, timeout)
         with self._cond:
+            backlog = sum(j.remaining_cost for j in self._jobs) / self.rate
+            # On an idle queue, sliced work is admitted whatever its price: its first slice measures the rate, and
+            # it gets its 504 early if it then cannot fit (_Job.hopeless).  Work in one slice cannot be cut short.
+            if backlog + need > timeout and (self._jobs or len(job.slices) == 1):
+                raise self._refusal(need, backlog, timeout)
             self._start()
             self._jobs.append(job)
             self._cond.notify()
@@ -201,6 +197,15 @@ class Scheduler:
         except asyncio.CancelledError:
             job.stop(Cancelled("the client went away"))
             raise
+
+    @staticmethod
+    def _refusal(need: float, backlog: float, timeout: float) -> Overloaded:
+        if need <= timeout:
+            return Overloaded(f"the server is busy: {backlog:.1f} s of queued work, and this request needs about "
+                              f"{need:.1f} s more, beyond the {timeout:g} s limit; retry later")
+        queued = f", and {backlog:.1f} s of work is queued before it" if backlog > 0 else ""
+        return Overloaded(f"this request needs about {need:.1f} s at the server's estimated rate, beyond the "
+                          f"{timeout:g} s limit (MCDROP_REQUEST_TIMEOUT){queued}; send fewer rows or passes")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Cancel the queued work and wait (up to ``timeout_s``) for the worker to stop."""

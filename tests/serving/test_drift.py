@@ -31,7 +31,7 @@ def test_the_martingale_stays_at_one_on_neutral_p_values_and_grows_on_small_ones
     jumper = drift.Jumper(jump=0.01, bins=0)
     assert jumper.update([0.5] * 100)[-1] == pytest.approx(0.0)  # log10 S: f_e(1/2) = 1 for every linear bet
     path = drift.Jumper(jump=0.01).update([0.01] * 400)
-    assert (np.diff(path) > 0).all() and path[-1] > 50  # about 1.49x a step for the e = -1 bet: no overflow
+    assert (np.diff(path) > 0).all() and path[-1] > 50  # the plug-in bet learns the point mass: no overflow
     assert drift.Jumper().update([0.5] * 100)[-1] > 2  # p-values all alike are not uniform: the plug-in bet wins
     with pytest.raises(ValueError, match="jump has to be in"):
         drift.Jumper(jump=0.0)
@@ -41,8 +41,9 @@ def test_the_martingale_stays_at_one_on_neutral_p_values_and_grows_on_small_ones
 
 def test_the_plug_in_bet_catches_p_values_piled_in_the_middle():
     """Inputs that score closer to the typical than calibration inputs do give p-values with mean 1/2 but not
-    uniform (here Beta(2, 2), KL 0.125 nats from uniform): every linear bet loses on them, so the three linear bets
-    alone alarm with probability <= 1% per stream (Ville); the plug-in bet learns their density and alarms."""
+    uniform (here Beta(2, 2), KL 0.125 nats from uniform): no linear bet wins on them (e = 0 is neutral, e = +-1
+    lose), so the three linear bets alone alarm with probability <= 1% per stream (Ville); the plug-in bet learns
+    their density and alarms."""
     streams = [np.random.default_rng(run).beta(2, 2, size=1000) for run in range(20)]
     linear = sum(bool((drift.Jumper(bins=0).update(p) >= 2).any()) for p in streams)
     assert stats.binom(20, 0.01).sf(linear - 1) > ALPHA, linear  # P(at least this many) under the bound

@@ -210,6 +210,20 @@ def test_an_idle_queue_admits_a_request_its_price_says_is_too_long(predictor):
     assert scheduler.slice_rate > 1e6
 
 
+def test_an_idle_queue_still_refuses_one_slice_of_work_priced_beyond_its_timeout(predictor):
+    """A single row is one slice: nothing measures it or cuts it short before it ends, so its price decides."""
+    scheduler = Scheduler(predictor, timeout_s=1.0, rate=1e6)
+    one_row = req(1, n=100_000)  # 11.2 s at the pretended rate
+
+    async def main():
+        with pytest.raises(Overloaded, match=r"needs about 11\.2 s .* beyond the 1 s limit \(MCDROP_REQUEST_TIMEOUT\); "
+                           r"send fewer rows or passes"):
+            await scheduler.submit(one_row)
+
+    asyncio.run(main())
+    assert scheduler._thread is None  # refused before any work started
+
+
 def test_checks_happen_before_queueing(predictor):
     scheduler = Scheduler(predictor)
 
