@@ -26,7 +26,7 @@ from mcdrop.request import Task
 from mcdrop.sampling.functional import check_probability
 from mcdrop.sampling.layers import ChannelDropout, Dropout
 
-__all__ = ["ARCHITECTURES", "DropoutCNN", "DropoutMLP", "build_model", "describe_architecture", "logit_layer",
+__all__ = ["ARCHITECTURES", "DropoutCNN", "DropoutMLP", "build_model", "describe_architecture", "feature_layers", "logit_layer",
            "multiply_adds"]
 
 
@@ -243,6 +243,13 @@ class DropoutCNN(nn.Module):
     def logit_layer(self) -> str:
         """The module whose outputs are the logits (before the temperature), for the OOD score's energy term."""
         return f"net.{len(self.net) - 1}"
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """The modules whose outputs the OOD density models, where the model names them (``model.feature_layers()``;
+    mcdrop's MLP and CNN, an imported graph with a last Linear), else none."""
+    named = getattr(model, "feature_layers", None)
+    return list(named()) if callable(named) else []
 
 
 def logit_layer(model: nn.Module) -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mcdrop.nets.models import logit_layer
+from mcdrop.nets.models import feature_layers, logit_layer
 from mcdrop.request import Mode, Task
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.uncertainty import conformal, selective
@@ -70,7 +70,7 @@ def calibrate_classifier(model: nn.Module, *, train: tuple[Tensor, Tensor], temp
     ``energy``: the OOD score also standardises the logits' energy, where the model names its logits' module
     (``logit_layer()``)."""
     engine = MCEngine(model)
-    layers = list(model.feature_layers()) if hasattr(model, "feature_layers") else []  # type: ignore[operator]
+    layers = feature_layers(model)
     x_cal, y_cal = calibration
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}

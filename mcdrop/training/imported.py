@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mcdrop.errors import DataError
 from mcdrop.nets.artifacts import COMPUTED_CARD_FIELDS, Artifact, load_artifact, save_model
+from mcdrop.nets.models import feature_layers
 from mcdrop.request import Task
 from mcdrop.sampling.engine import MCEngine
 from mcdrop.uncertainty import conformal
@@ -168,7 +169,7 @@ def calibrate_model(model: str | os.PathLike[str] | Artifact, x: Any, y: Any, *,
         net.get_buffer("temperature").fill_(temperature)
         updates["temperature"] = temperature
         counts = torch.bincount(ya, minlength=n_classes)
-        if int(counts.min()) < 2:
+        if feature_layers(net) and int(counts.min()) < 2:  # the density's class-conditional Gaussians need two each
             missing = [i for i, c in enumerate(counts.tolist()) if c < 2]
             raise CalibrationDataError(f"classes {missing[:8]} have fewer than 2 rows in the density part "
                                        f"({len(ya)} rows): give more rows of every class")
@@ -210,7 +211,7 @@ def _calibrate_regression(net: Any, engine: MCEngine, density_rows: tuple[Tensor
     x_cal, y_cal = calibration
     tensors = regression_conformal_tensors(engine, x_cal, y_cal, n_samples, seed, task=task, tau=tau)
     meta: dict[str, Any] = {"mc_samples": n_samples, "seed": seed}
-    layers = list(net.feature_layers()) if hasattr(net, "feature_layers") else []
+    layers = feature_layers(net)
     if layers:
         xa, xb = density_rows
         density = fit_feature_density(features(engine, xa, layers), torch.zeros(len(xa), dtype=torch.int64),

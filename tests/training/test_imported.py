@@ -76,3 +76,6 @@ def test_a_classifier_without_a_last_linear_calibrates_without_an_ood_score(tmp_
     answer = Predictor([str(tmp_path / "m")]).predict_array(x[:4].numpy(), seed=1, n_samples=5, coverage=0.9)
     assert "ood_score" not in answer.columns and answer.columns["prediction_set"].shape == (4, 3)
     assert answer.columns["abstain"].shape == (4,)
+    y[y == 2] = 1
+    y[0] = 2  # one row of class 2: too few for a density's class Gaussians, and no density is fitted
+    assert mcdrop.calibrate_model(tmp_path / "m", x.numpy(), y.numpy(), n_samples=5).ood_threshold is None
