@@ -181,7 +181,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(plan, cost, self._slices(plan, cost), loop.create_future(), loop, time.monotonic() + timeout, timeout)
         with self._cond:
-            backlog = sum(j.remaining_cost for j in self._jobs) / self.rate
+            backlog = self.backlog_seconds()  # under the same (reentrant) lock as the append below
             # On an idle queue, sliced work is admitted whatever its price: its first slice measures the rate, and
             # it gets its 504 early if it then cannot fit (_Job.hopeless).  Work in one slice cannot be cut short.
             if backlog + need > timeout and (self._jobs or len(job.slices) == 1):
